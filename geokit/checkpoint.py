@@ -1,0 +1,184 @@
+"""One checkpoint format: safetensors tensors + a JSON record. No pickle anywhere.
+
+- ``model.safetensors``: the shareable weights (``encoder.*``, ``loss.*``) with the record in the
+  safetensors metadata under ``geokit`` (encoder config, per-view input sizes, mean/std,
+  embedding dim, dataset, metrics, versions).
+- Resume state (optimizer, RNG, sampler, epoch/step) is kept apart from the weights, as a
+  safetensors file whose nested structure is a JSON skeleton in its metadata.
+
+Every file is written atomically (temporary file in the same folder, fsync, rename), so a crash
+or a full disk never leaves a half-written checkpoint behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geokit.errors import GeokitError
+
+RECORD_KEY = "geokit"
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_path)`` then fsync and rename onto ``path``; nothing is left on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda p: p.write_text(text))
+
+
+def save_weights(path: str | Path, tensors: Mapping[str, Any], record: Mapping[str, Any]) -> None:
+    """Write weights with ``record`` (JSON-serialisable) in the safetensors metadata."""
+    from safetensors.torch import save_file
+
+    flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta = {RECORD_KEY: json.dumps(record, sort_keys=True, default=str)}
+    atomic_write(path, lambda p: save_file(flat, str(p), metadata=meta))
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """The JSON record of a geokit weights file (without loading the tensors)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise GeokitError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception as exc:
+        raise GeokitError(f"{path} is not a readable safetensors file ({exc}); a geokit checkpoint "
+                          "is a .safetensors file written by 'geokit train'") from None
+    if RECORD_KEY not in meta:
+        raise GeokitError(f"{path} has no geokit record in its metadata: not a geokit checkpoint")
+    try:
+        return json.loads(meta[RECORD_KEY])
+    except json.JSONDecodeError as exc:
+        raise GeokitError(f"{path}: the geokit record is not valid JSON ({exc})") from None
+
+
+def load_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(tensors, record)`` of a geokit weights file."""
+    from safetensors.torch import load_file
+
+    record = read_record(path)
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise GeokitError(f"{path}: cannot read tensors ({exc}); the file may be truncated") from None
+    return tensors, record
+
+
+def load_module_strict(module: Any, state: Mapping[str, Any], source: str) -> None:
+    """``load_state_dict(strict=True)`` with one clear error listing missing/unexpected keys."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad_shape = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or bad_shape:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {show(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {show(unexpected)}")
+        if bad_shape:
+            parts.append(f"{len(bad_shape)} keys with another shape: {show(bad_shape)}")
+        raise GeokitError(f"weights from {source} do not fit the model: " + "; ".join(parts)
+                          + ". Check that the config's encoder matches the one that was trained.")
+    module.load_state_dict(state, strict=True)
+
+
+# ------------------------------------------------------------------------------ resume state
+
+def _split(obj: Any, tensors: dict[str, Any], prefix: str) -> Any:
+    """Replace tensors/arrays in a nested structure by references into ``tensors``."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, np.ndarray):
+        key = f"t{len(tensors)}"
+        tensors[key] = torch.from_numpy(np.ascontiguousarray(obj))
+        return {"__ndarray__": key}
+    if isinstance(obj, Mapping):
+        if not all(isinstance(k, str) for k in obj):
+            return {"__intkeys__": [[k, _split(v, tensors, prefix)] for k, v in obj.items()]}
+        return {k: _split(v, tensors, prefix) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_split(v, tensors, prefix) for v in obj]}
+    if isinstance(obj, list):
+        return [_split(v, tensors, prefix) for v in obj]
+    if isinstance(obj, (np.integer, np.floating, np.bool_)):
+        return obj.item()
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} in resume state")
+
+
+def _join(obj: Any, tensors: Mapping[str, Any]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__ndarray__" in obj:
+            return tensors[obj["__ndarray__"]].numpy()
+        if "__tuple__" in obj:
+            return tuple(_join(v, tensors) for v in obj["__tuple__"])
+        if "__intkeys__" in obj:
+            return {k: _join(v, tensors) for k, v in obj["__intkeys__"]}
+        return {k: _join(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_join(v, tensors) for v in obj]
+    return obj
+
+
+def save_state(path: str | Path, state: Mapping[str, Any]) -> None:
+    """Atomically write a nested state (dicts, lists, tuples, tensors, arrays, scalars)."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, Any] = {}
+    skeleton = _split(dict(state), tensors, "")
+    if not tensors:  # safetensors refuses an empty file
+        import torch
+        tensors["_"] = torch.zeros(0)
+    meta = {"skeleton": json.dumps(skeleton)}
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        return _join(json.loads(meta["skeleton"]), tensors)
+    except Exception as exc:
+        raise GeokitError(f"resume state {path} is unreadable ({exc}); delete it to start over") from None

@@ -1,0 +1,144 @@
+"""The ``geokit`` command line (click). Heavy modules are imported inside commands."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from geokit.errors import GeokitError
+
+CONFIG = click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True,
+                      help="Run config (YAML or JSON).")
+SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                   help="Override a config key, e.g. --set train.lr=5e-4 (repeatable).")
+
+
+PLURAL = {"encoder": "encoders", "loss": "losses", "sampler": "samplers", "dataset": "datasets"}
+
+
+class GeokitGroup(click.Group):
+    """Turns GeokitError into a one-paragraph message and exit status 2."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except GeokitError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=GeokitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="geokit")
+def cli() -> None:
+    """geokit: cross-view geo-localisation (Sample4Geo), every part a plugin."""
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def plugins_cmd(as_json: bool) -> None:
+    """List every registered component: kind, name, plugin and distribution."""
+    from geokit.hookspecs import KINDS
+    from geokit.registry import get_registry
+
+    rows = []
+    for kind in KINDS:
+        for comp in get_registry(kind):
+            dist, _, version = (comp.distribution or "").partition(" ")
+            rows.append({"kind": kind, "name": comp.name, "plugin": comp.plugin,
+                         "distribution": comp.distribution, "version": version or None,
+                         "summary": comp.summary, "replaces": list(comp.replaced)})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    width = max((len(r["name"]) for r in rows), default=4)
+    for kind in KINDS:
+        click.echo(f"{kind if kind == 'loss' else kind}{'es' if kind == 'loss' else 's'}:")
+        for r in (r for r in rows if r["kind"] == kind):
+            origin = r["distribution"] or r["plugin"]
+            extra = f" (replaces {', '.join(r['replaces'])})" if r["replaces"] else ""
+            click.echo(f"  {r['name']:<{width}}  {r['summary']}  [{r['plugin']}: {origin}]{extra}")
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect configs."""
+
+
+@config_group.command("show")
+@CONFIG
+@SET
+def config_show(config_path: str, overrides: tuple[str, ...]) -> None:
+    """Print the resolved config (every default filled in)."""
+    from geokit import config
+
+    click.echo(config.load(config_path, overrides).to_yaml(), nl=False)
+
+
+@cli.command("train")
+@CONFIG
+@SET
+@click.option("--output", type=click.Path(file_okay=False), required=True,
+              help="Run folder; re-running on the same folder resumes.")
+def train_cmd(config_path: str, overrides: tuple[str, ...], output: str) -> None:
+    """Train a model; writes config.yaml, metrics.jsonl and model.safetensors into OUTPUT."""
+    from geokit import config
+    from geokit.training import train
+
+    cfg = config.load(config_path, overrides)
+    result = train(cfg, output)
+    click.echo(f"weights: {Path(output) / 'model.safetensors'}")
+    if result.history:
+        click.echo(f"final training loss: {result.history[-1]['loss']:.4f}")
+
+
+@cli.command("evaluate")
+@CONFIG
+@SET
+@click.option("--checkpoint", type=click.Path(dir_okay=False),
+              help="Weights to load (model.safetensors); default: the encoder as configured.")
+@click.option("--output", type=click.Path(dir_okay=False), help="Write the metrics as JSON here.")
+@click.option("--save-embeddings", type=click.Path(dir_okay=False),
+              help="Write query/reference embeddings and labels (safetensors).")
+def evaluate_cmd(config_path: str, overrides: tuple[str, ...], checkpoint: str | None,
+                 output: str | None, save_embeddings: str | None) -> None:
+    """Evaluate on the dataset's protocol and print a table."""
+    from geokit import config
+    from geokit.checkpoint import atomic_write_text
+    from geokit.evaluation import evaluate, format_table
+
+    cfg = config.load(config_path, overrides)
+    res = evaluate(cfg, checkpoint, save_embeddings=save_embeddings)
+    click.echo(format_table(res.metrics, f"{cfg.names['dataset']} / {res.eval_set.name}"))
+    if output:
+        atomic_write_text(output, json.dumps(res.metrics, indent=2) + "\n")
+
+
+# Core sub-commands kept in their own modules ("module:attribute"); imported on every start,
+# so those modules import only click at module level.
+COMMAND_MODULES: tuple[str, ...] = (
+)
+
+
+def _load_plugin_commands() -> None:
+    import importlib
+
+    from geokit.plugins import get_manager
+
+    for spec in COMMAND_MODULES:
+        module, _, attr = spec.partition(":")
+        cli.add_command(getattr(importlib.import_module(module), attr))
+    get_manager().register_commands(cli)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    import os
+
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    try:
+        _load_plugin_commands()
+    except GeokitError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    cli.main(args=argv, prog_name="geokit")

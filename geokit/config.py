@@ -1,0 +1,177 @@
+"""Run configuration: a YAML file, ``--set KEY=VALUE`` overrides, pydantic validation.
+
+Top-level keys: ``seed``, ``encoder``, ``loss``, ``sampler``, ``dataset``, ``train``, ``eval``.
+Each component section holds ``name`` plus that component's options, validated by the model the
+component registered. Unknown keys and bad values are errors naming the full dotted key path.
+The resolved config (every default filled in) is what runs write to ``config.yaml`` and into
+checkpoint records.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from geokit.errors import GeokitError
+from geokit.hookspecs import KINDS
+from geokit.registry import format_validation_error, get_registry
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainConfig(_Strict):
+    """``train:`` section."""
+
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(128, ge=2, description="pairs per global batch, across all ranks")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    clip_value: float | None = Field(100.0, gt=0, description="gradient value clipping; null: off")
+    workers: int | None = Field(None, ge=0, description="DataLoader workers; null: 0 on CPU, 4 on GPU")
+    amp: bool | None = Field(None, description="mixed precision; null: on for CUDA, off on CPU")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; null: all cores")
+    log_every: int = Field(20, ge=1, description="steps between progress log lines")
+    eval_every: int = Field(0, ge=0, description="evaluate every N epochs during training (0: off); "
+                            "on eval.split, never used to select a model")
+
+
+class EvalConfig(_Strict):
+    """``eval:`` section."""
+
+    batch_size: int = Field(128, ge=1, description="images per embedding batch")
+    split: str | None = Field(None, description="protocol split; null: the dataset's test split")
+    chunk_size: int | None = Field(None, ge=1, description="queries per retrieval block; null: auto")
+
+
+class _Section(BaseModel):
+    """A component section before the component's own options are known."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+
+class _RawConfig(_Strict):
+    seed: int = 42
+    encoder: _Section
+    loss: _Section = _Section(name="infonce")
+    sampler: _Section = _Section(name="random")
+    dataset: _Section
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+class Config(BaseModel):
+    """A resolved config: train/eval validated, each component's options validated by its model."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    seed: int
+    encoder: BaseModel
+    loss: BaseModel
+    sampler: BaseModel
+    dataset: BaseModel
+    train: TrainConfig
+    eval: EvalConfig
+    names: dict[str, str]  # kind -> component name
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, as written to config.yaml (paths as strings)."""
+        out: dict[str, Any] = {"seed": self.seed}
+        for kind in KINDS:
+            out[kind] = {"name": self.names[kind], **getattr(self, kind).model_dump(mode="json")}
+        out["train"] = self.train.model_dump(mode="json")
+        out["eval"] = self.eval.model_dump(mode="json")
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Load a YAML (or JSON) mapping; syntax errors name the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise GeokitError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise GeokitError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise GeokitError(f"invalid YAML in {path}{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise GeokitError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``KEY=VALUE`` strings; dotted keys, values parsed as YAML scalars."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise GeokitError(f"--set expects KEY=VALUE (e.g. train.lr=1e-4), got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise GeokitError(f"--set {key}: '{'.'.join(parts[:i + 1])}' is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return data
+
+
+def resolve(data: dict[str, Any], *, source: str = "config") -> Config:
+    """Validate raw config data into a :class:`Config` (components looked up in the registries)."""
+    for kind in ("encoder", "dataset"):
+        if kind not in data:
+            raise GeokitError(f"{source}: missing config section '{kind}' (with at least 'name')")
+    for kind in KINDS:
+        sec = data.get(kind)
+        if isinstance(sec, str):  # "loss: infonce" shorthand
+            data = {**data, kind: {"name": sec}}
+    try:
+        raw = _RawConfig.model_validate(data)
+    except ValidationError as exc:
+        raise GeokitError(f"{source}: " + format_validation_error(exc, "", _RawConfig)) from None
+    parts: dict[str, Any] = {}
+    names: dict[str, str] = {}
+    for kind in KINDS:
+        section = getattr(raw, kind)
+        comp = get_registry(kind).get(section.name)
+        opts = dict(section.model_extra or {})
+        try:
+            parts[kind] = comp.parse_options(opts, prefix=kind)
+        except GeokitError as exc:
+            raise GeokitError(f"{source}: {exc} [{kind} '{comp.name}' from plugin {comp.plugin}]") from None
+        names[kind] = comp.name
+    return Config(seed=raw.seed, train=raw.train, eval=raw.eval, names=names, **parts)
+
+
+def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read ``path`` (may be None: overrides only), apply ``--set`` overrides, validate."""
+    data = read_yaml(path) if path else {}
+    data = apply_overrides(data, overrides)
+    return resolve(data, source=str(path) if path else "config")
+
+

@@ -1,0 +1,214 @@
+"""What a dataset gives the engines: training pairs and an evaluation protocol.
+
+A dataset plugin returns a :class:`CrossViewDataset`. The engines only see these structures,
+so a proprietary dataset is a subclass with two methods (or just a ``pairs`` CSV folder).
+Image decoding, resizing and normalisation are done here, once, for every dataset.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from geokit.errors import GeokitError
+
+if TYPE_CHECKING:
+    import torch
+
+Size = tuple[int, int]  # (height, width)
+
+
+@dataclass
+class TrainSet:
+    """Training pairs. Pair *i* is ``query_paths[i]`` with ``reference_paths[pair_reference[i]]``.
+
+    :ivar reference_gps: ``(R, 2)`` float64 latitude/longitude in degrees per reference, or None.
+    :ivar pair_conflicts: ``(N, S)`` int64 reference indices (−1 padded) that must never share a
+        batch with pair *i* besides its own reference (e.g. VIGOR semi-positives), or None.
+    """
+
+    query_paths: Sequence[str]
+    reference_paths: Sequence[str]
+    pair_reference: np.ndarray
+    reference_gps: np.ndarray | None = None
+    pair_conflicts: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.pair_reference = np.asarray(self.pair_reference, dtype=np.int64)
+        if len(self.pair_reference) != len(self.query_paths):
+            raise ValueError("pair_reference must have one entry per query")
+        if len(self.pair_reference) and (self.pair_reference.min() < 0
+                                         or self.pair_reference.max() >= len(self.reference_paths)):
+            raise ValueError("pair_reference holds an index outside reference_paths")
+        if self.reference_gps is not None:
+            self.reference_gps = np.asarray(self.reference_gps, dtype=np.float64).reshape(-1, 2)
+            if len(self.reference_gps) != len(self.reference_paths):
+                raise ValueError("reference_gps must have one row per reference")
+        if self.pair_conflicts is not None:
+            self.pair_conflicts = np.asarray(self.pair_conflicts, dtype=np.int64).reshape(len(self), -1)
+
+    def __len__(self) -> int:
+        return len(self.query_paths)
+
+    @property
+    def has_gps(self) -> bool:
+        return self.reference_gps is not None
+
+
+@dataclass
+class EvalSet:
+    """An evaluation protocol: a reference is a true match of a query exactly when labels are equal.
+
+    :ivar semi_positives: ``(Q, S)`` int64 reference indices (−1 padded) that count as near-hits
+        (VIGOR), or None.
+    :ivar multi_positive: report ``AP`` (several true references per query, University-1652).
+    :ivar query_gps, reference_gps: ``(n, 2)`` latitude/longitude in degrees, when known.
+    """
+
+    query_paths: Sequence[str]
+    reference_paths: Sequence[str]
+    query_labels: np.ndarray
+    reference_labels: np.ndarray
+    semi_positives: np.ndarray | None = None
+    multi_positive: bool = False
+    query_gps: np.ndarray | None = None
+    reference_gps: np.ndarray | None = None
+    name: str = "test"
+
+    def __post_init__(self) -> None:
+        self.query_labels = np.asarray(self.query_labels, dtype=np.int64)
+        self.reference_labels = np.asarray(self.reference_labels, dtype=np.int64)
+        if len(self.query_labels) != len(self.query_paths):
+            raise ValueError("query_labels must have one entry per query")
+        if len(self.reference_labels) != len(self.reference_paths):
+            raise ValueError("reference_labels must have one entry per reference")
+
+    def positives(self) -> np.ndarray | list[np.ndarray]:
+        """Per query, the indices of its true references (one array, or a list when multi)."""
+        order = np.argsort(self.reference_labels, kind="stable")
+        sorted_labels = self.reference_labels[order]
+        lo = np.searchsorted(sorted_labels, self.query_labels, side="left")
+        hi = np.searchsorted(sorted_labels, self.query_labels, side="right")
+        missing = np.flatnonzero(hi == lo)
+        if len(missing):
+            i = int(missing[0])
+            raise GeokitError(
+                f"{len(missing)} {self.name} queries have no true reference in the gallery "
+                f"(first: {self.query_paths[i]}, label {self.query_labels[i]})")
+        if not self.multi_positive and np.all(hi - lo == 1):
+            return order[lo]
+        return [order[a:b] for a, b in zip(lo, hi)]
+
+
+class CrossViewDataset:
+    """Base class for dataset plugins. Subclasses implement :meth:`train_set` and :meth:`eval_set`.
+
+    :ivar query_size, reference_size: ``(height, width)`` every image of that view is resized to.
+    :ivar query_view, reference_view: names of the views, for messages and plots.
+    :ivar splits: the evaluation splits :meth:`eval_set` accepts; the last one is the default.
+    """
+
+    name: str = "dataset"
+    query_size: Size = (224, 224)
+    reference_size: Size = (224, 224)
+    query_view: str = "ground"
+    reference_view: str = "aerial"
+    splits: tuple[str, ...] = ("test",)
+
+    def train_set(self) -> TrainSet:
+        raise NotImplementedError
+
+    def eval_set(self, split: str | None = None) -> EvalSet:
+        raise NotImplementedError
+
+    def augment_pair(self, query: np.ndarray, reference: np.ndarray,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Training augmentation of one pair (uint8 HWC arrays, already resized). Default: none."""
+        return query, reference
+
+    def load_image(self, path: str, size: Size) -> np.ndarray:
+        """Decode ``path`` to RGB uint8 ``(H, W, 3)`` at ``size``. Errors name the file."""
+        return load_image(path, size)
+
+    def check_split(self, split: str | None) -> str:
+        """``split`` or the default split, with a clear error for an unknown one."""
+        if split is None:
+            return self.splits[-1]
+        if split not in self.splits:
+            raise GeokitError(f"dataset '{self.name}' has no split '{split}'; "
+                              f"splits: {', '.join(self.splits)}")
+        return split
+
+
+def load_image(path: str | Path, size: Size) -> np.ndarray:
+    """Decode an image file to RGB uint8 at ``size`` (height, width), bilinear."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.BILINEAR)
+            return np.array(im)  # a writable copy (torch.from_numpy warns on read-only arrays)
+    except FileNotFoundError:
+        raise GeokitError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise GeokitError(f"cannot decode image {path}: {exc}") from None
+
+
+def to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 HWC -> normalised float CHW."""
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return t.sub_(m).div_(s)
+
+
+@dataclass
+class Normalisation:
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ImageList:
+    """A torch-style dataset of images of one view (evaluation / embedding)."""
+
+    dataset: CrossViewDataset
+    paths: Sequence[str]
+    size: Size
+    norm: Normalisation = field(default_factory=Normalisation)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return to_tensor(self.dataset.load_image(self.paths[i], self.size), self.norm.mean, self.norm.std)
+
+
+@dataclass
+class PairList:
+    """Training pairs with augmentation whose randomness is a function of (seed, epoch, index),
+    so results do not depend on worker count or rank."""
+
+    dataset: CrossViewDataset
+    train: TrainSet
+    norm: Normalisation = field(default_factory=Normalisation)
+    seed: int = 0
+    epoch: int = 1
+
+    def __len__(self) -> int:
+        return len(self.train)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ds, tr = self.dataset, self.train
+        q = ds.load_image(tr.query_paths[i], ds.query_size)
+        r = ds.load_image(tr.reference_paths[tr.pair_reference[i]], ds.reference_size)
+        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        q, r = ds.augment_pair(q, r, rng)
+        return to_tensor(q, self.norm.mean, self.norm.std), to_tensor(r, self.norm.mean, self.norm.std)

@@ -1,0 +1,39 @@
+"""The one embedding path: images -> L2-normalised float32 vectors, in inference mode.
+
+Evaluation, similarity mining (``EpochContext.embed``) and localisation all call :func:`embed_paths`.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from geokit.data import CrossViewDataset, ImageList, Normalisation, Size
+from geokit.runtime import autocast, progress
+
+
+def embed_paths(encoder: Any, dataset: CrossViewDataset, paths: Sequence[str], size: Size,
+                norm: Normalisation, *, batch_size: int = 128, device: Any = None, amp: bool = False,
+                workers: int = 0, desc: str = "embed", show: bool | None = None) -> np.ndarray:
+    """Embed ``paths`` (resized to ``size``) with ``encoder``; returns ``(N, D)`` float32, unit rows."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    device = device or next(encoder.parameters()).device
+    loader = DataLoader(ImageList(dataset, paths, size, norm), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, pin_memory=device.type == "cuda")
+    was_training = encoder.training
+    encoder.eval()
+    out = np.empty((len(paths), int(encoder.embedding_dim)), dtype=np.float32)
+    pos = 0
+    try:
+        with torch.inference_mode(), autocast(device, amp):
+            for images in progress(loader, total=len(loader), desc=desc, enabled=show):
+                emb = encoder(images.to(device, non_blocking=True)).float()
+                emb = torch.nn.functional.normalize(emb, dim=1)
+                out[pos:pos + len(emb)] = emb.cpu().numpy()
+                pos += len(emb)
+    finally:
+        encoder.train(was_training)
+    return out

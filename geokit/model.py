@@ -1,0 +1,86 @@
+"""Build the components of a run from its config, and move weights in and out of checkpoints."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from geokit.checkpoint import load_module_strict, load_weights, save_weights
+from geokit.config import Config
+from geokit.data import CrossViewDataset, Normalisation
+from geokit.errors import GeokitError
+from geokit.registry import create
+
+FORMAT = 1
+
+
+@dataclass
+class Parts:
+    """The built components of one run."""
+
+    config: Config
+    dataset: CrossViewDataset
+    encoder: Any  # torch.nn.Module
+    loss: Any  # torch.nn.Module
+
+    @property
+    def norm(self) -> Normalisation:
+        return Normalisation(tuple(self.encoder.mean), tuple(self.encoder.std))
+
+    def tensors(self) -> dict[str, Any]:
+        out = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
+        out.update({f"loss.{k}": v for k, v in self.loss.state_dict().items()})
+        return out
+
+    def record(self, **extra: Any) -> dict[str, Any]:
+        """The checkpoint record: what a user needs to use these weights without the run."""
+        from geokit.runtime import versions
+
+        cfg = self.config.to_dict()
+        ds = self.dataset
+        return {
+            "format": FORMAT,
+            "encoder": cfg["encoder"],
+            "loss": cfg["loss"],
+            "dataset": cfg["dataset"]["name"],
+            "embedding_dim": int(self.encoder.embedding_dim),
+            "mean": list(self.encoder.mean),
+            "std": list(self.encoder.std),
+            "query_size": list(ds.query_size),
+            "reference_size": list(ds.reference_size),
+            "query_view": ds.query_view,
+            "reference_view": ds.reference_view,
+            "versions": versions(),
+            "config": cfg,
+            **extra,
+        }
+
+    def save(self, path: str | Path, **extra: Any) -> None:
+        save_weights(path, self.tensors(), self.record(**extra))
+
+    def load(self, path: str | Path) -> dict[str, Any]:
+        """Load weights strictly from a geokit checkpoint; returns its record."""
+        tensors, record = load_weights(path)
+        enc = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
+        loss = {k[len("loss."):]: v for k, v in tensors.items() if k.startswith("loss.")}
+        other = sorted(k for k in tensors if not k.startswith(("encoder.", "loss.")))
+        if other:
+            raise GeokitError(f"{path}: unexpected tensors {other[:5]} (not encoder.* or loss.*)")
+        load_module_strict(self.encoder, enc, f"{path} (encoder)")
+        if loss or list(self.loss.state_dict()):
+            load_module_strict(self.loss, loss, f"{path} (loss)")
+        return record
+
+
+def build(config: Config, *, dataset: CrossViewDataset | None = None) -> Parts:
+    """Build dataset, encoder and loss as configured (the sampler is built by the trainer)."""
+    if dataset is None:
+        dataset = create("dataset", config.names["dataset"], config.dataset)
+        dataset.name = config.names["dataset"]
+    encoder = create("encoder", config.names["encoder"], config.encoder)
+    loss = create("loss", config.names["loss"], config.loss)
+    for attr in ("embedding_dim", "mean", "std"):
+        if not hasattr(encoder, attr):
+            raise GeokitError(f"encoder '{config.names['encoder']}' has no '{attr}' attribute "
+                              "(see geokit_register_encoders)")
+    return Parts(config, dataset, encoder, loss)

@@ -1,0 +1,124 @@
+"""Device, precision, seeding, progress and logging: the small facts every engine needs."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+log = logging.getLogger("geokit")
+
+
+def select_device(name: str = "auto") -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from geokit.errors import GeokitError
+        raise GeokitError(f"train.device={name} but CUDA is not available on this machine")
+    return dev
+
+
+def configure_threads(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def amp_dtype(device: Any) -> Any:
+    """bf16 where the hardware has it, else fp16 (CUDA only)."""
+    import torch
+
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def autocast(device: Any, enabled: bool) -> contextlib.AbstractContextManager:
+    import torch
+
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype(device))
+
+
+def default_amp(device: Any) -> bool:
+    """Mixed precision by default on CUDA only (on small CPU models bf16 gained nothing)."""
+    return device.type == "cuda"
+
+
+def default_workers(device: Any) -> int:
+    """On a CPU, worker processes compete with torch's threads for the same cores."""
+    return min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def show_progress() -> bool:
+    return sys.stderr.isatty() and os.environ.get("GEOKIT_PROGRESS", "1") != "0"
+
+
+def progress(items: Iterable[T], *, total: int | None = None, desc: str = "", enabled: bool | None = None,
+             ) -> Iterator[T]:
+    """A tqdm bar on a terminal (rank 0), plain iteration otherwise."""
+    if enabled is None:
+        enabled = show_progress()
+    if not enabled:
+        yield from items
+        return
+    from tqdm import tqdm
+
+    yield from tqdm(items, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def setup_logging(log_file: str | Path | None = None, *, level: int = logging.INFO) -> None:
+    """Console (stderr) and, when given, a file in the run folder."""
+    log.setLevel(level)
+    log.propagate = False
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+               for h in log.handlers):
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(console)
+    for h in list(log.handlers):
+        if isinstance(h, logging.FileHandler):
+            log.removeHandler(h)
+            h.close()
+    if log_file is not None:
+        fh = logging.FileHandler(log_file)
+        fh.setFormatter(fmt)
+        log.addHandler(fh)
+
+
+def versions() -> dict[str, str]:
+    """geokit, torch, timm and plugin versions for run logs and checkpoint records."""
+    import importlib.metadata as md
+
+    import geokit
+    from geokit.plugins import plugin_versions
+
+    out = {"geokit": geokit.__version__}
+    for pkg in ("torch", "timm", "faiss-cpu", "albumentations"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    out["plugins"] = plugin_versions()  # type: ignore[assignment]
+    return out
