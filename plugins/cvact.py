@@ -1,0 +1,1 @@
+"""Bundled plugin `cvact` (being written; registers nothing yet)."""

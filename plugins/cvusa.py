@@ -1,0 +1,1 @@
+"""Bundled plugin `cvusa` (being written; registers nothing yet)."""

@@ -1,0 +1,1 @@
+"""Bundled plugin `dss` (being written; registers nothing yet)."""

@@ -1,0 +1,1 @@
+"""Bundled plugin `gps` (being written; registers nothing yet)."""

@@ -1,0 +1,1 @@
+"""Bundled plugin `synthetic` (being written; registers nothing yet)."""

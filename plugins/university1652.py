@@ -1,0 +1,1 @@
+"""Bundled plugin `university1652` (being written; registers nothing yet)."""

@@ -1,0 +1,1 @@
+"""Bundled plugin `vigor` (being written; registers nothing yet)."""
