@@ -135,14 +135,24 @@ def format_validation_error(exc: ValidationError, prefix: str, model: type[BaseM
         path = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
         if err["type"] == "extra_forbidden":
             hint = ""
-            if model is not None and err["loc"]:
-                hint = closest(str(err["loc"][-1]), model.model_fields)
+            owner = _model_at(model, err["loc"][:-1]) if model is not None else None
+            if owner is not None and err["loc"]:
+                hint = closest(str(err["loc"][-1]), owner.model_fields)
             lines.append(f"unknown config key '{path}'{hint}")
         elif err["type"] == "missing":
             lines.append(f"missing config key '{path}'")
         else:
             lines.append(f"config key '{path}': {err['msg']} (got {err.get('input')!r})")
     return "; ".join(lines)
+
+
+def _model_at(model: type[BaseModel] | None, loc: tuple) -> type[BaseModel] | None:
+    """The nested pydantic model that ``loc`` points into (for 'did you mean' hints)."""
+    for part in loc:
+        field = model.model_fields.get(str(part)) if model is not None else None
+        ann = getattr(field, "annotation", None)
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return model
 
 
 # ------------------------------------------------------------------------------- public API

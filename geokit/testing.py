@@ -98,7 +98,7 @@ def _build(kind: str, obj: Any, options: Mapping[str, Any] | None) -> Any:
 
 
 def check_encoder(encoder: Any, options: Mapping[str, Any] | None = None, *,
-                  sizes: tuple[tuple[int, int], ...] = ((32, 32), (16, 64)), seed: int = 0) -> None:
+                  sizes: tuple[tuple[int, int], ...] = ((32, 32), (32, 96)), seed: int = 0) -> None:
     """Output shape and dtype for each view size, gradients to every trainable parameter,
     determinism under a seed, and the ``embedding_dim``/``mean``/``std`` attributes."""
     import torch

@@ -1,0 +1,98 @@
+"""End to end: `geokit train` then `geokit evaluate` on a tiny generated pairs dataset."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from geokit.checkpoint import read_record
+from geokit.cli import cli
+from geokit.testing import tiny_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, pairs_root):
+    """One 2-epoch run shared by the tests of this module."""
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = tmp / "run.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(pairs_root)))
+    out = tmp / "runs" / "x"
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "--set", "train.lr=5e-4", "--output", str(out)])
+    assert res.exit_code == 0, res.output
+    return cfg, out
+
+
+def test_train_writes_config_metrics_and_weights(trained):
+    cfg, out = trained
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["lr"] == 5e-4
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
+    assert "loss.logit_scale" in rows[0]
+    record = read_record(out / "model.safetensors")
+    assert record["encoder"]["model"] == "convnext_atto" and record["embedding_dim"] == 320
+    assert record["query_size"] == [32, 128] and record["reference_size"] == [32, 32]
+    assert len(record["mean"]) == 3 and record["versions"]["geokit"]
+    assert record["config"]["train"]["lr"] == 5e-4
+    tensors = load_file(out / "model.safetensors")
+    assert any(k.startswith("encoder.") for k in tensors) and "loss.logit_scale" in tensors
+
+
+def test_rerunning_a_finished_run_is_a_no_op(trained):
+    cfg, out = trained
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "--set", "train.lr=5e-4", "--output", str(out)])
+    assert res.exit_code == 0, res.output
+    assert (out / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_a_different_config_on_the_same_folder_is_refused(trained):
+    cfg, out = trained
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "--set", "train.lr=1e-3", "--output", str(out)])
+    assert res.exit_code != 0 and "different config" in res.output
+
+
+def test_evaluate_prints_table_and_writes_metrics_and_embeddings(trained, tmp_path):
+    cfg, out = trained
+    m, e = tmp_path / "m.json", tmp_path / "e.safetensors"
+    res = CliRunner().invoke(cli, ["evaluate", "--config", str(cfg), "--checkpoint", str(out / "model.safetensors"),
+                                   "--output", str(m), "--save-embeddings", str(e)])
+    assert res.exit_code == 0, res.output
+    assert "R@1" in res.output and "R@1%" in res.output
+    metrics = json.loads(m.read_text())
+    assert {"R@1", "R@5", "R@10", "R@1%", "queries", "references"} <= set(metrics)
+    assert metrics["queries"] == 24 and metrics["references"] == 24
+    emb = load_file(e)
+    assert emb["query"].shape == (24, 320) and emb["reference"].shape == (24, 320)
+    assert str(emb["query"].dtype) == "torch.float32" and str(emb["query_labels"].dtype) == "torch.int64"
+    # A reference matches a query exactly when their labels are equal.
+    assert set(emb["query_labels"].tolist()) <= set(emb["reference_labels"].tolist())
+    # The learnable task is learnt a little in two epochs: better than chance (1/24).
+    assert metrics["R@10"] > 100 * 10 / 24
+
+
+def test_python_dash_m_geokit_evaluates_a_random_init_encoder(trained, tmp_path):
+    cfg, _ = trained
+    env = {**os.environ, "GEOKIT_PROGRESS": "0"}
+    out = subprocess.run([sys.executable, "-m", "geokit", "evaluate", "--config", str(cfg),
+                          "--output", str(tmp_path / "m.json")], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "m.json").read_text())["queries"] == 24
+
+
+def test_strict_loading_reports_missing_and_unexpected_keys(trained, tmp_path):
+    cfg, out = trained
+    res = CliRunner().invoke(cli, ["evaluate", "--config", str(cfg), "--set", "encoder.model=convnext_femto",
+                                   "--checkpoint", str(out / "model.safetensors")])
+    assert res.exit_code != 0
+    assert "do not fit the model" in res.output and "keys with another shape" in res.output
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    res = CliRunner().invoke(cli, ["evaluate", "--config", str(cfg), "--checkpoint", str(bad)])
+    assert res.exit_code != 0 and "not a readable safetensors file" in res.output
