@@ -76,8 +76,8 @@ class _Section(BaseModel):
 class _RawConfig(_Strict):
     seed: int = 42
     encoder: _Section
-    loss: _Section = _Section(name="infonce")
-    sampler: _Section = _Section(name="random")
+    loss: _Section
+    sampler: _Section
     dataset: _Section
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
@@ -159,7 +159,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
 
 def resolve(data: dict[str, Any], *, source: str = "config") -> Config:
     """Validate raw config data into a :class:`Config` (components looked up in the registries)."""
-    for kind in ("encoder", "dataset"):
+    for kind in KINDS:
         if kind not in data:
             raise GeokitError(f"{source}: missing config section '{kind}' (with at least 'name')")
     for kind in KINDS:

@@ -59,7 +59,7 @@ def test_yaml_errors_name_file_and_line(tmp_path):
     with pytest.raises(GeokitError, match="config file not found"):
         config.load(tmp_path / "nope.yaml")
     with pytest.raises(GeokitError, match="missing config section 'dataset'"):
-        config.load(write(tmp_path, {"encoder": {"name": "convnext"}}))
+        config.load(write(tmp_path, {"encoder": {"name": "convnext"}, "loss": "infonce", "sampler": "random"}))
 
 
 def test_json_config_works(tmp_path, pairs_root):

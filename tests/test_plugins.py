@@ -176,3 +176,26 @@ def test_every_hookspec_is_documented():
         if name.startswith("geokit_"):
             doc = getattr(hookspecs, name).__doc__ or ""
             assert len(doc.strip()) > 80 and ":param" in doc, f"{name} needs a real docstring"
+
+
+def test_core_names_no_bundled_component():
+    # The core knows no component: no imports of geokit_plugins, and no string constant in code
+    # (docstrings aside) that is the name of a bundled component.
+    import ast
+    from pathlib import Path
+
+    bundled = {c.name for kind in CONTRACT for c in get_registry(kind)
+               if (c.distribution or "").startswith("geokit ")} | set().union(*CONTRACT.values())
+    for path in Path(geokit.__file__).parent.glob("*.py"):
+        if path.name == "testing.py":  # tiny_config: a ready-made test recipe, never used by the engines
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+                      and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                mods = [a.name for a in node.names] + [getattr(node, "module", "") or ""]
+                assert not any(m.startswith("geokit_plugins") for m in mods), f"{path.name} imports a plugin"
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                assert node.value not in bundled, f"{path.name}:{node.lineno} names component {node.value!r}"
