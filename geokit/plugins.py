@@ -122,6 +122,7 @@ def load_manager(autoload: bool | None = None) -> Manager:
                           f"{type(exc).__name__}: {exc}", PluginWarning, stacklevel=2)
             continue
         mgr.add_plugin(obj, info)
+    pm.check_pending()  # the per-plugin check above already left out unknown hooks; this is the net
     return mgr
 
 
