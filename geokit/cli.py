@@ -117,6 +117,7 @@ def evaluate_cmd(config_path: str, overrides: tuple[str, ...], checkpoint: str |
 # Core sub-commands kept in their own modules ("module:attribute"); imported on every start,
 # so those modules import only click at module level.
 COMMAND_MODULES: tuple[str, ...] = (
+    "geokit.cli_datasets:datasets",
 )
 
 

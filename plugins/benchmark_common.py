@@ -1,0 +1,174 @@
+"""Shared plumbing of the four benchmark dataset plugins (CVUSA, CVACT, VIGOR, University-1652).
+
+Every benchmark reads its files exactly as released, checks every row and every referenced image
+once (one directory listing per folder, so it stays fast on 100k-image folders), and reports
+problems through :func:`geokit.verify.problem`: an error naming the file and line when loading,
+or a collected entry (the row is skipped) under ``geokit datasets verify``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+from geokit.augment import PairAugment
+from geokit.data import CrossViewDataset
+from geokit.errors import GeokitError
+from geokit.verify import problem
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+
+
+class BenchmarkOptions(BaseModel):
+    """Options every benchmark takes (``root``, the two view sizes, augmentation, file checks)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: Path = Field(..., description="the dataset folder, as released")
+    query_size: tuple[PositiveInt, PositiveInt] = Field((384, 384), description="[height, width] of queries")
+    reference_size: tuple[PositiveInt, PositiveInt] = Field((384, 384), description="[height, width] of references")
+    augment: bool = Field(True, description="Sample4Geo training augmentation (pair-consistent)")
+    check_files: bool = Field(True, description="check that every listed image exists when loading "
+                              "(one directory listing per folder)")
+    skip_missing: bool = Field(False, description="skip pairs whose image is missing (a warning) "
+                               "instead of stopping; the original CVACT loader skipped silently")
+
+
+class FileIndex:
+    """Existence checks through cached directory listings (one ``listdir`` per folder)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self._dirs: dict[str, frozenset[str] | None] = {}
+
+    def listing(self, folder: str) -> frozenset[str] | None:
+        names = self._dirs.get(folder, ())
+        if names == ():
+            try:
+                names = frozenset(os.listdir(folder))
+            except (FileNotFoundError, NotADirectoryError):
+                names = None
+            self._dirs[folder] = names
+        return names  # type: ignore[return-value]
+
+    def exists(self, path: str) -> bool:
+        if not self.enabled:
+            return True
+        folder, name = os.path.split(path)
+        names = self.listing(folder)
+        return names is not None and name in names
+
+    def why_missing(self, path: str) -> str:
+        folder = os.path.dirname(path)
+        return f" (the folder {folder} does not exist)" if self.listing(folder) is None else ""
+
+
+class BenchmarkDataset(CrossViewDataset):
+    """Base of the benchmark plugins: root check, file index, image sources, augmentation."""
+
+    layout: str = ""
+    options_model: type[BenchmarkOptions] = BenchmarkOptions
+    geometry: str = "panorama"
+
+    def __init__(self, options: BenchmarkOptions):
+        self.options = options
+        self.root = Path(options.root).expanduser()
+        if not self.root.is_dir():
+            raise GeokitError(f"dataset.root: folder not found: {self.root}. {self.name} expects:\n{self.layout}")
+        self.query_size = tuple(options.query_size)
+        self.reference_size = tuple(options.reference_size)
+        self.files = FileIndex(options.check_files)
+        self._sources: dict[str, str] = {}
+        self._cache: dict[str, Any] = {}
+        self._augment = PairAugment(geometry=self.geometry) if options.augment else None  # type: ignore[arg-type]
+
+    # -- helpers for subclasses -------------------------------------------------------------
+
+    def rel(self, path: str | Path) -> str:
+        """``path`` relative to the root, for messages."""
+        try:
+            return str(Path(path).relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+    def require_file(self, rel: str, what: str) -> Path:
+        """The file ``root/rel`` or an error saying what it is and the expected layout."""
+        path = self.root / rel
+        if not path.is_file():
+            raise GeokitError(f"{self.name}: {what} not found: {path}. Expected layout:\n{self.layout}")
+        return path
+
+    def image_ok(self, path: str, file: Any, line: int | str | None) -> bool:
+        """Whether an image listed at ``file``/``line`` exists; reports it when not.
+
+        Records where the image is listed, for ``verify``'s decode errors."""
+        self._sources.setdefault(path, _where(self.rel(file), line))
+        if self.files.exists(path):
+            return True
+        problem(f"image not found: {path}{self.files.why_missing(path)}", file=self.rel(file), line=line,
+                category="missing image", path=path, warning=self.options.skip_missing)
+        return False
+
+    def cached(self, key: str, build: Any) -> Any:
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    # -- CrossViewDataset / verify extras ------------------------------------------------------
+
+    def source_of(self, path: str) -> str | None:
+        """Where an image is listed (file and line), for ``geokit datasets verify``."""
+        return self._sources.get(str(path))
+
+    def known_sizes(self) -> dict[str, int]:
+        """Sizes of the full public dataset (``geokit datasets verify`` compares)."""
+        return {}
+
+    def augment_pair(self, query: np.ndarray, reference: np.ndarray,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        return self._augment(query, reference, rng) if self._augment else (query, reference)
+
+
+def _where(file: str, line: int | str | None) -> str:
+    if line is None:
+        return file
+    return f"{file} line {line}" if isinstance(line, int) else f"{file} {line}"
+
+
+def read_text_lines(path: Path, display: str) -> list[tuple[int, str]]:
+    """Non-blank lines with their 1-based numbers; errors name the file."""
+    try:
+        with open(path, encoding="utf-8-sig", errors="strict") as fh:
+            return [(n, s.strip()) for n, s in enumerate(fh, start=1) if s.strip()]
+    except UnicodeDecodeError as exc:
+        raise GeokitError(f"{display}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise GeokitError(f"{display}: cannot read: {exc.strerror}") from None
+
+
+def parse_float(raw: str, what: str, file: str, line: int | str, bound: float | None = None) -> float | None:
+    """A float, or None after reporting the problem."""
+    try:
+        value = float(raw)
+    except ValueError:
+        problem(f"{what} {raw!r} is not a number", file=file, line=line, category="malformed row")
+        return None
+    if not np.isfinite(value) or (bound is not None and abs(value) > bound):
+        problem(f"{what} {value} is outside [-{bound:g}, {bound:g}]" if bound else f"{what} is not finite",
+                file=file, line=line, category="malformed row")
+        return None
+    return value
+
+
+def list_images(folder: Path) -> list[str]:
+    """Image files of a folder, sorted by name (hidden files ignored)."""
+    with os.scandir(folder) as it:
+        return sorted(e.path for e in it if e.is_file() and not e.name.startswith(".")
+                      and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
+
+
+def fmt(n: int) -> str:
+    return f"{n:,}"
