@@ -55,7 +55,17 @@ class TrainConfig(_Strict):
     threads: int | None = Field(None, ge=1, description="torch CPU threads; null: all cores")
     log_every: int = Field(20, ge=1, description="steps between progress log lines")
     eval_every: int = Field(0, ge=0, description="evaluate every N epochs during training (0: off); "
-                            "on eval.split, never used to select a model")
+                            "on eval.split, else the dataset's 'val' split when it has one; "
+                            "monitoring only, never used to select a model")
+    checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps inside an epoch "
+                                  "(0: only at epoch ends); a killed run resumes from the last one")
+    grad_cache_chunk: int | None = Field(None, ge=1, description="gradient caching: pairs per forward "
+                                         "chunk on each rank (same gradients, less memory); null: off")
+    bad_images: str = Field("error", pattern="^(error|skip)$", description="an unreadable training image: "
+                                                 "stop with an error naming it, or skip its pair and count it")
+    channels_last: bool | None = Field(None, description="channels_last memory format; null: on for CUDA")
+    dist_timeout: float = Field(1800.0, gt=0, description="seconds a rank waits for the others (DDP) "
+                                "before it fails with an error instead of hanging")
 
 
 class EvalConfig(_Strict):

@@ -191,24 +191,43 @@ class ImageList:
         return to_tensor(self.dataset.load_image(self.paths[i], self.size), self.norm.mean, self.norm.std)
 
 
+@dataclass(frozen=True)
+class BadPair:
+    """Stands in for a training pair whose image could not be read (``PairList`` skip mode)."""
+
+    index: int
+    message: str
+
+
 @dataclass
 class PairList:
     """Training pairs with augmentation whose randomness is a function of (seed, epoch, index),
-    so results do not depend on worker count or rank."""
+    so results do not depend on worker count or rank.
+
+    :ivar bad_images: ``error`` raises the loader's :class:`GeokitError` (naming the file);
+        ``skip`` returns a :class:`BadPair` instead, for the engine to drop and count (a
+        marker rather than an exception, so the message stays clean across worker processes).
+    """
 
     dataset: CrossViewDataset
     train: TrainSet
     norm: Normalisation = field(default_factory=Normalisation)
     seed: int = 0
     epoch: int = 1
+    bad_images: str = "error"
 
     def __len__(self) -> int:
         return len(self.train)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | BadPair:
         ds, tr = self.dataset, self.train
-        q = ds.load_image(tr.query_paths[i], ds.query_size)
-        r = ds.load_image(tr.reference_paths[tr.pair_reference[i]], ds.reference_size)
+        try:
+            q = ds.load_image(tr.query_paths[i], ds.query_size)
+            r = ds.load_image(tr.reference_paths[tr.pair_reference[i]], ds.reference_size)
+        except GeokitError as exc:
+            if self.bad_images == "skip":
+                return BadPair(int(i), str(exc))
+            raise
         rng = np.random.default_rng([self.seed, self.epoch, int(i)])
         q, r = ds.augment_pair(q, r, rng)
         return to_tensor(q, self.norm.mean, self.norm.std), to_tensor(r, self.norm.mean, self.norm.std)

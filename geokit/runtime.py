@@ -52,14 +52,40 @@ def autocast(device: Any, enabled: bool) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=device.type, dtype=amp_dtype(device))
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512_BF16 or AMX); without it bf16 autocast
+    is emulated and slower than float32."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
 def default_amp(device: Any) -> bool:
-    """Mixed precision by default on CUDA only (on small CPU models bf16 gained nothing)."""
+    """Mixed precision by default on CUDA (bf16, or fp16 with a loss scaler).
+
+    On CPU it stays off: on the 2-core AVX512_BF16 machine measured in BENCHMARKS.md
+    ("Training engine") bf16 autocast did not speed up the small models geokit trains on a CPU
+    enough to be worth its lower precision (see the table there); ``train.amp=true`` turns it on.
+    """
     return device.type == "cuda"
 
 
 def default_workers(device: Any) -> int:
-    """On a CPU, worker processes compete with torch's threads for the same cores."""
+    """DataLoader worker processes. On a CPU they compete with torch's threads for the same
+    cores (measured in BENCHMARKS.md, "Training engine"), so data loading stays in-process."""
     return min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
+
+
+def default_channels_last(device: Any) -> bool:
+    """channels_last memory format: on for CUDA (tensor-core convolutions prefer NHWC), off on
+    CPU where it measured within noise (BENCHMARKS.md, "Training engine")."""
+    return device.type == "cuda"
 
 
 def seed_everything(seed: int) -> None:
@@ -87,16 +113,22 @@ def progress(items: Iterable[T], *, total: int | None = None, desc: str = "", en
     yield from tqdm(items, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def setup_logging(log_file: str | Path | None = None, *, level: int = logging.INFO) -> None:
-    """Console (stderr) and, when given, a file in the run folder."""
+def setup_logging(log_file: str | Path | None = None, *, level: int = logging.INFO, rank: int = 0) -> None:
+    """Console (stderr) and, when given, a file in the run folder. Under DDP only rank 0 logs
+    information; the other ranks print warnings and errors, prefixed with their rank."""
+    if rank != 0:
+        level = logging.WARNING
+        log_file = None
     log.setLevel(level)
     log.propagate = False
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
                for h in log.handlers):
         console = logging.StreamHandler(sys.stderr)
-        console.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(console)
+    for h in log.handlers:
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            h.setFormatter(logging.Formatter(f"[rank {rank}] %(message)s" if rank else "%(message)s"))
     for h in list(log.handlers):
         if isinstance(h, logging.FileHandler):
             log.removeHandler(h)
@@ -122,3 +154,30 @@ def versions() -> dict[str, str]:
             pass
     out["plugins"] = plugin_versions()  # type: ignore[assignment]
     return out
+
+
+class TensorBoard:
+    """Scalars to TensorBoard when ``tensorboard`` is installed (``torch.utils.tensorboard``);
+    silently nothing otherwise. Only rank 0 creates one."""
+
+    def __init__(self, folder: str | Path | None) -> None:
+        self.writer: Any = None
+        if folder is None:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard not installed (ImportError), or a broken install
+            return
+        self.writer = SummaryWriter(str(folder))
+
+    def scalars(self, values: dict[str, Any], step: int) -> None:
+        if self.writer is None:
+            return
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

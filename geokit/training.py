@@ -1,15 +1,26 @@
 """The training engine: AdamW, per-step cosine schedule with linear warm-up, value clipping,
-optional mixed precision, seeded, resumable at epoch boundaries.
+mixed precision, data-parallel over ranks, gradient caching, exact resume.
 
-A run folder holds ``config.yaml`` (resolved), ``train.log``, ``metrics.jsonl`` (one line per
-epoch), ``state.safetensors`` (resume state, rewritten atomically after every epoch) and, at the
-end, ``model.safetensors`` (the shareable weights + record). Running the same command on the same
-folder resumes from the last completed epoch.
+A run folder holds ``config.yaml`` (resolved), ``train.log`` (config and versions at the top),
+``metrics.jsonl`` (one line per epoch), ``steps.jsonl`` (loss and lr every ``train.log_every``
+steps), ``state.safetensors`` (resume state, rewritten atomically at every epoch end and every
+``train.checkpoint_every`` steps) and, at the end, ``model.safetensors`` (the shareable weights +
+record). Running the same command on the same folder resumes from the last checkpoint; on a CPU
+with a fixed seed the resumed run ends with bit-identical weights.
+
+Distributed (``torchrun --nproc_per_node=N -m geokit train ...``): every rank trains on its
+slice of each global batch (``rank_slice``), the embeddings are all-gathered with gradients so
+the loss sees the whole global batch, and gradients are scaled so that DDP's average equals the
+single-process gradient. Rank 0 logs, checkpoints and evaluates; the others wait.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,24 +28,33 @@ from typing import Any
 
 import numpy as np
 
+from geokit import distributed as D
 from geokit.checkpoint import atomic_write_text, load_state, save_state
 from geokit.config import Config, read_yaml
-from geokit.data import PairList
+from geokit.data import BadPair, PairList
 from geokit.errors import GeokitError
 from geokit.evaluation import format_table, run_protocol
 from geokit.model import Parts, build
 from geokit.registry import create
 from geokit.runtime import (
-    autocast, configure_threads, default_amp, default_workers, log, progress, seed_everything,
-    select_device, setup_logging, versions,
+    TensorBoard, autocast, configure_threads, default_amp, default_channels_last, default_workers, log,
+    progress, setup_logging, versions,
 )
 from geokit.sampling import EpochContext, TrainEmbeddings, rank_slice
 
 STATE = "state.safetensors"
 WEIGHTS = "model.safetensors"
-# Keys that may differ between a run and its resumption (they do not change the result).
+STATE_FORMAT = 2
+# Keys that may differ between a run and its resumption (they do not change the result, or
+# are there to rescue a run: skipping bad images, gradient caching after running out of memory).
 RESUME_FREE = {("train", "workers"), ("train", "device"), ("train", "threads"), ("train", "log_every"),
-               ("eval", "batch_size"), ("eval", "chunk_size")}
+               ("train", "checkpoint_every"), ("train", "grad_cache_chunk"), ("train", "bad_images"),
+               ("train", "dist_timeout"), ("train", "eval_every"), ("train", "channels_last"),
+               ("eval", "batch_size"), ("eval", "chunk_size"), ("eval", "split")}
+
+
+class TrainingInterrupted(GeokitError):
+    """SIGINT/SIGTERM: the step in flight finished, the state was saved, the run stopped."""
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -43,6 +63,12 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
         return base * (step + 1) / warmup
     span = max(total - warmup, 1)
     return base * 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
+
+
+def step_seed(seed: int, step: int) -> int:
+    """torch's RNG is re-seeded from (seed, step) before every step, so stochastic layers
+    (drop-path) give the same result whether or not the run was interrupted."""
+    return int(np.random.SeedSequence([seed % 2**32, step]).generate_state(1)[0])
 
 
 @dataclass
@@ -60,144 +86,504 @@ def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def train(config: Config, output: str | Path, *, show: bool | None = None) -> TrainResult:
-    """Train as configured into ``output`` (resuming when it holds an unfinished run)."""
+# ------------------------------------------------------------------------------ one step
+
+
+def _pair_encoder_class() -> Any:
     import torch
 
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    setup_logging(output / "train.log")
-    cfg_dict = config.to_dict()
-    state_path = output / STATE
-    if (output / "config.yaml").exists() and (state_path.exists() or (output / WEIGHTS).exists()):
-        old = read_yaml(output / "config.yaml")
-        if _comparable(old) != _comparable(cfg_dict):
-            raise GeokitError(
-                f"{output} holds a run with a different config (see {output / 'config.yaml'}); "
-                "use another --output, or delete the folder to start over")
-    atomic_write_text(output / "config.yaml", config.to_yaml())
+    class PairEncoder(torch.nn.Module):
+        """Both views through the shared encoder in one forward call, so DDP sees one forward
+        per backward (two separate calls of a DDP module before one backward are an error)."""
 
-    tc = config.train
-    configure_threads(tc.threads)
-    device = select_device(tc.device)
-    amp = default_amp(device) if tc.amp is None else tc.amp
-    workers = default_workers(device) if tc.workers is None else tc.workers
-    seed_everything(config.seed)
+        def __init__(self, encoder: torch.nn.Module) -> None:
+            super().__init__()
+            self.encoder = encoder
 
-    parts = build(config)
-    ds = parts.dataset
-    train_set = ds.train_set()
-    if len(train_set) < tc.batch_size:
-        raise GeokitError(f"dataset '{ds.name}' has {len(train_set)} training pairs, fewer than "
-                          f"train.batch_size={tc.batch_size}")
-    sampler = create("sampler", config.names["sampler"], config.sampler)
-    encoder, loss_fn = parts.encoder.to(device), parts.loss.to(device)
-    params = [p for m in (encoder, loss_fn) for p in m.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda"
-                                  and not torch.cuda.is_bf16_supported())
+        def forward(self, query: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.encoder(query), self.encoder(reference)
 
-    steps_per_epoch = max(len(train_set) // tc.batch_size, 1)
-    total_steps = tc.epochs * steps_per_epoch
-    warmup_steps = int(round(tc.warmup_epochs * steps_per_epoch))
-    start_epoch, step, history = 1, 0, []
+    return PairEncoder
 
-    if state_path.exists():
-        state = load_state(state_path)
-        parts.encoder.load_state_dict(state["encoder"])
-        parts.loss.load_state_dict(state["loss"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        sampler.load_state_dict(state["sampler"])
+
+def collate_pairs(items: list[Any]) -> tuple[Any, Any, list[BadPair]]:
+    """Stack the readable pairs; hand the unreadable ones (``BadPair``) back separately."""
+    import torch
+
+    good = [x for x in items if not isinstance(x, BadPair)]
+    bad = [x for x in items if isinstance(x, BadPair)]
+    if not good:
+        return None, None, bad
+    return torch.stack([q for q, _ in good]), torch.stack([r for _, r in good]), bad
+
+
+class TrainStep:
+    """Forward, global loss, backward, clipping and optimizer step for one (local) batch.
+
+    :param grad_cache_chunk: pairs per chunk for gradient caching, or None for one forward.
+        With caching the batch is embedded chunk by chunk without a graph, the loss and its
+        gradient with respect to the embeddings are computed on the (gathered) global batch, and
+        each chunk is re-run with a graph and back-propagated with its cached gradient: the same
+        gradients as the plain step, with the activation memory of one chunk.
+    """
+
+    def __init__(self, encoder: Any, loss_fn: Any, optimizer: Any, *, device: Any, amp: bool = False,
+                 scaler: Any = None, clip_value: float | None = None, grad_cache_chunk: int | None = None,
+                 channels_last: bool = False, world: D.World = D.SINGLE) -> None:
+        import torch
+
+        self.encoder, self.loss_fn, self.optimizer = encoder, loss_fn, optimizer
+        self.device, self.amp, self.world = device, amp, world
+        self.scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
+        self.clip_value, self.chunk, self.channels_last = clip_value, grad_cache_chunk, channels_last
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.raw_pair = _pair_encoder_class()(encoder)
+        self.pair, self.loss_mod = self.raw_pair, loss_fn
+        if world.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [device.index] if device.type == "cuda" else None
+            self.pair = DDP(self.raw_pair, device_ids=ids, broadcast_buffers=False)
+            if any(p.requires_grad for p in loss_fn.parameters()):  # DDP refuses a module without
+                self.loss_mod = DDP(loss_fn, device_ids=ids)      # trainable parameters
+
+    def _inputs(self, x: Any) -> Any:
+        import torch
+
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def backward(self, query: Any, reference: Any, sizes: tuple[int, ...] | None = None) -> Any:
+        """Gradients of the global loss into ``.grad`` (scaled by the AMP scaler); returns the
+        detached loss. ``sizes``: the pairs every rank holds this step (default: this batch)."""
+        q, r = self._inputs(query), self._inputs(reference)
+        sizes = sizes or (len(q),)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.chunk:
+            return self._backward_cached(q, r, sizes)
+        with autocast(self.device, self.amp):
+            qe, re_ = self.pair(q, r)
+        rank = self.world.rank
+        qa = D.all_gather_with_grad(qe.float(), sizes, rank)
+        ra = D.all_gather_with_grad(re_.float(), sizes, rank)
+        loss = self.loss_mod(qa, ra)
+        self._check(loss)
+        self.scaler.scale(loss).backward()
+        return loss.detach()
+
+    def _backward_cached(self, q: Any, r: Any, sizes: tuple[int, ...]) -> Any:
+        import torch
+
+        n = len(q)
+        spans = [(a, min(a + self.chunk, n)) for a in range(0, n, self.chunk)] or [(0, 0)]
+        rng = []
+        with torch.no_grad(), autocast(self.device, self.amp):
+            qs, rs = [], []
+            for a, b in spans:
+                rng.append(self._rng_state())
+                qe, re_ = self.raw_pair(q[a:b], r[a:b])
+                qs.append(qe.float())
+                rs.append(re_.float())
+        qa = D.all_gather_rows(torch.cat(qs), sizes).requires_grad_(True)
+        ra = D.all_gather_rows(torch.cat(rs), sizes).requires_grad_(True)
+        loss = self.loss_mod(qa, ra)
+        self._check(loss)
+        self.scaler.scale(loss).backward()
+        # This rank's rows of the embedding gradient; × world size as in all_gather_with_grad,
+        # so that DDP's average over ranks is the single-process sum.
+        start, ws = sum(sizes[:self.world.rank]), self.world.world_size
+        gq = qa.grad[start:start + n] * ws if ws > 1 else qa.grad
+        gr = ra.grad[start:start + n] * ws if ws > 1 else ra.grad
+        for k, (a, b) in enumerate(spans):
+            self._set_rng_state(rng[k])  # the same drop-path masks as in the first pass
+            last = k == len(spans) - 1
+            sync = contextlib.nullcontext() if last or not self.world.distributed else self.pair.no_sync()
+            with sync:
+                with autocast(self.device, self.amp):
+                    qe, re_ = self.pair(q[a:b], r[a:b])
+                torch.autograd.backward([qe.float(), re_.float()], [gq[a:b], gr[a:b]])
+        return loss.detach()
+
+    def _rng_state(self) -> Any:
+        import torch
+
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return torch.get_rng_state(), cuda
+
+    def _set_rng_state(self, state: Any) -> None:
+        import torch
+
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], self.device)
+
+    def _check(self, loss: Any) -> None:
+        import torch
+
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(float(loss.detach()))
+
+    def step(self, query: Any, reference: Any, lr: float, sizes: tuple[int, ...] | None = None) -> float:
+        """One optimisation step at learning rate ``lr``; returns the loss."""
+        import torch
+
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = self.backward(query, reference, sizes)
+        if self.clip_value is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_value_(self.params, self.clip_value)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss)
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, value: float) -> None:
+        super().__init__(f"loss {value}")
+        self.value = value
+
+
+# ------------------------------------------------------------------------------ signals
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag the loop checks between steps; a second signal acts at once."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
+        log.warning("%s received: finishing the current step, then saving and stopping "
+                    "(send it again to stop at once)", self.signal)
+        signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# ------------------------------------------------------------------------------ the engine
+
+
+def train(config: Config, output: str | Path, *, show: bool | None = None) -> TrainResult:
+    """Train as configured into ``output`` (resuming when it holds an unfinished run).
+
+    Under torchrun every rank calls this; each returns the same result.
+    """
+    world, device = D.setup(config.train.device, config.train.dist_timeout)
+    clean = False
+    try:
+        result = _Engine(config, Path(output), world, device, show).run()
+        clean = True
+        return result
+    except TrainingInterrupted:
+        clean = True  # every rank stopped after the same step
+        raise
+    except GeokitError:
+        raise
+    except Exception as exc:
+        if world.distributed and D.is_comm_error(exc):
+            raise D.comm_error(world, "a collective operation", exc) from None
+        raise
+    finally:
+        D.teardown(world, clean=clean)
+
+
+class _Engine:
+    def __init__(self, config: Config, output: Path, world: D.World, device: Any, show: bool | None) -> None:
+        self.config, self.output, self.world, self.device = config, output, world, device
+        self.show = show if world.is_main else False
+        self.state_path = output / STATE
+
+    # ---------------------------------------------------------------- set-up
+    def run(self) -> TrainResult:
+        import torch
+
+        config, output, world, device = self.config, self.output, self.world, self.device
+        tc = config.train
+        output.mkdir(parents=True, exist_ok=True)
+        setup_logging(output / "train.log", rank=world.rank)
+        cfg_dict = config.to_dict()
+        if (output / "config.yaml").exists() and (self.state_path.exists() or (output / WEIGHTS).exists()):
+            old = read_yaml(output / "config.yaml")
+            if _comparable(old) != _comparable(cfg_dict):
+                raise GeokitError(
+                    f"{output} holds a run with a different config (see {output / 'config.yaml'}); "
+                    "use another --output, or delete the folder to start over")
+        if world.is_main:
+            atomic_write_text(output / "config.yaml", config.to_yaml())
+
+        configure_threads(tc.threads)
+        self.amp = default_amp(device) if tc.amp is None else tc.amp
+        self.workers = default_workers(device) if tc.workers is None else tc.workers
+        channels_last = default_channels_last(device) if tc.channels_last is None else tc.channels_last
+        torch.manual_seed(config.seed)  # the same initial weights on every rank and every run
+        random.seed(config.seed)
+        np.random.seed(config.seed % 2**32)
+
+        parts = self.parts = build(config)
+        ds = parts.dataset
+        train_set = self.train_set = ds.train_set()
+        if len(train_set) < tc.batch_size:
+            raise GeokitError(f"dataset '{ds.name}' has {len(train_set)} training pairs, fewer than "
+                              f"train.batch_size={tc.batch_size}")
+        if tc.batch_size < world.world_size:
+            raise GeokitError(f"train.batch_size={tc.batch_size} is smaller than the {world.world_size} "
+                              "ranks: every rank needs at least one pair per batch")
+        self.sampler = create("sampler", config.names["sampler"], config.sampler)
+        encoder, loss_fn = parts.encoder.to(device), parts.loss.to(device)
+        if channels_last:
+            encoder.to(memory_format=torch.channels_last)
+        params = [p for m in (encoder, loss_fn) for p in m.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+        fp16 = self.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+        self.scaler = torch.amp.GradScaler(device.type, init_scale=2.0**10, enabled=fp16)
+
+        self.steps_per_epoch = max(len(train_set) // tc.batch_size, 1)
+        self.total_steps = tc.epochs * self.steps_per_epoch
+        self.warmup_steps = int(round(tc.warmup_epochs * self.steps_per_epoch))
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        start_epoch, resume = 1, None
+        if self.state_path.exists():
+            resume = self._load_state()
+            start_epoch = int(resume["epoch"]) + (1 if resume["epoch_done"] else 0)
+        if start_epoch > tc.epochs and (output / WEIGHTS).exists():
+            log.info("%s already finished %d epochs; nothing to do", output, tc.epochs)
+            return TrainResult(output, 0, self.history, parts)
+
+        if resume is None:
+            log.info("geokit train -> %s\n%s\nversions: %s", output, config.to_yaml().rstrip(),
+                     json.dumps(versions()))
+        else:
+            log.info("geokit train -> %s (resumed)\n%s\nversions: %s", output, config.to_yaml().rstrip(),
+                     json.dumps(versions()))
+        log.info("%d training pairs, %d references; device %s, ranks %d, amp %s, workers %d%s%s",
+                 len(train_set), len(train_set.reference_paths), device, world.world_size, self.amp,
+                 self.workers, f", gradient cache {tc.grad_cache_chunk} pairs/chunk" if tc.grad_cache_chunk else "",
+                 ", channels_last" if channels_last else "")
+        self.stepper = TrainStep(encoder, loss_fn, self.optimizer, device=device, amp=self.amp,
+                                 scaler=self.scaler, clip_value=tc.clip_value,
+                                 grad_cache_chunk=tc.grad_cache_chunk, channels_last=channels_last, world=world)
+        self.pairs = PairList(ds, train_set, parts.norm, seed=config.seed, bad_images="skip")
+        self.tb = TensorBoard(output / "tensorboard" if world.is_main else None)
+        self.skipped_total = 0
+        epochs_run = 0
+        try:
+            with _StopFlag() as self.stop:
+                for epoch in range(start_epoch, tc.epochs + 1):
+                    self._epoch(epoch, resume if resume and int(resume["epoch"]) == epoch else None)
+                    resume = None
+                    epochs_run += 1
+        finally:
+            self.tb.close()
+        if self.skipped_total:
+            log.warning("skipped %d training pairs with unreadable images in this run (train.bad_images=skip)",
+                        self.skipped_total)
+        if world.is_main:
+            parts.save(output / WEIGHTS, epochs=tc.epochs, steps=self.step)
+            log.info("wrote %s", output / WEIGHTS)
+        D.barrier(world)
+        return TrainResult(output, epochs_run, self.history, parts)
+
+    # ---------------------------------------------------------------- resume state
+    def _load_state(self) -> dict[str, Any]:
+        import torch
+
+        state = load_state(self.state_path)
+        if state.get("format") != STATE_FORMAT:
+            raise GeokitError(f"{self.state_path} was written by another geokit version (format "
+                              f"{state.get('format')}, expected {STATE_FORMAT}); delete it to start over")
+        self.parts.encoder.load_state_dict(state["encoder"])
+        self.parts.loss.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(tuple(state["numpy_rng"]))
-        start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
-        history = _read_history(output)[: start_epoch - 1]
-        log.info("resuming %s after epoch %d (step %d)", output, start_epoch - 1, step)
-    if start_epoch > tc.epochs and (output / WEIGHTS).exists():
-        log.info("%s already finished %d epochs; nothing to do", output, tc.epochs)
-        return TrainResult(output, 0, history, parts)
+        random.setstate(state["python_rng"])
+        self.step = int(state["step"])
+        done = int(state["epoch"]) if state["epoch_done"] else int(state["epoch"]) - 1
+        self.history = [r for r in _read_history(self.output) if int(r.get("epoch", 0)) <= done]
+        where = (f"after epoch {state['epoch']}" if state["epoch_done"] else
+                 f"in epoch {state['epoch']} after batch {state['batches_done']}")
+        log.info("resuming %s %s (step %d)", self.output, where, self.step)
+        return state
 
-    log.info("geokit train -> %s\n%s\nversions: %s", output, config.to_yaml().rstrip(),
-             json.dumps(versions()))
-    log.info("%d training pairs, %d references; device %s, amp %s, workers %d",
-             len(train_set), len(train_set.reference_paths), device, amp, workers)
+    def _save_state(self, epoch: int, batches: list[np.ndarray], done: int, epoch_done: bool,
+                    stats: dict[str, float]) -> None:
+        """Rank 0 writes the whole resume state atomically (temp file, fsync, rename)."""
+        import torch
 
-    def embed_train() -> TrainEmbeddings:
+        if not self.world.is_main:
+            return
+        sizes = np.asarray([len(b) for b in batches], dtype=np.int64)
+        flat = np.concatenate(batches).astype(np.int64) if batches else np.zeros(0, np.int64)
+        save_state(self.state_path, {
+            "format": STATE_FORMAT, "epoch": epoch, "epoch_done": epoch_done, "batches_done": done,
+            "step": self.step, "epoch_batches": flat, "epoch_batch_sizes": sizes, "epoch_stats": stats,
+            "encoder": self.parts.encoder.state_dict(), "loss": self.parts.loss.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "sampler": self.sampler.state_dict(), "torch_rng": torch.get_rng_state(),
+            "numpy_rng": list(np.random.get_state()), "python_rng": random.getstate(),
+        })
+
+    # ---------------------------------------------------------------- one epoch
+    def _embed_train(self) -> TrainEmbeddings:
+        """The training set in evaluation mode, for similarity mining: every rank embeds its
+        share of the images and the rows are all-gathered, so all ranks mine the same batches."""
         from geokit.embedding import embed_paths
 
-        kw = dict(batch_size=config.eval.batch_size, device=device, amp=amp, workers=workers, show=show)
-        q = embed_paths(encoder, ds, train_set.query_paths, ds.query_size, parts.norm,
-                        desc="mine queries", **kw)
-        r = embed_paths(encoder, ds, train_set.reference_paths, ds.reference_size, parts.norm,
-                        desc="mine references", **kw)
-        return TrainEmbeddings(q, r)
+        ds, tr, world = self.parts.dataset, self.train_set, self.world
+        kw = dict(batch_size=self.config.eval.batch_size, device=self.device, amp=self.amp,
+                  workers=self.workers, show=self.show)
 
-    pairs = PairList(ds, train_set, parts.norm, seed=config.seed)
-    epochs_run = 0
-    for epoch in range(start_epoch, tc.epochs + 1):
-        t0 = time.perf_counter()
-        ctx = EpochContext(epoch=epoch, epochs=tc.epochs, batch_size=tc.batch_size, seed=config.seed,
-                           train=train_set, dataset_name=ds.name, embed=embed_train)
-        batches = [rank_slice(b, ctx.rank, ctx.world_size) for b in sampler.batches(ctx)]
-        if not batches:
-            raise GeokitError(f"sampler '{config.names['sampler']}' produced no batches for epoch {epoch}")
-        pairs.epoch = epoch
-        loader = torch.utils.data.DataLoader(pairs, batch_sampler=batches, num_workers=workers,
-                                             pin_memory=device.type == "cuda")
-        encoder.train()
-        loss_sum, n_steps, n_images = 0.0, 0, 0
-        for q, r in progress(loader, total=len(batches), desc=f"epoch {epoch}/{tc.epochs}", enabled=show):
-            lr = lr_at(step, total_steps, warmup_steps, tc.lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            q, r = q.to(device, non_blocking=True), r.to(device, non_blocking=True)
-            with autocast(device, amp):
-                qe, re_ = encoder(q), encoder(r)
-            loss = loss_fn(qe.float(), re_.float())
-            if not torch.isfinite(loss):
-                raise GeokitError(
-                    f"the loss became {loss.item()} at epoch {epoch}, step {step + 1}: training "
-                    f"stopped. The last good state is {state_path if state_path.exists() else 'none yet'}; "
-                    "try a lower train.lr or train.amp=false")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if tc.clip_value is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_value_(params, tc.clip_value)
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            n_steps += 1
-            n_images += 2 * len(q)
-            loss_sum += loss.item()
-            if step % tc.log_every == 0:
-                log.info("epoch %d step %d loss %.4f lr %.2e", epoch, step, loss.item(), lr)
+        def part(paths: Any, size: Any, desc: str) -> np.ndarray:
+            idx = rank_slice(np.arange(len(paths)), world.rank, world.world_size)
+            rows = embed_paths(self.parts.encoder, ds, [paths[i] for i in idx], size, self.parts.norm,
+                               desc=desc, **kw)
+            return D.gather_numpy_rows(world, rows, self.device)
+
+        return TrainEmbeddings(part(tr.query_paths, ds.query_size, "mine queries"),
+                               part(tr.reference_paths, ds.reference_size, "mine references"))
+
+    def _epoch(self, epoch: int, resume: dict[str, Any] | None) -> None:
+        import torch
+
+        tc, world, device = self.config.train, self.world, self.device
+        if resume is not None and not resume["epoch_done"]:
+            sizes = [int(n) for n in resume["epoch_batch_sizes"]]
+            flat = np.asarray(resume["epoch_batches"], dtype=np.int64)
+            batches = np.split(flat, np.cumsum(sizes)[:-1]) if sizes else []
+            start = int(resume["batches_done"])
+            stats = {k: float(v) for k, v in resume["epoch_stats"].items()}
+        else:
+            ctx = EpochContext(epoch=epoch, epochs=tc.epochs, batch_size=tc.batch_size, seed=self.config.seed,
+                               train=self.train_set, dataset_name=self.parts.dataset.name, rank=world.rank,
+                               world_size=world.world_size, embed=self._embed_train)
+            batches = [np.asarray(b, dtype=np.int64) for b in self.sampler.batches(ctx)]
+            if not batches:
+                raise GeokitError(f"sampler '{self.config.names['sampler']}' produced no batches for epoch {epoch}")
+            start = 0
+            stats = {"loss_sum": 0.0, "steps": 0, "images": 0, "seconds": 0.0, "skipped": 0}
+        self.pairs.epoch = epoch
+        local = [rank_slice(b, world.rank, world.world_size) for b in batches[start:]]
+        # The loader gets its own generator: creating it must not draw from torch's global RNG.
+        loader = torch.utils.data.DataLoader(
+            self.pairs, batch_sampler=local, num_workers=self.workers, collate_fn=collate_pairs,
+            pin_memory=device.type == "cuda", persistent_workers=False,
+            generator=torch.Generator().manual_seed(self.config.seed + epoch))
+        self.parts.encoder.train()
+        t0 = time.perf_counter() - stats["seconds"]
+        done, lr, loss = start, lr_at(self.step, self.total_steps, self.warmup_steps, tc.lr), float("nan")
+        bar = progress(loader, total=len(local), desc=f"epoch {epoch}/{tc.epochs}", enabled=self.show)
+        for q, r, bad in bar:
+            self._handle_bad(bad, epoch)
+            n_local = 0 if q is None else len(q)
+            sizes, stop = D.exchange_step_info(world, n_local, self.stop.signal is not None, device)
+            if stop:
+                stats["seconds"] = time.perf_counter() - t0
+                self._interrupt(epoch, batches, done, stats)
+            if sum(sizes) >= 2:
+                if q is None:  # every pair of this rank's slice was unreadable
+                    q = torch.empty((0, 3, *self.parts.dataset.query_size))
+                    r = torch.empty((0, 3, *self.parts.dataset.reference_size))
+                lr = lr_at(self.step, self.total_steps, self.warmup_steps, tc.lr)
+                torch.manual_seed(step_seed(self.config.seed, self.step))
+                try:
+                    loss = self.stepper.step(q, r, lr, sizes)
+                except NonFiniteLoss as exc:
+                    raise GeokitError(
+                        f"the loss became {exc.value} at epoch {epoch}, step {self.step + 1}: training "
+                        f"stopped. The last good state is "
+                        f"{self.state_path if self.state_path.exists() else 'none yet (no checkpoint was written)'}"
+                        "; try a lower train.lr, train.amp=false, or check the data") from None
+                self.step += 1
+                stats["steps"] += 1
+                stats["images"] += 2 * sum(sizes)
+                stats["loss_sum"] += loss
+                if self.step % tc.log_every == 0:
+                    log.info("epoch %d step %d loss %.4f lr %.2e", epoch, self.step, loss, lr)
+                    self._log_step({"epoch": epoch, "step": self.step, "loss": loss, "lr": lr})
+            done += 1
+            if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and done < len(batches) \
+                    and sum(sizes) >= 2:
+                stats["seconds"] = time.perf_counter() - t0
+                self._save_state(epoch, batches, done, False, stats)
         seconds = time.perf_counter() - t0
-        row: dict[str, Any] = {"epoch": epoch, "step": step, "loss": loss_sum / max(n_steps, 1),
+        if world.distributed:  # bad-image counts of all ranks
+            counts, _ = D.exchange_step_info(world, int(stats["skipped"]), False, device)
+            skipped = sum(counts)
+        else:
+            skipped = int(stats["skipped"])
+        n_steps = int(stats["steps"])
+        row: dict[str, Any] = {"epoch": epoch, "step": self.step, "loss": stats["loss_sum"] / max(n_steps, 1),
                                "lr": lr, "batches": n_steps, "seconds": round(seconds, 3),
-                               "images_per_s": round(n_images / max(seconds, 1e-9), 2)}
+                               "images_per_s": round(stats["images"] / max(seconds, 1e-9), 2)}
+        if tc.bad_images == "skip":
+            row["skipped_pairs"] = skipped
+            self.skipped_total += skipped
         row.update({f"loss.{k}": float(v.detach().float().mean())
-                    for k, v in loss_fn.named_parameters() if v.numel() == 1})
-        log.info("epoch %d/%d: loss %.4f, %d batches, %.1f s (%.1f images/s)", epoch, tc.epochs,
-                 row["loss"], n_steps, seconds, row["images_per_s"])
+                    for k, v in self.parts.loss.named_parameters() if v.numel() == 1})
+        log.info("epoch %d/%d: loss %.4f, %d batches, %.1f s (%.1f images/s)%s", epoch, tc.epochs,
+                 row["loss"], n_steps, seconds, row["images_per_s"],
+                 f", {skipped} pairs skipped (unreadable images)" if skipped else "")
         if tc.eval_every and (epoch % tc.eval_every == 0 or epoch == tc.epochs):
-            res = run_protocol(parts, device=device, show=show)
-            row.update({f"eval/{k}": v for k, v in res.metrics.items()})
-            log.info(format_table(res.metrics, f"epoch {epoch}: {ds.name} / {res.eval_set.name}"))
-        history.append(row)
-        _append_history(output, row)
-        save_state(state_path, {
-            "epoch": epoch, "step": step, "encoder": encoder.state_dict(), "loss": loss_fn.state_dict(),
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state(),
-            "numpy_rng": list(np.random.get_state()),
-        })
-        epochs_run += 1
+            if world.is_main:
+                row.update(self._evaluate(epoch))
+            D.barrier(world)  # the other ranks wait for rank 0's evaluation
+        self.history.append(row)
+        if world.is_main:
+            _append_history(self.output, row)
+            self.tb.scalars({f"epoch/{k}": v for k, v in row.items() if k not in ("epoch", "step")}, epoch)
+        self._save_state(epoch, batches, len(batches), True, stats)
+        if self.stop.signal is not None and epoch < tc.epochs:
+            self._interrupt(epoch + 1, [], 0, None)
 
-    parts.save(output / WEIGHTS, epochs=tc.epochs, steps=step)
-    log.info("wrote %s", output / WEIGHTS)
-    return TrainResult(output, epochs_run, history, parts)
+    def _evaluate(self, epoch: int) -> dict[str, Any]:
+        """Monitoring only: the final weights are always the last epoch's (no selection)."""
+        ds, cfg = self.parts.dataset, self.config
+        split = cfg.eval.split or ("val" if "val" in ds.splits else None)
+        res = run_protocol(self.parts, split, device=self.device, show=self.show)
+        log.info(format_table(res.metrics, f"epoch {epoch}: {ds.name} / {res.eval_set.name} "
+                                           "(monitoring only, no model selection)"))
+        return {f"eval/{k}": v for k, v in res.metrics.items()}
+
+    def _handle_bad(self, bad: list[BadPair], epoch: int) -> None:
+        if not bad:
+            return
+        if self.config.train.bad_images != "skip":
+            raise GeokitError(f"{bad[0].message} (training pair {bad[0].index}, epoch {epoch}). Fix or "
+                              "remove the file, or set train.bad_images=skip to skip such pairs and count them")
+        for b in bad:
+            log.warning("skipping training pair %d: %s", b.index, b.message)
+
+    def _interrupt(self, epoch: int, batches: list[np.ndarray], done: int, stats: dict[str, float] | None) -> None:
+        if stats is not None:
+            self._save_state(epoch, batches, done, False, stats)
+            where = f"epoch {epoch}, after batch {done} of {len(batches)} (step {self.step})"
+        else:  # between epochs: the epoch-end state is already written
+            where = f"the end of epoch {epoch - 1} (step {self.step})"
+        D.barrier(self.world)
+        raise TrainingInterrupted(f"training stopped by {self.stop.signal} at {where}; the state is saved in "
+                                  f"{self.state_path}. Re-run the same command to resume.")
+
+    def _log_step(self, row: dict[str, Any]) -> None:
+        if not self.world.is_main:
+            return
+        with open(self.output / "steps.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        self.tb.scalars({"train/loss": row["loss"], "train/lr": row["lr"]}, row["step"])
 
 
 def _append_history(output: Path, row: dict[str, Any]) -> None:
@@ -211,6 +597,21 @@ def _read_history(output: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_steps(output: str | Path) -> list[dict[str, Any]]:
+    """``steps.jsonl`` rows, one per logged step; a step that ran again after a resume keeps its
+    last value, and a line cut short by a crash is ignored."""
+    path = Path(output) / "steps.jsonl"
+    rows: dict[int, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            rows[int(row["step"])] = row
+    return [rows[k] for k in sorted(rows)]
 
 
 def evaluate_after_training(result: TrainResult, split: str | None = None) -> dict[str, float]:
