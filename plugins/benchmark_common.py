@@ -98,7 +98,8 @@ class BenchmarkDataset(CrossViewDataset):
         """The file ``root/rel`` or an error saying what it is and the expected layout."""
         path = self.root / rel
         if not path.is_file():
-            raise GeokitError(f"{self.name}: {what} not found: {path}. Expected layout:\n{self.layout}")
+            raise GeokitError(f"{self.name}: {rel} ({what}) not found in {self.root}. "
+                              f"Expected layout:\n{self.layout}")
         return path
 
     def image_ok(self, path: str, file: Any, line: int | str | None) -> bool:

@@ -154,7 +154,7 @@ class CVACTDataset(BenchmarkDataset):
         for k, v in enumerate(raw):
             where = f"{struct}.{field} entry {k + 1}"
             if not (np.isfinite(v) and float(v) == int(v) and 1 <= int(v) <= n_ids):
-                problem(f"{v!r} is not a 1-based index into panoIds (1..{n_ids:,})", file=MAT, line=where,
+                problem(f"{float(v):g} is not a 1-based index into panoIds (1..{n_ids:,})", file=MAT, line=where,
                         category="malformed row")
                 continue
             out.append((int(v) - 1, where))
