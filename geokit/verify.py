@@ -139,6 +139,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     images_listed: int = 0
     images_decoded: int = 0
+    full: bool = False
     image_sizes: dict[str, Counter] = field(default_factory=dict)
     problems: Problems = field(default_factory=Problems)
 
@@ -165,8 +166,10 @@ class Report:
             tail = "" if ref is None else ("  (matches the full dataset)" if ref == n
                                             else f"  (the full dataset has {ref:,})")
             out.append(f"  {key:<{width}}  {n:>9,}{tail}")
-        out.append(f"  images listed {self.images_listed:,}, all checked to exist; "
-                   f"{self.images_decoded:,} decoded")
+        if self.images_listed:
+            how = "all" if self.full else "a random sample; --full decodes all"
+            out.append(f"  images listed {self.images_listed:,}, all checked to exist; "
+                       f"{self.images_decoded:,} decoded ({how})")
         for view, sizes in self.image_sizes.items():
             common = ", ".join(f"{w}x{h} ({n:,})" for (w, h), n in sizes.most_common(3))
             more = f", {len(sizes) - 3} other sizes" if len(sizes) > 3 else ""
@@ -195,11 +198,11 @@ def _render_group(problems: list[Problem], limit: int) -> list[str]:
     for p in problems:
         by_cat[p.category].append(p)
     for cat, items in by_cat.items():
-        if cat == "missing image" and len(items) > limit:
+        if cat == "missing image" and len(items) > 1:
             lines.extend(_missing_by_folder(items))
         lines.append(f"  [{cat}] {len(items):,}" if len(items) > 1 else f"  [{cat}]")
         for p in items[:limit]:
-            lines.append(f"    {p}")
+            lines.append("    " + str(p).replace("\n", "\n      "))
         if len(items) > limit:
             lines.append(f"    ... and {len(items) - limit:,} more like this")
     return lines
@@ -210,7 +213,10 @@ def _missing_by_folder(items: list[Problem]) -> list[str]:
     folders = Counter(os.path.dirname(p.path) for p in items if p.path)
     lines = []
     for folder, n in folders.most_common(5):
-        state = "does not exist" if not os.path.isdir(folder) else "exists but lacks them"
+        if n < 2:
+            break
+        state = ("does not exist: not extracted, or the root points elsewhere?" if not os.path.isdir(folder)
+                 else "exists but lacks them: an incomplete download or extraction?")
         lines.append(f"  hint: {n:,} missing images are in {folder} (the folder {state})")
     return lines
 
@@ -276,7 +282,7 @@ def verify_dataset(ds: Any, *, sample: int = 200, full: bool = False, seed: int 
 
     known_fn = getattr(ds, "known_sizes", None)
     report.known = dict(known_fn()) if callable(known_fn) else {}
-    mismatched = [k for k, n in report.known.items() if k in report.counts and report.counts[k] != n]
+    mismatched = [k for k, n in report.known.items() if report.counts.get(k) and report.counts[k] != n]
     if mismatched:
         probs.add(Problem("warning", f"not the full dataset ({', '.join(mismatched)} differ from the "
                           "published sizes, see above): fine for a subset, but metrics will not be "
@@ -310,6 +316,7 @@ def verify_dataset(ds: Any, *, sample: int = 200, full: bool = False, seed: int 
         if on_progress is not None:
             on_progress(i + 1, len(chosen))
     report.images_decoded = len(chosen)
+    report.full = full or len(chosen) == len(present)
     report.image_sizes = dict(sizes)
     return report
 
