@@ -106,10 +106,12 @@ class BenchmarkDataset(CrossViewDataset):
         """Whether an image listed at ``file``/``line`` exists; reports it when not.
 
         Records where the image is listed, for ``verify``'s decode errors."""
-        self._sources.setdefault(path, _where(self.rel(file), line))
+        file = str(file)  # callers pass root-relative names
+        if path not in self._sources:
+            self._sources[path] = _where(file, line)
         if self.files.exists(path):
             return True
-        problem(f"image not found: {path}{self.files.why_missing(path)}", file=self.rel(file), line=line,
+        problem(f"image not found: {path}{self.files.why_missing(path)}", file=file, line=line,
                 category="missing image", path=path, warning=self.options.skip_missing)
         return False
 

@@ -220,8 +220,9 @@ class VIGORDataset(BenchmarkDataset):
         split = self.check_split(split)
         sats, panos = self._satellites("test"), self._panoramas("test")
         labels = panos["labels"]
-        return EvalSet(panos["paths"], sats["paths"], query_labels=labels[:, 0],
-                       reference_labels=np.arange(len(sats["paths"])), semi_positives=labels[:, 1:],
+        return EvalSet(panos["paths"], sats["paths"], query_labels=labels[:, 0].copy(),
+                       reference_labels=np.arange(len(sats["paths"])),
+                       semi_positives=np.ascontiguousarray(labels[:, 1:]),
                        query_gps=panos["gps"], reference_gps=sats["gps"], name=split)
 
     def known_sizes(self) -> dict[str, int]:

@@ -134,3 +134,34 @@ def test_u1652_sat2drone_both_protocols(tmp_path):
     ap1 = 0.5 * (0 + 1 / 2) / 2 + 0.5 * (1 / 2 + 2 / 3) / 2
     approx(m, **{"R@1": 50.0, "AP": 100 * (1 + ap1) / 2})
     assert m["references"] == 4
+
+
+@pytest.mark.parametrize("name, maker, options, keys", [
+    ("vigor", make_vigor, {"mode": "cross"}, {"hit_rate", "hit_rate_strict"}),
+    ("university1652", make_u1652, {"direction": "sat2drone", "protocol": "sample4geo"}, {"AP"}),
+])
+def test_geokit_evaluate_on_a_benchmark_layout(tmp_path, name, maker, options, keys):
+    """The whole evaluate path (CLI, images at the view sizes, embeddings file) on a real layout."""
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+    from safetensors.numpy import load_file
+
+    from geokit.cli import cli
+    from geokit.testing import tiny_config
+
+    maker(tmp_path / "data")
+    cfg = tiny_config(tmp_path / "data", dataset={"name": name, "root": str(tmp_path / "data"),
+                                                  "query_size": [32, 32], "reference_size": [32, 32], **options})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    res = CliRunner().invoke(cli, ["evaluate", "--config", str(tmp_path / "c.yaml"), "--output",
+                                   str(tmp_path / "m.json"), "--save-embeddings", str(tmp_path / "e.safetensors")])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert keys <= set(m)
+    emb = load_file(str(tmp_path / "e.safetensors"))
+    es = create("dataset", name, {"root": str(tmp_path / "data"), **options}).eval_set()
+    assert emb["query_labels"].tolist() == es.query_labels.tolist()
+    assert emb["reference_labels"].tolist() == es.reference_labels.tolist()
+    assert ("semi_positives" in emb) == (name == "vigor")
