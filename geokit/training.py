@@ -429,14 +429,21 @@ class _Engine:
             return
         sizes = np.asarray([len(b) for b in batches], dtype=np.int64)
         flat = np.concatenate(batches).astype(np.int64) if batches else np.zeros(0, np.int64)
-        save_state(self.state_path, {
+        state = {
             "format": STATE_FORMAT, "epoch": epoch, "epoch_done": epoch_done, "batches_done": done,
             "step": self.step, "epoch_batches": flat, "epoch_batch_sizes": sizes, "epoch_stats": stats,
             "encoder": self.parts.encoder.state_dict(), "loss": self.parts.loss.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
             "sampler": self.sampler.state_dict(), "torch_rng": torch.get_rng_state(),
             "numpy_rng": list(np.random.get_state()), "python_rng": random.getstate(),
-        })
+        }
+        try:
+            save_state(self.state_path, state)
+        except OSError as exc:  # e.g. a full disk: atomic_write left the previous file untouched
+            before = "the previous checkpoint is intact" if self.state_path.exists() else "no checkpoint exists yet"
+            raise GeokitError(f"could not write the checkpoint {self.state_path} "
+                              f"({exc.strerror or exc}); {before}. Free some space and re-run the same "
+                              "command to resume.") from None
 
     # ---------------------------------------------------------------- one epoch
     def _embed_train(self) -> TrainEmbeddings:
@@ -489,6 +496,7 @@ class _Engine:
         bar = progress(loader, total=len(local), desc=f"epoch {epoch}/{tc.epochs}", enabled=self.show)
         for q, r, bad in bar:
             self._handle_bad(bad, epoch)
+            stats["skipped"] += len(bad)
             n_local = 0 if q is None else len(q)
             sizes, stop = D.exchange_step_info(world, n_local, self.stop.signal is not None, device)
             if stop:
