@@ -98,9 +98,20 @@ class BenchmarkDataset(CrossViewDataset):
         """The file ``root/rel`` or an error saying what it is and the expected layout."""
         path = self.root / rel
         if not path.is_file():
-            raise GeokitError(f"{self.name}: {rel} ({what}) not found in {self.root}. "
+            raise GeokitError(f"{self.name}: {rel} ({what}) not found in {self.root}.{self.suggest_root(rel)} "
                               f"Expected layout:\n{self.layout}")
         return path
+
+    def suggest_root(self, rel: str) -> str:
+        """' Did you mean dataset.root=X?' when ``rel`` sits one folder below or above the root
+        (an archive extracted into a folder of its own name, or the root one level too deep)."""
+        try:
+            below = [d for d in sorted(self.root.iterdir()) if d.is_dir() and (d / rel).exists()]
+        except OSError:
+            below = []
+        above = [self.root.parent] if (self.root.parent / rel).exists() else []
+        found = below[:1] or above
+        return f" Did you mean dataset.root={found[0]}?" if found else ""
 
     def image_ok(self, path: str, file: Any, line: int | str | None) -> bool:
         """Whether an image listed at ``file``/``line`` exists; reports it when not.

@@ -190,7 +190,8 @@ class CVACTDataset(BenchmarkDataset):
             for sub, suffix in ((GROUND, GROUND_SUFFIX), (SAT, SAT_SUFFIX)):
                 folder = base / sub
                 if not folder.is_dir():
-                    raise GeokitError(f"cvact split 'test': folder not found: {folder}. Expected layout:\n{self.layout}")
+                    raise GeokitError(f"cvact split 'test': folder not found: {folder}."
+                                      f"{self.suggest_root(f'ANU_data_test/{sub}')} Expected layout:\n{self.layout}")
                 found[sub] = {n[: -len(suffix)] for n in os.listdir(folder) if n.endswith(suffix)}
             ids = sorted(found[GROUND] & found[SAT])
             for sub, other in ((GROUND, SAT), (SAT, GROUND)):

@@ -78,7 +78,8 @@ class University1652Dataset(BenchmarkDataset):
         def build() -> dict[int, list[str]]:
             folder = self.root / rel
             if not folder.is_dir():
-                raise GeokitError(f"university1652: folder not found: {folder}. Expected layout:\n{self.layout}")
+                raise GeokitError(f"university1652: folder not found: {folder}.{self.suggest_root(rel)} "
+                                  f"Expected layout:\n{self.layout}")
             out: dict[int, list[str]] = {}
             for entry in sorted(os.scandir(folder), key=lambda e: e.name):
                 if not entry.is_dir() or entry.name.startswith("."):

@@ -100,7 +100,8 @@ class VIGORDataset(BenchmarkDataset):
         if folder.is_dir():
             return True
         problem(f"city folder missing: {folder} (mode '{self.options.mode}' {part} needs "
-                f"{', '.join(self.cities(part))}). Expected layout:\n{self.layout}",
+                f"{', '.join(self.cities(part))}).{self.suggest_root(f'splits/{city}')} "
+                f"Expected layout:\n{self.layout}",
                 file=f"splits/{city}", category="missing city")
         return False
 

@@ -133,3 +133,11 @@ def test_recipe_verifies_a_layout(tmp_path):
     res = verify("--config", str(RECIPES / "cvact-test.yaml"), "--set", f"dataset.root={tmp_path}")
     assert res.exit_code == 0, res.output
     assert "test queries" in res.output and "val queries" in res.output
+
+
+def test_verify_suggests_the_root_one_level_off(tmp_path):
+    make_cvusa(tmp_path / "CVUSA")
+    res = verify("cvusa", "--root", str(tmp_path))  # the archive's own folder is one level down
+    assert res.exit_code == 1 and f"Did you mean dataset.root={tmp_path / 'CVUSA'}?" in res.output
+    res = verify("cvusa", "--root", str(tmp_path / "CVUSA" / "splits"))  # one level too deep
+    assert res.exit_code == 1 and f"Did you mean dataset.root={tmp_path / 'CVUSA'}?" in res.output
