@@ -68,6 +68,9 @@ class Problems:
     items: list[Problem] = field(default_factory=list)
 
     def add(self, p: Problem) -> None:
+        # A missing file that every split needs is reported once, not once per split.
+        if p.file is None and any(q.message == p.message for q in self.items):
+            return
         self.items.append(p)
 
     @property
