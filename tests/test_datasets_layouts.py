@@ -158,3 +158,15 @@ def make_u1652(root: Path) -> dict:
         for k in range(2):
             write_image(root / "test/gallery_drone" / cls / f"image-{k + 1:02d}.jpeg", (8, 8), seed=(s := s + 1))
     return {"train": train, "query": query, "distractor": distractor}
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+SMALL = {"query_size": [8, 32], "reference_size": [8, 8]}
+
+
+def build(name: str, root: Path, **options):
+    """The registered dataset ``name`` on ``root`` with tiny view sizes."""
+    from geokit.registry import create
+
+    return create("dataset", name, {"root": str(root), **SMALL, **options})
