@@ -84,7 +84,8 @@ def verify_cmd(name: str | None, root: str | None, config_path: str | None, over
             if show and (i == n or i % 500 == 0):
                 click.echo(f"\rdecoding images {i:,}/{n:,}", nl=i == n, err=True)
 
-        report = verify_dataset(ds, sample=sample, full=full, seed=seed, on_progress=progress)
+        report = verify_dataset(ds, sample=sample, full=full, seed=seed, name=ds_name,
+                                on_progress=progress)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:

@@ -228,15 +228,16 @@ def _missing_by_folder(items: list[Problem]) -> list[str]:
 
 
 def verify_dataset(ds: Any, *, sample: int = 200, full: bool = False, seed: int = 0,
-                   workers: int | None = None,
+                   workers: int | None = None, name: str | None = None,
                    on_progress: Callable[[int, int], None] | None = None) -> Report:
     """Verify a built dataset (a :class:`~geokit.data.CrossViewDataset`); never raises for
     problems in the data, it reports them.
 
     :param sample: how many images to decode (seeded random sample); ignored with ``full``.
     :param full: decode every image.
+    :param name: the dataset's registered name, for the report (default: ``ds.name``).
     """
-    report = Report(getattr(ds, "name", type(ds).__name__))
+    report = Report(name or getattr(ds, "name", type(ds).__name__))
     probs = report.problems
     paths: dict[str, str] = {}
     q_view = getattr(ds, "query_view", "query")
