@@ -1,4 +1,4 @@
-"""Retrieval metrics computed block by block (``geokit.retrieval.score_blocks``).
+"""Retrieval metrics computed block by block on the one retrieval path (``geokit.retrieval``).
 
 Definitions (values in percent):
 
@@ -11,6 +11,14 @@ Definitions (values in percent):
 - ``AP`` (University-1652, Market-1501 style): per query, the trapezoid average precision over
   its true matches, where a true match's position counts the non-matches strictly above it and
   the matches ranked before it; averaged over queries.
+
+Per block of queries the scan does one matrix multiply and, per query, gathers the scores of its
+true matches and semi-positives (a few columns) and counts the references above them. No mask of
+the block is ever built: no true match scores above the best one, so the count of all references
+above the best true match *is* the rank; the strict hit rate subtracts the semi-positives among
+them; the VIGOR hit is "the block's maximum does not exceed the best allowed score". AP counts the
+references above each true match in one pass (bucketing every score among the sorted true-match
+scores), so it costs one extra pass whatever the number of true matches.
 """
 from __future__ import annotations
 
@@ -19,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from geokit.retrieval import as_matrix, score_blocks
+from geokit.retrieval import _blocks, _check_query, as_matrix
 
 
 def _pad(lists: Sequence[Sequence[int]] | np.ndarray, fill: int = -1) -> np.ndarray:
@@ -32,23 +40,36 @@ def _pad(lists: Sequence[Sequence[int]] | np.ndarray, fill: int = -1) -> np.ndar
     return out
 
 
+def _clean_semi(semi: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Semi-positives without −1 padding artefacts, duplicates, or entries that are positives
+    (those must not be subtracted twice from the strict count)."""
+    semi = semi.copy()
+    for j in range(semi.shape[1]):
+        col = semi[:, j:j + 1]
+        dup = (col == pos).any(1) | (col == semi[:, :j]).any(1)
+        semi[dup, j] = -1
+    return semi
+
+
 def retrieval_metrics(query: Any, reference: Any, positives: Any, *, semi_positives: Any = None,
                       ks: Sequence[int] = (1, 5, 10), chunk_size: int | None = None,
-                      ap: bool | None = None) -> dict[str, float]:
+                      ap: bool | None = None, threads: int | None = None) -> dict[str, float]:
     """Recall@k, R@1%, and (when applicable) VIGOR hit rates and AP, without the Q×R matrix.
 
-    :param query: ``(Q, D)`` embeddings (numpy or torch; L2-normalised here).
+    :param query: ``(Q, D)`` embeddings (numpy or torch, float16/32/64; L2-normalised here).
     :param reference: ``(R, D)`` embeddings.
     :param positives: one reference index per query, or a list of index lists (several true
         references per query; ``AP`` is then reported).
     :param semi_positives: ``(Q, S)`` reference indices, −1 padded (or lists); adds ``hit_rate``
         and ``hit_rate_strict``.
     :param ap: force ``AP`` on or off (default: on exactly when ``positives`` is a list of lists).
+    :param chunk_size: queries per block (default :func:`geokit.retrieval.default_chunk`).
+    :param threads: torch threads for the scan (default: torch's setting).
     """
     import torch
 
-    q = as_matrix(query)
     r = as_matrix(reference)
+    q = _check_query(query, r.shape[1])
     n_q, n_r = len(q), len(r)
     if isinstance(positives, torch.Tensor):
         positives = positives.numpy()
@@ -59,12 +80,19 @@ def retrieval_metrics(query: Any, reference: Any, positives: Any, *, semi_positi
     pos = _pad(positives) if multi else np.asarray(positives, dtype=np.int64).reshape(-1, 1)
     if len(pos) != n_q:
         raise ValueError(f"positives has {len(pos)} rows for {n_q} queries")
-    if ((pos >= n_r) | (pos < -1)).any() or (pos[:, 0] < 0).any():
+    if ((pos >= n_r) | (pos < -1)).any() or (pos.max(1, initial=-1) < 0).any():
         raise ValueError("positives must hold at least one valid reference index per query")
     want_ap = multi if ap is None else ap
-    semi = None if semi_positives is None else _pad(semi_positives)
-    if semi is not None and len(semi) != n_q:
-        raise ValueError(f"semi_positives has {len(semi)} rows for {n_q} queries")
+    semi = None
+    if semi_positives is not None:
+        if isinstance(semi_positives, torch.Tensor):
+            semi_positives = semi_positives.numpy()
+        semi = _pad(semi_positives)
+        if len(semi) != n_q:
+            raise ValueError(f"semi_positives has {len(semi)} rows for {n_q} queries")
+        if ((semi >= n_r) | (semi < -1)).any():
+            raise ValueError(f"semi_positives holds an index outside [0, {n_r})")
+        semi = _clean_semi(semi, pos)
 
     k_pct = max(1, n_r // 100)
     ranks = np.empty(n_q, dtype=np.int64)
@@ -73,51 +101,66 @@ def retrieval_metrics(query: Any, reference: Any, positives: Any, *, semi_positi
     hits_strict = np.empty(n_q, dtype=bool) if semi is not None else None
     pos_t = torch.from_numpy(pos)
     semi_t = None if semi is None else torch.from_numpy(semi)
+    neg_inf = torch.tensor(float("-inf"))
+    above_buf: torch.Tensor | None = None
 
-    for start, s in score_blocks(q, r, chunk_size):
+    for start, s in _blocks(q, r, chunk_size, threads):
         b = len(s)
-        rows = torch.arange(b).unsqueeze(1)
         p = pos_t[start:start + b]
         valid = p >= 0
-        pmask = torch.zeros_like(s, dtype=torch.bool)
-        pmask[rows.expand_as(p)[valid], p[valid]] = True
-        pscores = torch.where(valid, s[rows, p.clamp(min=0)], torch.tensor(float("-inf")))
-        best_pos = pscores.max(dim=1).values
-        above = (s > best_pos.unsqueeze(1)) & ~pmask
-        ranks[start:start + b] = above.sum(1).numpy()
-
-        if aps is not None:
-            neg_sorted = s.masked_fill(pmask, float("-inf")).sort(dim=1).values
-            ps_sorted = pscores.sort(dim=1, descending=True).values  # -inf padding goes last
-            n_above = n_r - torch.searchsorted(neg_sorted, ps_sorted.contiguous(), right=True)
-            n_good = valid.sum(1, keepdim=True).double()
-            j = torch.arange(ps_sorted.shape[1], dtype=torch.float64).unsqueeze(0)
-            position = n_above.double() + j  # 0-based place in the ranking
-            precision = (j + 1) / (position + 1)
-            old_precision = torch.where(position > 0, j / position.clamp(min=1), torch.ones_like(j))
-            contrib = ((old_precision + precision) / 2) / n_good
-            contrib = torch.where(j < n_good, contrib, torch.zeros_like(contrib))
-            aps[start:start + b] = contrib.sum(1).numpy()
+        pscores = torch.where(valid, s.gather(1, p.clamp(min=0)), neg_inf)
+        best_pos = pscores.max(dim=1, keepdim=True).values
+        if above_buf is None:
+            above_buf = torch.empty(s.shape, dtype=torch.bool)
+        above = above_buf[:b]
+        torch.gt(s, best_pos, out=above)
+        rank = above.sum(1)
+        ranks[start:start + b] = rank.numpy()
 
         if semi_t is not None:
             sp = semi_t[start:start + b]
-            svalid = sp >= 0
-            smask = pmask.clone()
-            smask[rows.expand_as(sp)[svalid], sp[svalid]] = True
-            best_ok = s.masked_fill(~smask, float("-inf")).max(dim=1).values
-            best_other = s.masked_fill(smask, float("-inf")).max(dim=1).values
-            hits[start:start + b] = (best_ok >= best_other).numpy()
-            hits_strict[start:start + b] = (~((s > best_pos.unsqueeze(1)) & ~smask).any(1)).numpy()
+            sscores = torch.where(sp >= 0, s.gather(1, sp.clamp(min=0)), neg_inf)
+            semi_above = (sscores > best_pos).sum(1)
+            hits_strict[start:start + b] = (rank == semi_above).numpy()
+            best_ok = torch.maximum(best_pos.squeeze(1), sscores.max(dim=1).values)
+            hits[start:start + b] = (s.amax(dim=1) <= best_ok).numpy()
+
+        if aps is not None:
+            aps[start:start + b] = _average_precision(s, pscores, valid)
 
     out: dict[str, float] = {}
     for k in ks:
         out[f"R@{k}"] = float(100.0 * np.mean(ranks < k)) if n_q else 0.0
     out["R@1%"] = float(100.0 * np.mean(ranks < k_pct)) if n_q else 0.0
     if hits is not None:
-        out["hit_rate"] = float(100.0 * hits.mean())
-        out["hit_rate_strict"] = float(100.0 * hits_strict.mean())
+        out["hit_rate"] = float(100.0 * hits.mean()) if n_q else 0.0
+        out["hit_rate_strict"] = float(100.0 * hits_strict.mean()) if n_q else 0.0
     if aps is not None:
-        out["AP"] = float(100.0 * aps.mean())
+        out["AP"] = float(100.0 * aps.mean()) if n_q else 0.0
     out["queries"] = n_q
     out["references"] = n_r
     return out
+
+
+def _average_precision(s: Any, pscores: Any, valid: Any) -> np.ndarray:
+    """Market-1501 trapezoid AP for a block: ``s`` (b, R) scores, ``pscores`` (b, P) true-match
+    scores (−inf where ``valid`` is false)."""
+    import torch
+
+    b, n_p = pscores.shape
+    asc = pscores.sort(dim=1).values.contiguous()  # -inf padding first
+    # bucket[i, j] = number of true-match scores strictly below s[i, j]; a reference is strictly
+    # above the m-th smallest true-match score exactly when its bucket exceeds m.
+    bucket = torch.searchsorted(asc, s, right=False)
+    hist = torch.zeros(b, n_p + 1, dtype=torch.int64)
+    hist.scatter_add_(1, bucket, torch.ones_like(bucket))
+    all_above = hist.flip(1).cumsum(1).flip(1)[:, 1:]  # (b, P): references > asc[:, m]
+    pos_above = (asc.unsqueeze(1) > asc.unsqueeze(2)).sum(2)  # true matches > asc[:, m]
+    neg_above = (all_above - pos_above).flip(1).double()  # best true match first
+    n_good = valid.sum(1, keepdim=True).double()
+    j = torch.arange(n_p, dtype=torch.float64).unsqueeze(0)  # true matches ranked before
+    position = neg_above + j  # 0-based place in the ranking
+    precision = (j + 1) / (position + 1)
+    old_precision = torch.where(position > 0, j / position.clamp(min=1), torch.ones_like(j))
+    contrib = torch.where(j < n_good, ((old_precision + precision) / 2) / n_good, torch.zeros_like(j))
+    return contrib.sum(1).numpy()

@@ -1,12 +1,25 @@
 """The one retrieval path: queries in blocks against the gallery, never the dense Q×R matrix.
 
-Evaluation metrics, similarity mining and exact search all walk :func:`score_blocks`: a block of
+Evaluation metrics (:func:`geokit.metrics.retrieval_metrics`), similarity mining (DSS calls
+:func:`search`) and ``geokit locate`` on an exact index all walk :func:`score_blocks`: a block of
 ``chunk`` queries is scored against every reference with one matrix multiply (cosine similarity
-of L2-normalised float32 vectors), consumed, and dropped. Memory is bounded by chunk × R plus
-what the consumer keeps per query (Q × k for top-k), whatever Q is.
+of L2-normalised float32 vectors) into a reused buffer, consumed, and overwritten by the next.
+Memory is the float32 gallery (R × D), one chunk × R block, and what the consumer keeps per query
+(Q × k for top-k), whatever Q is. Queries are normalised block by block, so they are never copied
+whole, and may be stored as float16 (``numpy.memmap`` works).
+
+Why torch matmul blocks and not faiss ``IndexFlatIP``: the metrics need, per query, the count of
+references scoring strictly above its true match (and, for AP, above each of its true matches),
+which faiss's search does not return; computing them needs the score block anyway, and once the
+block exists a top-k of it costs little. Measured on this machine (BENCHMARKS.md, "Retrieval,
+indexes and locate") faiss's exact top-k is no faster than these blocks, so there is one path.
+faiss is used for approximate indexes only (:mod:`geokit.index`).
+
+Ties: :func:`search` breaks equal scores by the lower reference index, also at the k-th place.
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -15,14 +28,17 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-BLOCK_BYTES = 256 * 2**20  # one float32 score block; the default chunk size keeps to this
+# One float32 score block. Small enough to stay in the last-level cache of a laptop/server CPU
+# (the compare/sum passes over it then cost little next to the matmul), big enough that the
+# matmul runs near peak (measured: 128-512 queries x 40k refs ran at the best matmul rate).
+BLOCK_BYTES = 32 * 2**20
 
 
 def as_matrix(x: Any, *, normalise: bool = True) -> torch.Tensor:
     """numpy array or tensor (any float dtype) -> contiguous float32 CPU tensor, rows L2-normalised."""
     import torch
 
-    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
     t = t.detach().to("cpu", torch.float32)
     if t.ndim != 2:
         raise ValueError(f"expected a 2-D (n, dim) array of embeddings, got shape {tuple(t.shape)}")
@@ -33,45 +49,111 @@ def as_matrix(x: Any, *, normalise: bool = True) -> torch.Tensor:
 
 def default_chunk(n_references: int) -> int:
     """Queries per block so that a float32 block stays near :data:`BLOCK_BYTES`."""
-    return int(np.clip(BLOCK_BYTES // (4 * max(n_references, 1)), 16, 8192))
+    return int(np.clip(BLOCK_BYTES // (4 * max(n_references, 1)), 16, 4096))
 
 
-def score_blocks(query: Any, reference: Any, chunk_size: int | None = None,
-                 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield ``(start, scores)`` where ``scores[i, j]`` is the cosine similarity of query
-    ``start + i`` and reference ``j``. Inputs may be numpy arrays or tensors."""
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch threads (None: leave torch's setting alone)."""
     import torch
 
-    q = as_matrix(query)
+    if not threads:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _rows(x: Any, start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop`` as a normalised float32 tensor (a copy only of those rows)."""
+    import torch
+
+    part = x[start:stop]
+    t = part if isinstance(part, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(part))
+    return torch.nn.functional.normalize(t.detach().to("cpu", torch.float32), dim=1)
+
+
+def _check_query(query: Any, dim: int) -> Any:
+    import torch
+
+    if not isinstance(query, torch.Tensor):
+        query = np.asarray(query) if not isinstance(query, np.ndarray) else query
+    if query.ndim != 2:
+        raise ValueError(f"expected a 2-D (n, dim) array of query embeddings, got shape {tuple(query.shape)}")
+    if query.shape[1] != dim:
+        raise ValueError(f"query dim {query.shape[1]} != reference dim {dim}")
+    return query
+
+
+def score_blocks(query: Any, reference: Any, chunk_size: int | None = None, *,
+                 threads: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(start, scores)`` where ``scores[i, j]`` is the cosine similarity of query
+    ``start + i`` and reference ``j``. Inputs may be numpy arrays (float16/32/64, memmaps) or
+    tensors.
+
+    ``scores`` is a view of one reused buffer: it is overwritten when the next block is made, so
+    copy what you keep. ``threads`` sets torch's threads for the scan (default: torch's).
+    """
     r = as_matrix(reference)
-    if q.shape[1] != r.shape[1]:
-        raise ValueError(f"query dim {q.shape[1]} != reference dim {r.shape[1]}")
-    chunk = chunk_size or default_chunk(len(r))
-    rt = r.t()
-    with torch.inference_mode():
-        for start in range(0, len(q), chunk):
-            yield start, q[start:start + chunk] @ rt
+    yield from _blocks(_check_query(query, r.shape[1]), r, chunk_size, threads)
+
+
+def _blocks(q: Any, r: torch.Tensor, chunk_size: int | None, threads: int | None,
+            ) -> Iterator[tuple[int, torch.Tensor]]:
+    """:func:`score_blocks` for a checked query and an already normalised float32 gallery."""
+    import torch
+
+    n_q = len(q)
+    chunk = max(1, int(chunk_size or default_chunk(len(r))))
+    buf = torch.empty(min(chunk, max(n_q, 1)), len(r), dtype=torch.float32)
+    rt = r.t()  # BLAS reads the transposed view directly: no copy
+    with torch_threads(threads), torch.inference_mode():
+        for start in range(0, n_q, chunk):
+            qb = _rows(q, start, start + chunk)
+            out = buf[:len(qb)]
+            torch.mm(qb, rt, out=out)
+            yield start, out
 
 
 def search(query: Any, reference: Any, k: int, *, chunk_size: int | None = None,
-           ) -> tuple[np.ndarray, np.ndarray]:
+           threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` references per query: ``(scores, indices)``, each ``(Q, k)``, best first.
 
-    Ties are broken by the lower reference index, so results are deterministic.
+    Ties are broken by the lower reference index (also across the k-th place), so results are
+    deterministic. Memory: the gallery, one block and the ``Q × k`` result.
     """
     import torch
 
-    q = as_matrix(query)
     r = as_matrix(reference)
-    k = min(k, len(r))
+    q = _check_query(query, r.shape[1])
+    n_r = len(r)
+    k = max(0, min(int(k), n_r))
     scores = np.empty((len(q), k), dtype=np.float32)
     indices = np.empty((len(q), k), dtype=np.int64)
-    for start, block in score_blocks(q, r, chunk_size):
-        top = torch.topk(block, k, dim=1, sorted=True)
+    if k == 0 or len(q) == 0:
+        return scores, indices
+    extra = 1 if k < n_r else 0  # one more than asked shows whether a tie crosses the k-th place
+    for start, block in _blocks(q, r, chunk_size, threads):
+        top = torch.topk(block, k + extra, dim=1, sorted=True)
         s, i = top.values.numpy(), top.indices.numpy()
+        if extra:
+            for row in np.flatnonzero(s[:, k] == s[:, k - 1]):
+                # rare: the k-th score is shared with references topk left out; take the lowest
+                # indices among all references with that score.
+                v = s[row, k - 1]
+                full = block[row].numpy()
+                above = np.flatnonzero(full > v)
+                tied = np.flatnonzero(full == v)[:k - len(above)]
+                keep = np.concatenate([above, tied])
+                s[row, :k], i[row, :k] = full[keep], keep
+            s, i = s[:, :k], i[:, :k]
         # topk's order among equal scores is unspecified: make it index order.
-        order = np.lexsort((i, -s), axis=1) if k > 1 else None
-        if order is not None:
+        if k > 1:
+            order = np.lexsort((i, -s), axis=1)
             s = np.take_along_axis(s, order, 1)
             i = np.take_along_axis(i, order, 1)
         scores[start:start + len(s)] = s
