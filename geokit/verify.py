@@ -287,8 +287,20 @@ def verify_dataset(ds: Any, *, sample: int = 200, full: bool = False, seed: int 
     known_fn = getattr(ds, "known_sizes", None)
     report.known = dict(known_fn()) if callable(known_fn) else {}
     mismatched = [k for k, n in report.known.items() if report.counts.get(k) and report.counts[k] != n]
-    if mismatched:
-        probs.add(Problem("warning", f"not the full dataset ({', '.join(mismatched)} differ from the "
+    nearly = [k for k in mismatched if 0.9 * report.known[k] <= report.counts[k] < report.known[k]]
+    extra = [k for k in mismatched if report.counts[k] > report.known[k]]
+    for k in nearly:  # most of the full set is there: probably an incomplete download or extraction
+        probs.add(Problem("warning", f"{k}: {report.counts[k]:,} of the published {report.known[k]:,} "
+                          f"({report.known[k] - report.counts[k]:,} missing): an incomplete download or "
+                          "extraction? Metrics will not be exactly comparable with published numbers",
+                          category="size"))
+    for k in extra:
+        probs.add(Problem("warning", f"{k}: {report.counts[k]:,}, more than the published "
+                          f"{report.known[k]:,}: extra files, or another version of the dataset?",
+                          category="size"))
+    rest = [k for k in mismatched if k not in nearly and k not in extra]
+    if rest:
+        probs.add(Problem("warning", f"not the full dataset ({', '.join(rest)} differ from the "
                           "published sizes, see above): fine for a subset, but metrics will not be "
                           "comparable with published numbers", category="size"))
 

@@ -197,7 +197,9 @@ class CVACTDataset(BenchmarkDataset):
             for sub, other in ((GROUND, SAT), (SAT, GROUND)):
                 lonely = sorted(found[sub] - found[other])
                 if lonely:
-                    problem(f"{len(lonely):,} ids have a {sub} image but no {other} image and are left out "
+                    few = "1 id has" if len(lonely) == 1 else f"{len(lonely):,} ids have"
+                    problem(f"{few} a {sub} image but no {other} image and {'is' if len(lonely) == 1 else 'are'} "
+                            "left out "
                             f"(first: {', '.join(lonely[:3])})", file=f"ANU_data_test/{sub}",
                             category="unpaired image", warning=True)
             if not ids:

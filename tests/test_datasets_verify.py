@@ -141,3 +141,17 @@ def test_verify_suggests_the_root_one_level_off(tmp_path):
     assert res.exit_code == 1 and f"Did you mean dataset.root={tmp_path / 'CVUSA'}?" in res.output
     res = verify("cvusa", "--root", str(tmp_path / "CVUSA" / "splits"))  # one level too deep
     assert res.exit_code == 1 and f"Did you mean dataset.root={tmp_path / 'CVUSA'}?" in res.output
+
+
+def test_verify_size_messages(tmp_path):
+    from geokit.registry import create
+    from geokit.verify import verify_dataset
+
+    make_cvusa(tmp_path)
+    ds = create("dataset", "cvusa", {"root": str(tmp_path)})
+    ds.known_sizes = lambda: {"train pairs": 7, "train references": 5, "test queries": 4, "test references": 400}
+    msgs = [p.message for p in verify_dataset(ds, sample=0).problems]
+    assert any("train pairs: 6 of the published 7 (1 missing): an incomplete download" in m for m in msgs)
+    assert any("train references: 6, more than the published 5" in m for m in msgs)
+    assert any("not the full dataset (test references differ" in m for m in msgs)
+    assert not any("test queries" in m for m in msgs)  # matches
