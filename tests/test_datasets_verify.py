@@ -147,11 +147,11 @@ def test_verify_size_messages(tmp_path):
     from geokit.registry import create
     from geokit.verify import verify_dataset
 
-    make_cvusa(tmp_path)
+    make_cvusa(tmp_path, n_train=10)
     ds = create("dataset", "cvusa", {"root": str(tmp_path)})
-    ds.known_sizes = lambda: {"train pairs": 7, "train references": 5, "test queries": 4, "test references": 400}
+    ds.known_sizes = lambda: {"train pairs": 11, "train references": 5, "test queries": 4, "test references": 400}
     msgs = [p.message for p in verify_dataset(ds, sample=0).problems]
-    assert any("train pairs: 6 of the published 7 (1 missing): an incomplete download" in m for m in msgs)
-    assert any("train references: 6, more than the published 5" in m for m in msgs)
+    assert any("train pairs: 10 of the published 11 (1 missing): an incomplete download" in m for m in msgs)
+    assert any("train references: 10, more than the published 5" in m for m in msgs)
     assert any("not the full dataset (test references differ" in m for m in msgs)
     assert not any("test queries" in m for m in msgs)  # matches
