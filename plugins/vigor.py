@@ -112,6 +112,7 @@ class VIGORDataset(BenchmarkDataset):
             index: dict[str, dict[str, int]] = {}
             gps: list[tuple[float, float]] = []
             gps_ok = True
+            skipped: set[str] = set()
             for city in self.cities(part):
                 index[city] = {}
                 if not self._city_ok(city, part):
@@ -120,6 +121,7 @@ class VIGORDataset(BenchmarkDataset):
                 path = self.require_file(rel, f"the tile list of {city}")
                 folder = self._image_dir(city, "satellite")
                 if folder is None:
+                    skipped.add(city)  # reported once; its label rows are not checked against it
                     continue
                 for n, text in read_text_lines(path, rel):
                     name = text.split()[0]
@@ -141,7 +143,7 @@ class VIGORDataset(BenchmarkDataset):
             if not paths:
                 problem(f"no satellite tiles for {', '.join(self.cities(part))}", file="splits",
                         category="empty split")
-            return {"paths": paths, "index": index,
+            return {"paths": paths, "index": index, "skipped": skipped,
                     "gps": np.asarray(gps, dtype=np.float64).reshape(-1, 2) if gps_ok else None}
 
         return self.cached(f"sat/{self.cities(part)}", build)
@@ -154,7 +156,7 @@ class VIGORDataset(BenchmarkDataset):
             labels: list[list[int]] = []
             gps: list[tuple[float, float] | None] = []
             for city in self.cities(part):
-                if not (self.root / "splits" / city).is_dir():
+                if not (self.root / "splits" / city).is_dir() or city in sats["skipped"]:
                     continue  # reported with the tiles
                 rel = f"splits/{city}/{self.label_file(part)}"
                 path = self.require_file(rel, f"the {part} label file of {city}")

@@ -60,6 +60,7 @@ def test_verify_missing_folder_hint_and_json(tmp_path):
     assert res.exit_code == 1
     assert "satellite images of Seattle not found" in res.output and "official VIGOR layout" in res.output
     assert "ground images of Chicago not found" in res.output
+    assert "unknown tile" not in res.output  # Seattle's rows are not checked against absent tiles
     assert "splits/NewYork/same_area_balanced_train.txt line 1: image not found" in res.output
     res = verify("vigor", "--root", str(tmp_path), "--json")
     data = json.loads(res.output)
