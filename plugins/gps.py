@@ -55,7 +55,7 @@ def unit_vectors(latlon: np.ndarray, *, where: str = "reference_gps") -> np.ndar
 
 def gps_neighbours(latlon: np.ndarray, k: int, *, backend: str = "kdtree", where: str = "reference_gps",
                    ) -> np.ndarray:
-    """``(n, min(k, n-1))`` int64: each point's nearest other points by great-circle distance,
+    """``(n, min(k, n-1))`` int32: each point's nearest other points by great-circle distance,
     nearest first. Memory O(n·k); the point itself is never in its own row (duplicates are)."""
     xyz = unit_vectors(latlon, where=where)
     n = len(xyz)
@@ -63,25 +63,34 @@ def gps_neighbours(latlon: np.ndarray, k: int, *, backend: str = "kdtree", where
     if k <= 0:
         return np.zeros((n, 0), dtype=np.int64)
     kq = k + 1
+    dtype = np.int32 if n < 2**31 else np.int64
+    out = np.empty((n, k), dtype=dtype)
     if backend == "kdtree":
         from scipy.spatial import cKDTree
 
-        _, idx = cKDTree(xyz).query(xyz, k=kq)
+        tree = cKDTree(xyz)
+        search = lambda x: tree.query(x, k=kq, workers=-1)[1]  # noqa: E731
     elif backend == "faiss":
         import faiss
 
         index = faiss.IndexFlatL2(3)
         index.add(xyz.astype(np.float32))
-        _, idx = index.search(xyz.astype(np.float32), kq)
+        search = lambda x: index.search(x.astype(np.float32), kq)[1]  # noqa: E731
     else:
         raise ValueError(f"unknown backend {backend!r}")
-    idx = np.asarray(idx, dtype=np.int64).reshape(n, kq)
-    # Drop the point itself wherever it landed (points at the same place may precede it).
-    own = idx == np.arange(n)[:, None]
-    missing = ~own.any(1)
-    own[missing, -1] = True  # self not returned (many duplicates): drop the farthest instead
-    keep = np.argsort(own, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(idx, keep, 1)
+    step = 1 << 15  # query blocks: the distances and the (k+1)-wide rows stay O(block·k)
+    for s in range(0, n, step):
+        idx = np.asarray(search(xyz[s:s + step]), dtype=np.int64).reshape(-1, kq)
+        own = idx == np.arange(s, s + len(idx))[:, None]
+        if own[:, 0].all():
+            out[s:s + len(idx)] = idx[:, 1:]
+            continue
+        # Drop the point itself wherever it landed (points at the same place may precede it).
+        missing = ~own.any(1)
+        own[missing, -1] = True  # self not returned (many duplicates): drop the farthest instead
+        keep = np.argsort(own, axis=1, kind="stable")[:, :k]
+        out[s:s + len(idx)] = np.take_along_axis(idx, keep, 1)
+    return out
 
 
 class GpsSampler:
