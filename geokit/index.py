@@ -1,0 +1,510 @@
+"""Indexes of geo-tagged reference tiles: build (streaming), save, load, search.
+
+An index file is one safetensors file (no pickle), written atomically:
+
+- ``vectors`` (``flat``): the ``(N, D)`` unit embeddings, float32 or float16; searched exactly by
+  :func:`geokit.retrieval.search` (the one retrieval path, ties by lower index);
+- ``faiss`` (``ivf``, ``ivfpq``, ``hnsw``): the serialised faiss index (inner product on unit
+  vectors), searched by faiss;
+- ``latlon`` ``(N, 2)`` float64 degrees (NaN where unknown) and ``paths`` (UTF-8, one per line);
+- metadata ``geokit_index``: JSON with the index type and parameters, the count and dimension,
+  the encoder record of the checkpoint that embedded the tiles (``encoder``, ``embedding_dim``,
+  ``mean``, ``std``, ``query_size``, ``reference_size``) and a SHA-256 fingerprint of its encoder
+  weights, so that embedding queries with another model is refused; plus a CRC-32 of each
+  payload, so a corrupt or truncated file is a clear :class:`GeokitError`, never a crash or
+  silently wrong results.
+
+Building streams: references are embedded ``chunk`` at a time and added to the index, so memory
+is the index itself plus one chunk (``ivf``/``ivfpq`` first embed a training sample, kept for
+reuse, of at most ``train_size`` vectors).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from geokit.errors import GeokitError
+
+FORMAT = 1
+META_KEY = "geokit_index"
+TYPES = ("flat", "ivf", "ivfpq", "hnsw")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
+# The parts of a checkpoint record that decide what an embedding means.
+RECORD_KEYS = ("encoder", "embedding_dim", "mean", "std", "query_size", "reference_size")
+
+
+@dataclass
+class IndexSpec:
+    """Index type and its key parameters (None: a default chosen from the gallery size).
+
+    - ``flat``: exact; ``dtype`` float16 halves file and memory (scores change by ~1e-3).
+    - ``ivf``: ``nlist`` inverted lists (default ≈ 4·√N), searched ``nprobe`` lists at a time.
+    - ``ivfpq``: as ``ivf`` with product-quantised vectors: ``m`` sub-vectors (must divide D)
+      of ``nbits`` bits each — D·4 bytes per vector become m·nbits/8.
+    - ``hnsw``: graph with ``hnsw_m`` links per node, ``ef_construction`` / ``ef_search``.
+    """
+
+    type: Literal["flat", "ivf", "ivfpq", "hnsw"] = "flat"
+    dtype: Literal["float32", "float16"] = "float32"
+    nlist: int | None = None
+    nprobe: int = 16
+    m: int | None = None
+    nbits: int = 8
+    hnsw_m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 64
+    train_size: int | None = None
+    seed: int = 0
+
+    def check(self, n: int, dim: int) -> None:
+        if self.type not in TYPES:
+            raise GeokitError(f"index type '{self.type}' is not one of {', '.join(TYPES)}")
+        if self.type == "ivfpq":
+            m = self.m_for(dim)
+            if dim % m:
+                raise GeokitError(f"ivfpq: m={m} must divide the embedding dimension {dim}")
+        if self.type in ("ivf", "ivfpq") and n < self.nlist_for(n):
+            raise GeokitError(f"{self.type}: {n} references are fewer than nlist={self.nlist_for(n)}; "
+                              "use --type flat or a smaller --nlist")
+
+    def nlist_for(self, n: int) -> int:
+        return int(self.nlist or max(1, min(65536, round(4 * math.sqrt(max(n, 1))))))
+
+    def m_for(self, dim: int) -> int:
+        if self.m:
+            return int(self.m)
+        for m in (64, 32, 16, 8, 4, 2, 1):  # ≤ 64 sub-quantisers, dividing dim
+            if dim % m == 0 and dim // m >= 4 or m == 1:
+                return m
+        return 1
+
+    def train_size_for(self, n: int, dim: int) -> int:
+        if self.type not in ("ivf", "ivfpq"):
+            return 0
+        want = self.train_size or max(64 * self.nlist_for(n), 2 ** self.nbits * 64 if self.type == "ivfpq" else 0)
+        return int(min(n, want))
+
+
+def _crc(a: np.ndarray) -> int:
+    return zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B")) & 0xFFFFFFFF
+
+
+def fingerprint(tensors: Mapping[str, Any]) -> str:
+    """SHA-256 of encoder weights (names, shapes, dtypes and bytes), independent of file layout."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        arr = t.detach().cpu().contiguous().numpy() if hasattr(t, "detach") else np.ascontiguousarray(t)
+        h.update(f"{name}:{arr.dtype}:{arr.shape};".encode())
+        h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+class GeoIndex:
+    """Embeddings of geo-tagged reference tiles, searchable, with their paths and lat/lon."""
+
+    def __init__(self, meta: dict[str, Any], paths: list[str], latlon: np.ndarray, *,
+                 vectors: np.ndarray | None = None, faiss_index: Any = None, source: str = ""):
+        self.meta = meta
+        self.paths = paths
+        self.latlon = latlon
+        self.vectors = vectors
+        self.faiss_index = faiss_index
+        self.source = source
+        self._unit: Any = None
+
+    @property
+    def type(self) -> str:
+        return self.meta["type"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def search(self, query: np.ndarray, k: int, *, nprobe: int | None = None, ef_search: int | None = None,
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` ``(scores, ids)`` per query row, best first (ids −1 where an ANN index found
+        fewer than ``k``). ``nprobe``/``ef_search`` override the saved search parameters."""
+        query = np.asarray(query, dtype=np.float32).reshape(-1, self.dim)
+        k = max(1, min(int(k), len(self)))
+        if self.vectors is not None:
+            from geokit.retrieval import as_matrix, search
+
+            if self._unit is None:  # convert the stored float16/float32 once
+                self._unit = as_matrix(self.vectors)
+            return search(query, self._unit, k)
+        import faiss
+
+        params = self.meta.get("params", {})
+        ix = self.faiss_index
+        if self.type in ("ivf", "ivfpq"):
+            faiss.extract_index_ivf(ix).nprobe = int(nprobe or params.get("nprobe", 16))
+        elif self.type == "hnsw":
+            ix.hnsw.efSearch = int(ef_search or params.get("ef_search", 64))
+        q = query / np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)
+        scores, ids = ix.search(np.ascontiguousarray(q, dtype=np.float32), k)
+        return scores, ids
+
+    # --------------------------------------------------------------------------- files
+
+    def size_bytes(self) -> int:
+        if self.vectors is not None:
+            return int(self.vectors.nbytes)
+        import faiss
+
+        return int(faiss.serialize_index(self.faiss_index).nbytes)
+
+    def save(self, path: str | Path) -> None:
+        """Write the index file atomically (see the module docstring for the layout)."""
+        from safetensors.numpy import save_file
+
+        from geokit.checkpoint import atomic_write
+
+        for p in self.paths:
+            if "\n" in p:
+                raise GeokitError(f"reference path contains a line break: {p!r}")
+        tensors: dict[str, np.ndarray] = {
+            "latlon": np.ascontiguousarray(self.latlon, dtype=np.float64).reshape(-1, 2),
+            "paths": np.frombuffer("\n".join(self.paths).encode("utf-8"), dtype=np.uint8).copy(),
+        }
+        if self.vectors is not None:
+            tensors["vectors"] = np.ascontiguousarray(self.vectors)
+        else:
+            import faiss
+
+            tensors["faiss"] = faiss.serialize_index(self.faiss_index)
+        meta = dict(self.meta, checksums={k: _crc(v) for k, v in tensors.items()})
+        self.meta = meta
+        atomic_write(path, lambda p: save_file(tensors, str(p), metadata={META_KEY: json.dumps(meta)}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> GeoIndex:
+        """Read an index file; a missing, foreign, corrupt or truncated file is a GeokitError."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise GeokitError(f"index not found: {path}")
+        hint = "rebuild it with 'geokit index build'"
+        try:
+            with safe_open(str(path), framework="numpy") as fh:
+                raw = (fh.metadata() or {}).get(META_KEY)
+                if raw is None:
+                    raise GeokitError(f"{path} is a safetensors file but not a geokit index (no "
+                                      f"'{META_KEY}' metadata); {hint}")
+                meta = json.loads(raw)
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        except GeokitError:
+            raise
+        except Exception as exc:
+            raise GeokitError(f"{path} is not a readable geokit index: it is truncated, corrupt or "
+                              f"not an index file ({type(exc).__name__}: {exc}); {hint}") from None
+        if meta.get("format") != FORMAT:
+            raise GeokitError(f"{path}: index format {meta.get('format')} is not supported by this "
+                              f"geokit (format {FORMAT}); {hint}")
+        sums = meta.get("checksums", {})
+        for name, arr in tensors.items():
+            if name in sums and _crc(arr) != sums[name]:
+                raise GeokitError(f"{path}: the '{name}' data fails its checksum: the file is "
+                                  f"corrupt; {hint}")
+        try:
+            paths = tensors["paths"].tobytes().decode("utf-8").split("\n") if len(tensors["paths"]) else []
+            latlon = tensors["latlon"].reshape(-1, 2)
+        except (KeyError, UnicodeDecodeError) as exc:
+            raise GeokitError(f"{path}: index metadata is damaged ({exc}); {hint}") from None
+        vectors = faiss_index = None
+        if "vectors" in tensors:
+            vectors = tensors["vectors"]
+        elif "faiss" in tensors:
+            import faiss
+
+            try:
+                faiss_index = faiss.deserialize_index(tensors["faiss"])
+            except Exception as exc:
+                raise GeokitError(f"{path}: the faiss index inside is corrupt ({exc}); {hint}") from None
+        else:
+            raise GeokitError(f"{path}: holds neither 'vectors' nor 'faiss' data; {hint}")
+        n = len(vectors) if vectors is not None else faiss_index.ntotal
+        if not (n == len(paths) == len(latlon) == meta.get("count")):
+            raise GeokitError(f"{path}: inconsistent index ({n} vectors, {len(paths)} paths, "
+                              f"{len(latlon)} locations, count {meta.get('count')}); {hint}")
+        return cls(meta, paths, latlon, vectors=vectors, faiss_index=faiss_index, source=str(path))
+
+    # --------------------------------------------------------------------------- checkpoints
+
+    def check_encoder(self, record: Mapping[str, Any], weights_fingerprint: str | None,
+                      source: str = "the checkpoint") -> None:
+        """Refuse an encoder that is not the one that embedded this index."""
+        mine = self.meta.get("encoder_record", {})
+        diff = [k for k in RECORD_KEYS if k in mine and json.dumps(mine[k], sort_keys=True)
+                != json.dumps(record.get(k), sort_keys=True)]
+        if diff:
+            shown = "; ".join(f"{k}: index {mine[k]!r} vs {record.get(k)!r}" for k in diff[:3])
+            raise GeokitError(f"{source} does not match the encoder that built index {self.source or ''}"
+                              f" ({shown}). Use the checkpoint the index was built with "
+                              f"({self.meta.get('checkpoint')}) or rebuild the index.")
+        want = self.meta.get("encoder_fingerprint")
+        if want and weights_fingerprint and want != weights_fingerprint:
+            raise GeokitError(f"{source} has the same architecture as the encoder that built index "
+                              f"{self.source or ''} but different weights (fingerprint "
+                              f"{weights_fingerprint[:12]} vs {want[:12]}); its embeddings would not be "
+                              f"comparable. Use {self.meta.get('checkpoint')} or rebuild the index.")
+
+
+# ------------------------------------------------------------------------------ building
+
+
+def build_index(embed: Callable[[np.ndarray], np.ndarray], n: int, dim: int, spec: IndexSpec,
+                *, paths: Sequence[str], latlon: np.ndarray, meta: Mapping[str, Any] | None = None,
+                chunk: int = 1024, show: bool | None = None) -> GeoIndex:
+    """Build an index of ``n`` vectors, ``embed(positions)`` giving ``(len, dim)`` unit float32
+    rows for an array of positions, called ``chunk`` positions at a time (memory: the index plus
+    one chunk, plus the training sample for ``ivf``/``ivfpq``)."""
+    from geokit.runtime import progress
+
+    spec.check(n, dim)
+    if n == 0:
+        raise GeokitError("no references to index")
+    starts = range(0, n, chunk)
+    info: dict[str, Any] = {"format": FORMAT, "type": spec.type, "count": n, "dim": dim,
+                            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(meta or {})}
+    if spec.type == "flat":
+        vectors = np.empty((n, dim), dtype=np.float16 if spec.dtype == "float16" else np.float32)
+        for s in progress(starts, total=len(starts), desc="index: embed", enabled=show):
+            vectors[s:s + chunk] = embed(np.arange(s, min(s + chunk, n)))
+        info["params"] = {"dtype": spec.dtype}
+        return GeoIndex(info, list(paths), latlon, vectors=vectors)
+
+    import faiss
+
+    metric = faiss.METRIC_INNER_PRODUCT
+    cache: dict[int, np.ndarray] = {}
+    if spec.type == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, spec.hnsw_m, metric)
+        index.hnsw.efConstruction = spec.ef_construction
+        params = {"hnsw_m": spec.hnsw_m, "ef_construction": spec.ef_construction, "ef_search": spec.ef_search}
+    else:
+        nlist = spec.nlist_for(n)
+        quantizer = faiss.IndexFlatIP(dim)
+        if spec.type == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
+            params = {"nlist": nlist, "nprobe": spec.nprobe}
+        else:
+            m = spec.m_for(dim)
+            index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, spec.nbits, metric)
+            params = {"nlist": nlist, "nprobe": spec.nprobe, "m": m, "nbits": spec.nbits}
+        n_train = spec.train_size_for(n, dim)
+        sample = np.sort(np.random.default_rng(spec.seed).choice(n, n_train, replace=False))
+        train = np.empty((n_train, dim), dtype=np.float32)
+        for s in progress(range(0, n_train, chunk), total=-(-n_train // chunk), desc="index: train sample",
+                          enabled=show):
+            train[s:s + chunk] = embed(sample[s:s + chunk])
+        index.train(train)
+        params["train_size"] = n_train
+        # keep the sample's embeddings: they are added below without embedding them again
+        cache = {int(p): train[i] for i, p in enumerate(sample)}
+        del train
+    for s in progress(starts, total=len(starts), desc="index: embed+add", enabled=show):
+        pos = np.arange(s, min(s + chunk, n))
+        todo = np.array([p for p in pos if p not in cache], dtype=np.int64)
+        block = np.empty((len(pos), dim), dtype=np.float32)
+        if len(todo):
+            block[np.searchsorted(pos, todo)] = embed(todo)
+        for i, p in enumerate(pos):
+            if int(p) in cache:
+                block[i] = cache.pop(int(p))
+        index.add(block)
+    info["params"] = params
+    return GeoIndex(info, list(paths), latlon, faiss_index=index)
+
+
+# ------------------------------------------------------------------------------ reference lists
+
+
+@dataclass
+class References:
+    """Reference tiles to index: image paths and lat/lon (NaN when unknown)."""
+
+    paths: list[str]
+    latlon: np.ndarray
+    source: str = ""
+    dataset: Any = None  # a CrossViewDataset whose load_image decodes them
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def read_references(source: str | Path) -> References:
+    """A CSV with columns ``path,lat,lon`` (paths relative to the CSV's folder), a folder holding
+    ``references.csv`` (or exactly one ``.csv``), or a folder of images (no locations)."""
+    source = Path(source)
+    if source.is_dir():
+        csvs = sorted(source.glob("*.csv"))
+        named = source / "references.csv"
+        if named.is_file():
+            return _read_reference_csv(named)
+        if len(csvs) == 1:
+            return _read_reference_csv(csvs[0])
+        if len(csvs) > 1:
+            raise GeokitError(f"{source} holds several CSV files ({', '.join(c.name for c in csvs[:5])}); "
+                              "name the one listing the tiles (path,lat,lon) or call it references.csv")
+        images = sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise GeokitError(f"{source} holds no CSV and no images ({', '.join(IMAGE_SUFFIXES)})")
+        return References(images, np.full((len(images), 2), np.nan), str(source))
+    if source.is_file():
+        return _read_reference_csv(source)
+    raise GeokitError(f"references not found: {source} (give a CSV path,lat,lon or a folder)")
+
+
+def _read_reference_csv(path: Path) -> References:
+    root = path.parent
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        fields = [f.strip() for f in (reader.fieldnames or [])]
+        reader.fieldnames = fields
+        if "path" not in fields:
+            raise GeokitError(f"{path}: missing column 'path' (found: {', '.join(fields) or 'nothing'}); "
+                              "the header must name path,lat,lon")
+        has_gps = "lat" in fields and "lon" in fields
+        if ("lat" in fields) != ("lon" in fields):
+            raise GeokitError(f"{path}: has only one of the columns lat/lon; give both or neither")
+        paths, coords = [], []
+        for line, row in enumerate(reader, start=2):
+            p = (row.get("path") or "").strip()
+            if not p:
+                raise GeokitError(f"{path} line {line}: empty path")
+            full = root / p
+            if not full.is_file():
+                raise GeokitError(f"{path} line {line}: image not found: {full}")
+            paths.append(str(full))
+            if has_gps:
+                try:
+                    lat, lon = float(row["lat"]), float(row["lon"])
+                except (TypeError, ValueError):
+                    raise GeokitError(f"{path} line {line}: lat/lon {row.get('lat')!r}, {row.get('lon')!r} "
+                                      "are not numbers") from None
+                if not (abs(lat) <= 90 and abs(lon) <= 180):
+                    raise GeokitError(f"{path} line {line}: lat/lon ({lat}, {lon}) out of range")
+                coords.append((lat, lon))
+    if not paths:
+        raise GeokitError(f"{path}: no rows after the header")
+    latlon = np.asarray(coords, dtype=np.float64) if has_gps else np.full((len(paths), 2), np.nan)
+    return References(paths, latlon, str(path))
+
+
+def dataset_references(config_path: str | Path, overrides: Sequence[str] = (), split: str | None = None,
+                       ) -> References:
+    """The reference set of a configured dataset's evaluation split (and its lat/lon if known)."""
+    from geokit import config
+    from geokit.registry import create
+
+    cfg = config.load(config_path, list(overrides))
+    ds = create("dataset", cfg.names["dataset"], cfg.dataset)
+    ds.name = cfg.names["dataset"]
+    es = ds.eval_set(ds.check_split(split or cfg.eval.split))
+    gps = es.reference_gps
+    latlon = np.asarray(gps, dtype=np.float64).reshape(-1, 2) if gps is not None \
+        else np.full((len(es.reference_paths), 2), np.nan)
+    return References(list(es.reference_paths), latlon, f"{config_path} ({ds.name} {es.name})", dataset=ds)
+
+
+# ------------------------------------------------------------------------------ encoders
+
+
+@dataclass
+class Encoder:
+    """An encoder rebuilt from a checkpoint record, ready for :func:`geokit.embedding.embed_paths`."""
+
+    module: Any
+    record: dict[str, Any]
+    fingerprint: str
+    source: str
+
+    def size(self, view: str) -> tuple[int, int]:
+        if view not in ("query", "reference"):
+            raise GeokitError(f"view must be 'query' or 'reference', not {view!r}")
+        return tuple(self.record[f"{view}_size"])  # type: ignore[return-value]
+
+    @property
+    def norm(self) -> Any:
+        from geokit.data import Normalisation
+
+        return Normalisation(tuple(self.record["mean"]), tuple(self.record["std"]))
+
+
+def load_encoder(checkpoint: str | Path, device: Any = None) -> Encoder:
+    """Rebuild the checkpoint's encoder from its record and load its weights strictly.
+
+    Options named ``pretrained`` and ``weights`` only choose initial weights, which the
+    checkpoint's weights replace; they are switched off so that rebuilding needs no network.
+    """
+    from geokit.checkpoint import load_module_strict, load_weights
+    from geokit.registry import create
+
+    tensors, record = load_weights(checkpoint)
+    missing = [k for k in ("encoder", "embedding_dim", "mean", "std", "query_size", "reference_size")
+               if k not in record]
+    if missing:
+        raise GeokitError(f"{checkpoint}: the checkpoint record lacks {', '.join(missing)}; "
+                          "it was not written by 'geokit train'")
+    options = dict(record["encoder"])
+    name = options.pop("name", None)
+    if not name:
+        raise GeokitError(f"{checkpoint}: the record's encoder has no name")
+    if "pretrained" in options:
+        options["pretrained"] = False
+    if "weights" in options:
+        options["weights"] = None
+    module = create("encoder", name, options)
+    enc = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
+    load_module_strict(module, enc, f"{checkpoint} (encoder)")
+    if device is not None:
+        module.to(device)
+    module.eval()
+    return Encoder(module, record, fingerprint(enc), str(checkpoint))
+
+
+def encoder_meta(encoder: Encoder) -> dict[str, Any]:
+    """What an index stores about the encoder that embedded it."""
+    return {"encoder_record": {k: encoder.record.get(k) for k in RECORD_KEYS},
+            "encoder_fingerprint": encoder.fingerprint,
+            "checkpoint": str(Path(encoder.source).resolve()),
+            "view": "reference"}
+
+
+def build_from_checkpoint(checkpoint: str | Path, references: References, output: str | Path,
+                          spec: IndexSpec, *, batch_size: int = 64, chunk: int = 1024, device: str = "auto",
+                          show: bool | None = None) -> GeoIndex:
+    """``geokit index build``: embed ``references`` with the checkpoint's encoder (reference view)
+    and save the index at ``output``."""
+    from geokit.data import CrossViewDataset
+    from geokit.embedding import embed_paths
+    from geokit.runtime import select_device
+
+    dev = select_device(device)
+    enc = load_encoder(checkpoint, dev)
+    dataset = references.dataset or CrossViewDataset()
+    size = enc.size("reference")
+
+    def embed(positions: np.ndarray) -> np.ndarray:
+        return embed_paths(enc.module, dataset, [references.paths[int(i)] for i in positions], size,
+                           enc.norm, batch_size=batch_size, device=dev, show=False)
+
+    meta = {**encoder_meta(enc), "references": references.source}
+    index = build_index(embed, len(references.paths), int(enc.record["embedding_dim"]), spec,
+                        paths=references.paths, latlon=references.latlon, meta=meta, chunk=chunk, show=show)
+    index.save(output)
+    index.source = str(output)
+    return index
