@@ -118,6 +118,7 @@ def evaluate_cmd(config_path: str, overrides: tuple[str, ...], checkpoint: str |
 # so those modules import only click at module level.
 COMMAND_MODULES: tuple[str, ...] = (
     "geokit.cli_datasets:datasets",
+    "geokit.cli_index:index", "geokit.cli_index:locate",
 )
 
 
