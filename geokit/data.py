@@ -219,7 +219,10 @@ class PairList:
     def __len__(self) -> int:
         return len(self.train)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | BadPair:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor] | BadPair:
+        """Pair ``key``, or ``(epoch, index)``: an epoch carried with the index reaches
+        persistent worker processes, whose copy of ``self.epoch`` would be stale."""
+        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
         ds, tr = self.dataset, self.train
         try:
             q = ds.load_image(tr.query_paths[i], ds.query_size)
@@ -228,6 +231,6 @@ class PairList:
             if self.bad_images == "skip":
                 return BadPair(int(i), str(exc))
             raise
-        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        rng = np.random.default_rng([self.seed, int(epoch), int(i)])
         q, r = ds.augment_pair(q, r, rng)
         return to_tensor(q, self.norm.mean, self.norm.std), to_tensor(r, self.norm.mean, self.norm.std)

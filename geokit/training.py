@@ -117,6 +117,24 @@ def collate_pairs(items: list[Any]) -> tuple[Any, Any, list[BadPair]]:
     return torch.stack([q for q, _ in good]), torch.stack([r for _, r in good]), bad
 
 
+class _EpochBatches:
+    """Batch sampler of the run's DataLoader: this rank's batches of the current epoch, as
+    ``(epoch, index)`` keys for :class:`PairList`."""
+
+    def __init__(self) -> None:
+        self.epoch, self.batches = 1, []
+
+    def set(self, epoch: int, batches: list[np.ndarray]) -> None:
+        self.epoch, self.batches = epoch, batches
+
+    def __iter__(self) -> Any:
+        for b in self.batches:
+            yield [(self.epoch, int(i)) for i in b]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class TrainStep:
     """Forward, global loss, backward, clipping and optimizer step for one (local) batch.
 
@@ -376,6 +394,14 @@ class _Engine:
                                  scaler=self.scaler, clip_value=tc.clip_value,
                                  grad_cache_chunk=tc.grad_cache_chunk, channels_last=channels_last, world=world)
         self.pairs = PairList(ds, train_set, parts.norm, seed=config.seed, bad_images="skip")
+        # One loader for the whole run, so worker processes persist across epochs; its batch
+        # sampler hands out (epoch, index) keys. It has its own generator: creating iterators
+        # must not draw from torch's global RNG (exact resume).
+        self.batch_keys = _EpochBatches()
+        self.loader = torch.utils.data.DataLoader(
+            self.pairs, batch_sampler=self.batch_keys, num_workers=self.workers, collate_fn=collate_pairs,
+            pin_memory=device.type == "cuda", persistent_workers=self.workers > 0,
+            generator=torch.Generator().manual_seed(config.seed))
         self.tb = TensorBoard(output / "tensorboard" if world.is_main else None)
         self.skipped_total = 0
         epochs_run = 0
@@ -484,17 +510,21 @@ class _Engine:
             start = 0
             stats = {"loss_sum": 0.0, "steps": 0, "images": 0, "seconds": 0.0, "skipped": 0}
         self.pairs.epoch = epoch
-        local = [rank_slice(b, world.rank, world.world_size) for b in batches[start:]]
-        # The loader gets its own generator: creating it must not draw from torch's global RNG.
-        loader = torch.utils.data.DataLoader(
-            self.pairs, batch_sampler=local, num_workers=self.workers, collate_fn=collate_pairs,
-            pin_memory=device.type == "cuda", persistent_workers=False,
-            generator=torch.Generator().manual_seed(self.config.seed + epoch))
+        self.batch_keys.set(epoch, [rank_slice(b, world.rank, world.world_size) for b in batches[start:]])
         self.parts.encoder.train()
         t0 = time.perf_counter() - stats["seconds"]
         done, lr, loss = start, lr_at(self.step, self.total_steps, self.warmup_steps, tc.lr), float("nan")
-        bar = progress(loader, total=len(local), desc=f"epoch {epoch}/{tc.epochs}", enabled=self.show)
-        for q, r, bad in bar:
+        items = iter(progress(self.loader, total=len(self.batch_keys), desc=f"epoch {epoch}/{tc.epochs}",
+                              enabled=self.show))
+        while True:
+            try:
+                q, r, bad = next(items)
+            except StopIteration:
+                break
+            except Exception:
+                if self.stop.signal is None:
+                    raise
+                q, r, bad = None, None, []  # Ctrl-C also reached (and ended) the loader's workers
             self._handle_bad(bad, epoch)
             stats["skipped"] += len(bad)
             n_local = 0 if q is None else len(q)

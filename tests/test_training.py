@@ -88,7 +88,8 @@ def test_a_truncated_jpeg_is_an_error_naming_the_file(tmp_path):
 def test_a_truncated_jpeg_is_skipped_and_counted_on_request(tmp_path, caplog):
     root = make_pairs_dataset(tmp_path / "data", n_train=16, n_test=8)
     _truncate_a_training_image(root)
-    res = _train(root, tmp_path / "run", train={"epochs": 2, "bad_images": "skip"})
+    # one persistent worker process: the skip marker and the epoch must cross the process boundary
+    res = _train(root, tmp_path / "run", train={"epochs": 2, "bad_images": "skip", "workers": 1})
     assert [row["skipped_pairs"] for row in res.history] == [1, 1]  # every pair is used once per epoch
     assert (tmp_path / "run" / "model.safetensors").exists()
     assert "skipped 2 training pairs" in (tmp_path / "run" / "train.log").read_text()

@@ -1,0 +1,149 @@
+"""Overhead of geokit's training step against a bare torch loop, same model, same batch.
+
+Three ways to run the same optimisation steps (ConvNeXt-Atto, 64 px, 16 pairs per step,
+symmetric InfoNCE, value clipping at 100, AdamW, fp32 on the CPU):
+
+- ``bare``: a hand-written loop on pre-built tensors (zero_grad, two forwards, loss, backward,
+  clip, step).
+- ``trainstep``: :class:`geokit.training.TrainStep` on the same pre-built tensors, plus the
+  engine's per-step bookkeeping (learning-rate schedule, per-step re-seeding).
+- ``engine``: a whole :func:`geokit.training.train` epoch on an in-memory dataset (decoded
+  images held in memory, no augmentation): DataLoader, collation, normalisation, per-step
+  bookkeeping, logging. Its seconds are the epoch row's (checkpoint writing excluded).
+
+Rounds are interleaved so that load from other processes hits all three alike; medians reported.
+
+    flock /tmp/geokit-cpu.lock .venv/bin/python benchmarks/training_overhead.py [--rounds 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("GEOKIT_PROGRESS", "0")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="convnext_atto")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--pairs", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+
+    import logging
+
+    import torch
+    import torch.nn.functional as F
+
+    import geokit.training as T
+    from geokit.config import resolve
+    from geokit.data import CrossViewDataset, TrainSet
+    from geokit.model import build
+    from geokit.registry import create
+    from geokit.runtime import log
+    from geokit.testing import tiny_config
+
+    size, pairs, steps = args.size, args.pairs, args.steps
+    n = pairs * steps
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2 * n, size, size, 3), dtype=np.uint8)
+
+    class InMemory(CrossViewDataset):
+        name = "in_memory"
+        query_size = reference_size = (size, size)
+
+        def train_set(self) -> TrainSet:
+            return TrainSet([f"q{i}" for i in range(n)], [f"r{i}" for i in range(n)], np.arange(n))
+
+        def load_image(self, path: str, _size: tuple[int, int]) -> np.ndarray:
+            return images[int(path[1:]) + (n if path[0] == "r" else 0)]
+
+    cfg = resolve(tiny_config(Path("unused"), encoder={"model": args.model},
+                              train={"epochs": 1, "batch_size": pairs, "warmup_epochs": 0.0, "lr": 1e-4,
+                                     "log_every": 10**6}))
+    mean, std = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1), torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+    q = (torch.from_numpy(images[:pairs]).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    r = (torch.from_numpy(images[n:n + pairs]).permute(0, 3, 1, 2).float() / 255 - mean) / std
+
+    def fresh():
+        torch.manual_seed(0)
+        enc = create("encoder", "convnext", {"model": args.model, "pretrained": False})
+        loss = create("loss", "infonce", {})
+        params = [*enc.parameters(), *loss.parameters()]
+        return enc, loss, params, torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+
+    enc_b, loss_b, params_b, opt_b = fresh()
+
+    def bare() -> float:
+        t = time.perf_counter()
+        for _ in range(steps):
+            for g in opt_b.param_groups:
+                g["lr"] = 1e-4
+            opt_b.zero_grad(set_to_none=True)
+            qe, re_ = enc_b(q), enc_b(r)
+            qn, rn = F.normalize(qe, dim=-1), F.normalize(re_, dim=-1)
+            logits = loss_b.logit_scale.exp() * qn @ rn.t()
+            target = torch.arange(len(qn))
+            value = 0.5 * (F.cross_entropy(logits, target, label_smoothing=0.1)
+                           + F.cross_entropy(logits.t(), target, label_smoothing=0.1))
+            value.backward()
+            torch.nn.utils.clip_grad_value_(params_b, 100.0)
+            opt_b.step()
+            value.item()
+        return (time.perf_counter() - t) / steps
+
+    enc_s, loss_s, _, opt_s = fresh()
+    stepper = T.TrainStep(enc_s, loss_s, opt_s, device=torch.device("cpu"), clip_value=100.0)
+    counter = {"step": 0}
+
+    def trainstep() -> float:
+        t = time.perf_counter()
+        for _ in range(steps):
+            lr = T.lr_at(counter["step"], 10**6, 0, 1e-4)
+            torch.manual_seed(T.step_seed(0, counter["step"]))
+            stepper.step(q, r, lr)
+            counter["step"] += 1
+        return (time.perf_counter() - t) / steps
+
+    log.setLevel(logging.WARNING)
+    real_build = T.build
+    T.build = lambda config, **kw: real_build(config, dataset=InMemory())  # type: ignore[assignment]
+    tmp = Path(tempfile.mkdtemp(prefix="geokit-overhead-"))
+
+    def engine() -> float:
+        out = tmp / f"run{time.monotonic_ns()}"
+        res = T.train(cfg, out, show=False)
+        log.setLevel(logging.WARNING)
+        row = res.history[-1]
+        assert row["batches"] == steps
+        return row["seconds"] / steps
+
+    for fn in (bare, trainstep):  # warm-up
+        fn()
+    times: dict[str, list[float]] = {"bare": [], "trainstep": [], "engine": []}
+    for _ in range(args.rounds):
+        for name, fn in (("bare", bare), ("trainstep", trainstep), ("engine", engine)):
+            times[name].append(fn())
+    base = statistics.median(times["bare"])
+    print(f"{args.model} {size}px, {pairs} pairs/step, {steps} steps x {args.rounds} rounds, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(json.dumps({"loop": name, "ms_per_step_median": round(1000 * med, 1),
+                          "ms_all": [round(1000 * t, 1) for t in ts],
+                          "overhead_vs_bare_pct": round(100 * (med / base - 1), 1)}))
+
+
+if __name__ == "__main__":
+    main()
