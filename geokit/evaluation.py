@@ -70,11 +70,11 @@ def write_embeddings(path: str | Path, result: EvalResult) -> None:
     tensors = {
         "query": torch.from_numpy(np.ascontiguousarray(result.query, dtype=np.float32)),
         "reference": torch.from_numpy(np.ascontiguousarray(result.reference, dtype=np.float32)),
-        "query_labels": torch.from_numpy(es.query_labels.astype(np.int64)),
-        "reference_labels": torch.from_numpy(es.reference_labels.astype(np.int64)),
+        "query_labels": torch.from_numpy(np.ascontiguousarray(es.query_labels, dtype=np.int64)),
+        "reference_labels": torch.from_numpy(np.ascontiguousarray(es.reference_labels, dtype=np.int64)),
     }
     if es.semi_positives is not None:
-        tensors["semi_positives"] = torch.from_numpy(np.asarray(es.semi_positives, dtype=np.int64))
+        tensors["semi_positives"] = torch.from_numpy(np.ascontiguousarray(es.semi_positives, dtype=np.int64))
     from safetensors.torch import save_file
 
     atomic_write(path, lambda p: save_file(tensors, str(p)))
