@@ -22,6 +22,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,8 +161,11 @@ class TrainStep:
         if world.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
+            # Depthwise-conv weights (C, 1, k, k) get gradients whose stride on the size-1 axis
+            # differs from the bucket's: the same memory layout, but DDP warns on every run.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             ids = [device.index] if device.type == "cuda" else None
-            self.pair = DDP(self.raw_pair, device_ids=ids, broadcast_buffers=False)
+            self.pair = DDP(self.raw_pair, device_ids=ids)
             if any(p.requires_grad for p in loss_fn.parameters()):  # DDP refuses a module without
                 self.loss_mod = DDP(loss_fn, device_ids=ids)      # trainable parameters
 
