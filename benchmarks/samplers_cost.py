@@ -1,7 +1,7 @@
 """Cost of the gps / dss samplers against the dense approach of the original Sample4Geo code.
 
-Each case runs in a fresh subprocess; "peak" is the process's peak RSS (VmHWM) minus its RSS
-once the inputs exist, i.e. what the method itself allocates.
+Each case runs in a fresh subprocess; "peak" is the process's peak RSS (VmHWM, reset once the
+inputs exist) minus its RSS at that point, i.e. what the method itself allocates.
 
     flock /tmp/geokit-cpu.lock .venv/bin/python benchmarks/samplers_cost.py            # all cases
     .venv/bin/python benchmarks/samplers_cost.py --cases gps_kdtree:35532 build_ours:100000
@@ -31,6 +31,17 @@ import numpy as np
 DEFAULT = ["gps_kdtree:35532", "gps_kdtree:1000000", "gps_faiss:35532", "gps_dense:10000", "gps_dense:35532",
            "dss_stream:35532", "dss_dense:35532", "build_ours:100000", "build_pop0:100000",
            "build_ours:1000000", "precision:35532"]
+
+
+def reset_peak() -> int:
+    """Reset VmHWM to the current RSS (Linux clear_refs 5) and return that RSS in KiB, so the
+    peak measured afterwards excludes temporaries of building the inputs."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+    return rss_kib("VmRSS")
 
 
 def rss_kib(field: str) -> int:
@@ -108,7 +119,7 @@ def run_case(name: str, n: int, chunk: int | None = None) -> dict:
     out: dict = {"case": name, "n": n}
     if name.startswith("gps_"):
         pts = us_points(n)
-        base = rss_kib("VmRSS")
+        base = reset_peak()
         t = time.perf_counter()
         if name == "gps_dense":
             table = dense_haversine_topk(pts, 128)
@@ -123,7 +134,7 @@ def run_case(name: str, n: int, chunk: int | None = None) -> dict:
         ref = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((n, 1024), dtype=np.float32)), dim=1)
         qry = torch.nn.functional.normalize(ref + 0.5 * torch.from_numpy(rng.standard_normal((n, 1024), dtype=np.float32)), dim=1)
         pair_ref = np.arange(n)
-        base = rss_kib("VmRSS")
+        base = reset_peak()
         t = time.perf_counter()
         if name == "dss_stream":
             from geokit_plugins.dss import mine_neighbours
@@ -146,7 +157,7 @@ def run_case(name: str, n: int, chunk: int | None = None) -> dict:
         table = gps_neighbours(pts, 128)
         train = TrainSet([""] * n, [""] * n, np.arange(n))
         as_dict = {i: row for i, row in enumerate(table.tolist())} if name == "build_pop0" else None
-        base = rss_kib("VmRSS")
+        base = reset_peak()
         t = time.perf_counter()
         if name == "build_ours":
             b = build_neighbour_batches(train, 128, table, np.random.default_rng(0), key_of_pair=train.pair_reference,
@@ -160,7 +171,7 @@ def run_case(name: str, n: int, chunk: int | None = None) -> dict:
     elif name == "precision":
         from geokit_plugins.gps import gps_neighbours
         pts = us_points(n, box=(40.70, 40.745, -74.03, -73.97))  # ~5 km box in Manhattan
-        base = rss_kib("VmRSS")
+        base = reset_peak()
         a = gps_neighbours(pts, 10, backend="kdtree")
         b = gps_neighbours(pts, 10, backend="faiss")
         out["top1_agree_%"] = 100 * float((a[:, 0] == b[:, 0]).mean())

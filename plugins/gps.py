@@ -99,11 +99,13 @@ class GpsSampler:
     def __init__(self, options: GpsOptions):
         self.options = options
         self._cache: tuple[Any, np.ndarray] | None = None  # (fingerprint, neighbour table)
+        self._warned = False
 
     def neighbour_table(self, ctx: EpochContext, range_: int) -> np.ndarray:
         """The reference→reference table (cached while the training set and depth stay the same)."""
         train = ctx.train
-        key = (id(train), len(train.reference_paths), range_, self.options.backend)
+        gps = np.ascontiguousarray(train.reference_gps)
+        key = (hash(gps.tobytes()), len(gps), range_, self.options.backend)
         if self._cache is None or self._cache[0] != key:
             table = gps_neighbours(train.reference_gps, range_, backend=self.options.backend,
                                    where=f"dataset '{ctx.dataset_name}' reference GPS")
@@ -114,10 +116,10 @@ class GpsSampler:
         o = self.options
         if not ctx.train.has_gps:
             if o.fallback == "random":
-                if ctx.epoch == 1 or self._cache is None:
+                if not self._warned:
                     log.warning("dataset '%s' has no reference GPS: sampler gps falls back to random batches",
                                 ctx.dataset_name)
-                    self._cache = ("no-gps", np.zeros((0, 0), dtype=np.int64))
+                    self._warned = True
                 return pack_batches(ctx.rng().permutation(len(ctx.train)), ctx.train, ctx.batch_size, o.last_batch)
             raise GeokitError(
                 f"dataset '{ctx.dataset_name}' has no reference GPS (TrainSet.reference_gps is None), so "

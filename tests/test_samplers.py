@@ -278,3 +278,29 @@ def test_builder_keeps_every_pair_with_keep_policy_and_scales():
     assert time.perf_counter() - t < 10
     flat = np.concatenate(batches)
     assert len(flat) == len(set(flat.tolist())) == n
+
+
+# ------------------------------------------------------------------------------ through the engine
+
+def test_train_end_to_end(tmp_path, monkeypatch):
+    """GPS warm start for epoch 1, then DSS mined with the engine's real ctx.embed() before
+    epoch 2; the mined lists land in the resume state."""
+    sampler = {"name": "dss", "every": 1, "select": 3, "range": 6, "hard_fraction": 0.5}
+    import torch
+
+    from geokit.config import resolve
+    from geokit.testing import make_pairs_dataset, tiny_config
+    from geokit.training import train
+
+    monkeypatch.setenv("GEOKIT_PROGRESS", "0")
+    threads = torch.get_num_threads()
+    root = make_pairs_dataset(tmp_path / "data", n_train=32, n_test=8)
+    cfg = resolve(tiny_config(root, sampler=sampler, train={"epochs": 2, "batch_size": 8}))
+    try:
+        result = train(cfg, tmp_path / "run", show=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.epochs_run == 2
+    state = load_state(next((tmp_path / "run").glob("*state*.safetensors")))
+    assert state["sampler"]["mined_epoch"] == 2 and state["sampler"]["warm_start"] == "gps"
+    assert state["sampler"]["lists"].shape == (32, 6)
