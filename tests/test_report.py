@@ -1,0 +1,57 @@
+"""Report pictures (geokit.report): generic over any EvalSet, Pillow only."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from geokit import report
+from geokit.registry import create
+
+
+@pytest.fixture
+def evaluated(pairs_root: Path):
+    ds = create("dataset", "pairs", {"root": str(pairs_root), "query_size": [16, 64], "reference_size": [32, 32]})
+    es = ds.eval_set("test")
+    rng = np.random.default_rng(0)
+    r = rng.normal(size=(len(es.reference_paths), 8)).astype(np.float32)
+    q = r[es.query_labels] + 0.8 * rng.normal(size=(len(es.query_paths), 8)).astype(np.float32)
+    return ds, es, q, r
+
+
+def test_retrieval_sheet(evaluated, tmp_path: Path) -> None:
+    ds, es, q, r = evaluated
+    path = report.retrieval_sheet(ds, es, q, r, tmp_path / "sheet.png", rows=4, k=5, cell=48)
+    with Image.open(path) as im:
+        w, h = im.size
+    assert w > 5 * 48 + 4 * 48 and h > 4 * 48
+
+
+def test_training_curve_with_and_without_eval(tmp_path: Path) -> None:
+    hist = [{"epoch": e, "loss": 3.0 / e, "eval/R@1": 10.0 * e} for e in range(1, 5)]
+    assert Image.open(report.training_curve(hist, tmp_path / "a.png")).size == (900, 340)
+    report.training_curve([{"epoch": 1, "loss": 2.0}], tmp_path / "b.png")  # one point, no eval
+    report.training_curve([], tmp_path / "c.png")
+
+
+def test_location_map_and_errors(evaluated, tmp_path: Path) -> None:
+    ds, es, q, r = evaluated
+    top1 = report.top_k(q, r, 1)[:, 0]
+    err = report.localisation_errors(es, top1)
+    hit = es.reference_labels[top1] == es.query_labels
+    assert err is not None and np.all(err[hit] < 1e-6) and np.all(err[~hit] > 0)
+    bg = Image.new("RGB", (100, 100), "green")
+    lat, lon = es.query_gps[:, 0], es.query_gps[:, 1]
+    bounds = {"north": lat.max() + 0.01, "south": lat.min() - 0.01, "west": lon.min() - 0.01, "east": lon.max() + 0.01}
+    path = report.location_map(es, top1, tmp_path / "map.png", size=300, background=bg, bounds=bounds)
+    assert Image.open(path).size == (300, 344)
+    es.query_gps = None
+    assert report.localisation_errors(es, top1) is None
+    with pytest.raises(ValueError, match="GPS"):
+        report.location_map(es, top1, tmp_path / "x.png")
+
+
+def test_haversine_one_degree_of_latitude() -> None:
+    assert abs(report.haversine_m(np.array([0.0, 0.0]), np.array([1.0, 0.0])) - 111_195) < 5
