@@ -152,6 +152,7 @@ def main() -> None:
     ap.add_argument("--faiss", action="store_true", help="also compare exact top-10 with faiss")
     ap.add_argument("--fp16", action="store_true", help="also run with float16 embeddings")
     ap.add_argument("--repeat", type=int, default=1, help="geokit runs (best time reported)")
+    ap.add_argument("--chunks", default="", help="also time geokit at these chunk sizes (comma list)")
     ap.add_argument("--child", nargs=2, metavar=("METHOD", "FOLDER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -167,10 +168,10 @@ def main() -> None:
         folder = Path(tmp)
         make_data(folder, args.queries, args.references, args.dim, args.noise)
 
-        def run(method: str) -> dict:
+        def run(method: str, chunk: int | None = args.chunk) -> dict:
             cmd = [sys.executable, __file__, "--child", method, str(folder)]
-            if args.chunk:
-                cmd += ["--chunk", str(args.chunk)]
+            if chunk:
+                cmd += ["--chunk", str(chunk)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             res = json.loads(out.strip().splitlines()[-1])
             print(json.dumps(res), flush=True)
@@ -195,6 +196,10 @@ def main() -> None:
             s = run("search")
             summary.update(search_geokit_s=round(s["geokit_s"], 2), search_faiss_s=round(s["faiss_s"], 2),
                            search_top10_set_agree=s["top10_set_agree"])
+        for c in filter(None, args.chunks.split(",")):
+            res = run("geokit", int(c))
+            summary[f"geokit_s_chunk_{c}"] = round(res["seconds"], 2)
+            summary[f"geokit_peak_minus_base_mb_chunk_{c}"] = res["peak_minus_base_mb"]
         print("summary " + json.dumps(summary), flush=True)
 
 
