@@ -38,8 +38,8 @@ from geokit.evaluation import format_table, run_protocol
 from geokit.model import Parts, build
 from geokit.registry import create
 from geokit.runtime import (
-    TensorBoard, autocast, configure_threads, default_amp, default_channels_last, default_workers, log,
-    progress, setup_logging, versions,
+    TensorBoard, autocast, configure_threads, default_amp, default_channels_last, default_embed_amp,
+    default_workers, log, progress, setup_logging, versions,
 )
 from geokit.sampling import EpochContext, TrainEmbeddings, rank_slice
 
@@ -143,7 +143,9 @@ class TrainStep:
         With caching the batch is embedded chunk by chunk without a graph, the loss and its
         gradient with respect to the embeddings are computed on the (gathered) global batch, and
         each chunk is re-run with a graph and back-propagated with its cached gradient: the same
-        gradients as the plain step, with the activation memory of one chunk.
+        gradients as the plain step, with the activation memory of one chunk. Both passes over a
+        chunk use the same RNG state, so stochastic depth draws the same masks in both (though
+        not the masks a one-pass forward of the whole batch would draw).
     """
 
     def __init__(self, encoder: Any, loss_fn: Any, optimizer: Any, *, device: Any, amp: bool = False,
@@ -482,7 +484,8 @@ class _Engine:
         from geokit.embedding import embed_paths
 
         ds, tr, world = self.parts.dataset, self.train_set, self.world
-        kw = dict(batch_size=self.config.eval.batch_size, device=self.device, amp=self.amp,
+        amp = self.config.train.amp if self.config.train.amp is not None else default_embed_amp(self.device)
+        kw = dict(batch_size=self.config.eval.batch_size, device=self.device, amp=amp,
                   workers=self.workers, show=self.show)
 
         def part(paths: Any, size: Any, desc: str) -> np.ndarray:
