@@ -65,10 +65,12 @@ def gps_neighbours(latlon: np.ndarray, k: int, *, backend: str = "kdtree", where
     kq = k + 1
     dtype = np.int32 if n < 2**31 else np.int64
     out = np.empty((n, k), dtype=dtype)
+    order = np.arange(n)
     if backend == "kdtree":
         from scipy.spatial import cKDTree
 
-        tree = cKDTree(xyz)
+        tree = cKDTree(xyz, balanced_tree=False, compact_nodes=False)  # measured faster to build and query
+        order = tree.indices  # querying in tree order keeps each block's walk cache-friendly
         search = lambda x: tree.query(x, k=kq, workers=-1)[1]  # noqa: E731
     elif backend == "faiss":
         import faiss
@@ -80,16 +82,17 @@ def gps_neighbours(latlon: np.ndarray, k: int, *, backend: str = "kdtree", where
         raise ValueError(f"unknown backend {backend!r}")
     step = 1 << 15  # query blocks: the distances and the (k+1)-wide rows stay O(block·k)
     for s in range(0, n, step):
-        idx = np.asarray(search(xyz[s:s + step]), dtype=np.int64).reshape(-1, kq)
-        own = idx == np.arange(s, s + len(idx))[:, None]
+        rows = order[s:s + step]
+        idx = np.asarray(search(xyz[rows]), dtype=np.int64).reshape(-1, kq)
+        own = idx == rows[:, None]
         if own[:, 0].all():
-            out[s:s + len(idx)] = idx[:, 1:]
+            out[rows] = idx[:, 1:]
             continue
         # Drop the point itself wherever it landed (points at the same place may precede it).
         missing = ~own.any(1)
         own[missing, -1] = True  # self not returned (many duplicates): drop the farthest instead
         keep = np.argsort(own, axis=1, kind="stable")[:, :k]
-        out[s:s + len(idx)] = np.take_along_axis(idx, keep, 1)
+        out[rows] = np.take_along_axis(idx, keep, 1)
     return out
 
 
