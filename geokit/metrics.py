@@ -114,13 +114,13 @@ def retrieval_metrics(query: Any, reference: Any, positives: Any, *, semi_positi
             above_buf = torch.empty(s.shape, dtype=torch.bool)
         above = above_buf[:b]
         torch.gt(s, best_pos, out=above)
-        rank = above.sum(1)
+        rank = above.sum(1, dtype=torch.int32)  # int32: a bool sum defaults to int64, 2-4x slower
         ranks[start:start + b] = rank.numpy()
 
         if semi_t is not None:
             sp = semi_t[start:start + b]
             sscores = torch.where(sp >= 0, s.gather(1, sp.clamp(min=0)), neg_inf)
-            semi_above = (sscores > best_pos).sum(1)
+            semi_above = (sscores > best_pos).sum(1, dtype=torch.int32)
             hits_strict[start:start + b] = (rank == semi_above).numpy()
             best_ok = torch.maximum(best_pos.squeeze(1), sscores.max(dim=1).values)
             hits[start:start + b] = (s.amax(dim=1) <= best_ok).numpy()
