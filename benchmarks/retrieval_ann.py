@@ -52,7 +52,8 @@ def main() -> None:
 
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, torch "
           f"{torch.get_num_threads()} threads, faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads), "
-          f"N={args.n} D={args.dim} queries={args.queries} clusters={args.clusters}", flush=True)
+          f"N={args.n} D={args.dim} queries={args.queries} clusters={args.clusters}, "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
     x, q = make(args.n, args.queries, args.dim, args.clusters)
     t0 = time.perf_counter()
     _, exact = search(q, x, 10)
@@ -81,6 +82,7 @@ def main() -> None:
                          "R@10": round(recall(found, exact, 10), 4)})
             print(json.dumps(rows[-1]), flush=True)
         del ix
+    print(f"# load average at the end {os.getloadavg()[0]:.2f}")
     print("| index | parameters | build s | size MiB | queries/s | recall@1 | recall@10 |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
