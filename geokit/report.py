@@ -136,11 +136,11 @@ def _panel(draw: Any, box: tuple[int, int, int, int], xs: Sequence[float], ys: S
         draw.line(pts, fill=colour, width=2)
     for x, y in pts:
         draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
-    draw.text((x1 - 60, bottom + 6), "epoch", fill=INK, font=font)
+    draw.text((x1 - 40, top - 14), "epoch ->", fill=GREY, font=font)
 
 
 def training_curve(history: Sequence[Mapping[str, Any]], path: str | Path, *,
-                   metric: str = "eval/R@1") -> Path:
+                   metric: str = "eval/R@1", label: str | None = None) -> Path:
     """A PNG with the mean training loss per epoch and, when the run evaluated during training
     (``train.eval_every``), ``metric`` per epoch (the eval split's R@1, in percent)."""
     from PIL import Image, ImageDraw
@@ -154,7 +154,7 @@ def training_curve(history: Sequence[Mapping[str, Any]], path: str | Path, *,
     ev = [(float(r["epoch"]), float(r[metric])) for r in history if metric in r]
     hi = max([v for _, v in ev] + [1.0])
     _panel(draw, (460, 10, 890, 330), [e for e, _ in ev], [v for _, v in ev],
-           f"{metric} (%)", (200, 80, 40), y_range=(0.0, min(100.0, hi * 1.1)))
+           label or f"{metric} (%)", (200, 80, 40), y_range=(0.0, min(100.0, hi * 1.1)))
     img.save(path)
     return path
 

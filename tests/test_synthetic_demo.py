@@ -40,6 +40,12 @@ def test_shrunken_demo_end_to_end(tmp_path: Path, monkeypatch) -> None:
     assert "x chance" in res.output and str(out / "map.png") in res.output
     assert (out / "model.safetensors").is_file()
     assert sorted(p.name for p in (tmp_path / "cache").iterdir())[0].startswith("synthetic-")
+    # the demo's numbers are `geokit evaluate` on the run's config and weights (one code path)
+    res_eval = CliRunner().invoke(cli, ["evaluate", "--config", str(out / "config.yaml"), "--checkpoint",
+                                        str(out / "model.safetensors"), "--output", str(tmp_path / "eval.json")],
+                                  catch_exceptions=False)
+    assert res_eval.exit_code == 0, res_eval.output
+    assert json.loads((tmp_path / "eval.json").read_text()) == metrics
     # re-running on the finished folder reuses the world and the weights
     res2 = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert res2.exit_code == 0 and json.loads((out / "metrics.json").read_text()) == metrics

@@ -66,7 +66,8 @@ def run_demo(config_path: Path, overrides: tuple[str, ...] | list[str], out: Pat
     top1 = report.top_k(res.query, res.reference, 1)[:, 0]
     sheet = report.retrieval_sheet(parts.dataset, es, res.query, res.reference, out / "retrieval.png")
     history = result.history or _read_jsonl(out / "metrics.jsonl")
-    curve = report.training_curve(history, out / "training_curve.png")
+    curve = report.training_curve(history, out / "training_curve.png",
+                                  label="R@1 (%) during training, on the val split")
     pictures = [sheet, curve]
     errors = report.localisation_errors(es, top1)
     if errors is not None:
