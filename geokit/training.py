@@ -439,7 +439,8 @@ class _Engine:
         self.parts.encoder.load_state_dict(state["encoder"])
         self.parts.loss.load_state_dict(state["loss"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] and self.scaler.is_enabled():  # empty when saved by a run without fp16
+            self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(tuple(state["numpy_rng"]))
