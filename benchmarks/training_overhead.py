@@ -9,7 +9,8 @@ symmetric InfoNCE, value clipping at 100, AdamW, fp32 on the CPU):
   engine's per-step bookkeeping (learning-rate schedule, per-step re-seeding).
 - ``engine``: a whole :func:`geokit.training.train` epoch on an in-memory dataset (decoded
   images held in memory, no augmentation): DataLoader, collation, normalisation, per-step
-  bookkeeping, logging. Its seconds are the epoch row's (checkpoint writing excluded).
+  bookkeeping, logging. Its seconds are the second epoch's row (warm model and loader, like
+  the other two after their warm-up; checkpoint writing excluded).
 
 Rounds are interleaved so that load from other processes hits all three alike; medians reported.
 
@@ -70,7 +71,7 @@ def main() -> None:
             return images[int(path[1:]) + (n if path[0] == "r" else 0)]
 
     cfg = resolve(tiny_config(Path("unused"), encoder={"model": args.model},
-                              train={"epochs": 1, "batch_size": pairs, "warmup_epochs": 0.0, "lr": 1e-4,
+                              train={"epochs": 2, "batch_size": pairs, "warmup_epochs": 0.0, "lr": 1e-4,
                                      "log_every": 10**6}))
     mean, std = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1), torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
     q = (torch.from_numpy(images[:pairs]).permute(0, 3, 1, 2).float() / 255 - mean) / std

@@ -1,7 +1,8 @@
 """DataLoader workers for training on the CPU: a whole engine epoch (PNG decoding, the
 Sample4Geo pair augmentation, normalisation, training steps) with 0, 1 and 2 worker processes.
 
-Interleaved rounds, median images/s of the epoch rows (checkpoint writing excluded).
+Interleaved rounds, median images/s of each run's second epoch (persistent workers already
+started; checkpoint writing excluded).
 
     flock /tmp/geokit-cpu.lock .venv/bin/python benchmarks/training_workers.py [--size 64]
 """
@@ -44,7 +45,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for w in results:
             cfg = resolve(tiny_config(root, dataset={"query_size": [s, 4 * s], "reference_size": [s, s]},
-                                      train={"epochs": 1, "batch_size": args.batch, "workers": w}))
+                                      train={"epochs": 2, "batch_size": args.batch, "workers": w}))
             res = train(cfg, tmp / f"run{time.monotonic_ns()}", show=False)
             log.setLevel(logging.WARNING)
             results[w].append(res.history[-1]["images_per_s"])
