@@ -294,7 +294,7 @@ def test_train_end_to_end(tmp_path, monkeypatch):
 
     monkeypatch.setenv("GEOKIT_PROGRESS", "0")
     threads = torch.get_num_threads()
-    root = make_pairs_dataset(tmp_path / "data", n_train=32, n_test=8)
+    root = make_pairs_dataset(tmp_path / "data", n_train=16, n_test=4)
     cfg = resolve(tiny_config(root, sampler=sampler, train={"epochs": 2, "batch_size": 8}))
     try:
         result = train(cfg, tmp_path / "run", show=False)
@@ -303,4 +303,4 @@ def test_train_end_to_end(tmp_path, monkeypatch):
     assert result.epochs_run == 2
     state = load_state(next((tmp_path / "run").glob("*state*.safetensors")))
     assert state["sampler"]["mined_epoch"] == 2 and state["sampler"]["warm_start"] == "gps"
-    assert state["sampler"]["lists"].shape == (32, 6)
+    assert state["sampler"]["lists"].shape == (16, 6)
