@@ -4,9 +4,20 @@ Importing geokit is cheap (no torch): the engines are imported where they are us
 """
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
 
 from geokit.errors import GeokitError  # noqa: E402
 from geokit.hookspecs import hookimpl  # noqa: E402
 
-__all__ = ["GeokitError", "__version__", "hookimpl"]
+__all__ = ["GeokitError", "Localizer", "__version__", "hookimpl"]
+
+
+def __getattr__(name: str) -> Any:
+    # `from geokit import Localizer` without paying for torch at `import geokit`.
+    if name == "Localizer":
+        from geokit.locate import Localizer
+
+        return Localizer
+    raise AttributeError(f"module 'geokit' has no attribute {name!r}")
