@@ -145,3 +145,13 @@ def test_conformance(tmp_path: Path) -> None:
     opts = {**TINY, "root": str(tmp_path)}
     check_dataset("synthetic", opts)
     check_dataset("synthetic", {**opts, "augment": "geometry", "in_memory": False})
+
+
+def test_bad_options_name_the_key() -> None:
+    from geokit.errors import GeokitError
+    from geokit.registry import create
+
+    with pytest.raises(GeokitError, match="dataset.reference_size"):
+        create("dataset", "synthetic", {"reference_size": [32, 64]})
+    with pytest.raises(GeokitError, match="dataset.heading"):
+        create("dataset", "synthetic", {"heading": "south"})

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 import geokit
 from geokit_plugins.pairs import PairsDataset, PairsOptions
@@ -50,6 +50,13 @@ class SyntheticOptions(BaseModel):
         "turns with matching panorama rolls, photometric, dropout), geometry (flips and turns only: "
         "cheaper on a CPU), false")
     in_memory: bool = Field(True, description="keep decoded images in memory after first use")
+
+    @field_validator("reference_size")
+    @classmethod
+    def _square(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] != v[1]:
+            raise ValueError("aerial tiles are square: give [n, n]")
+        return v
 
 
 class SyntheticDataset(PairsDataset):

@@ -399,8 +399,9 @@ def render_panoramas(city: City, xy: np.ndarray, size: tuple[int, int], *, headi
                      eye: float = 1.7, max_m: float = 160.0, steps: int = 112, haze_m: float = 180.0,
                      chunk: int = 48) -> np.ndarray:
     """Ground panoramas ``(N, H, W, 3)`` uint8 at ``xy`` (pixels): equirectangular, 360° over
-    the width, square pixels (vertical field of view W/H·360°... centred on the horizon),
-    column 0 facing north (or ``headings`` radians clockwise from north)."""
+    the width, square pixels (so the vertical field of view is H/W·360°, centred on the
+    horizon), column 0 facing north (or ``headings`` radians clockwise from north), azimuth
+    growing clockwise. ``eye`` is the camera height and ``max_m`` the view distance in metres."""
     H, W = size
     S, mpp = city.size, city.mpp
     dphi = 2 * np.pi / W
