@@ -29,10 +29,11 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-# One float32 score block. Small enough to stay in the last-level cache of a laptop/server CPU
-# (the compare/sum passes over it then cost little next to the matmul), big enough that the
-# matmul runs near peak (measured: 128-512 queries x 40k refs ran at the best matmul rate).
-BLOCK_BYTES = 32 * 2**20
+# One float32 score block (plus a bool block a quarter its size for the metrics' counts). Big
+# enough that the block matmul runs near the CPU's peak: at 4096 x 40k x 1024 on the 2-core
+# machine, blocks of 64 / 209 / 1024 / 2048 queries took 2.06 / 1.82 / 1.56 / 1.95x the matmul
+# limit (benchmarks/retrieval_chunks.py); 160 MiB gives ~1000 queries at R = 40k, ~460 at 90k.
+BLOCK_BYTES = 160 * 2**20
 
 
 def as_matrix(x: Any, *, normalise: bool = True) -> torch.Tensor:
