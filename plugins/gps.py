@@ -31,7 +31,7 @@ from geokit.errors import GeokitError
 from geokit.sampling import EpochContext, pack_batches
 from geokit_plugins.neighbour_batches import NeighbourOptions, build_neighbour_batches, resolve_depth
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("geokit.sampler.gps")  # under "geokit": goes to the run log
 
 
 class GpsOptions(NeighbourOptions):
