@@ -50,10 +50,10 @@ def make_data(folder: Path, n_q: int, n_r: int, dim: int, noise: float, seed: in
         n_places = n_r // positives
         centres = rng.standard_normal((n_places, dim), dtype=np.float32) / np.sqrt(dim)
         place = np.repeat(np.arange(n_places), positives)
-        ref = centres[place] + 0.6 * rng.standard_normal((len(place), dim), dtype=np.float32) / np.sqrt(dim)
+        ref = centres[place] + 2.0 * rng.standard_normal((len(place), dim), dtype=np.float32) / np.sqrt(dim)
         ref /= np.linalg.norm(ref, axis=1, keepdims=True)
         q_place = rng.choice(n_places, n_q, replace=n_q > n_places)
-        qry = centres[q_place] + 0.9 * rng.standard_normal((n_q, dim), dtype=np.float32) / np.sqrt(dim)
+        qry = centres[q_place] + 4.0 * rng.standard_normal((n_q, dim), dtype=np.float32) / np.sqrt(dim)
         qry /= np.linalg.norm(qry, axis=1, keepdims=True)
         np.save(folder / "query.npy", qry)
         np.save(folder / "reference.npy", ref)
