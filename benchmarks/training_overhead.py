@@ -3,9 +3,9 @@
 Three ways to run the same optimisation steps (ConvNeXt-Atto, 64 px, 16 pairs per step,
 symmetric InfoNCE, value clipping at 100, AdamW, fp32 on the CPU):
 
-- ``bare``: a hand-written loop on pre-built tensors (zero_grad, two forwards, loss, backward,
-  clip, step).
-- ``trainstep``: :class:`geokit.training.TrainStep` on the same pre-built tensors, plus the
+- ``bare``: a hand-written loop over the epoch's batches as pre-built tensors (zero_grad, two
+  forwards, loss, backward, clip, step).
+- ``trainstep``: :class:`geokit.training.TrainStep` over the same pre-built tensors, plus the
   engine's per-step bookkeeping (learning-rate schedule, per-step re-seeding).
 - ``engine``: a whole :func:`geokit.training.train` epoch on an in-memory dataset (decoded
   images held in memory, no augmentation): DataLoader, collation, normalisation, per-step
@@ -74,8 +74,15 @@ def main() -> None:
                               train={"epochs": 2, "batch_size": pairs, "warmup_epochs": 0.0, "lr": 1e-4,
                                      "log_every": 10**6}))
     mean, std = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1), torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
-    q = (torch.from_numpy(images[:pairs]).permute(0, 3, 1, 2).float() / 255 - mean) / std
-    r = (torch.from_numpy(images[n:n + pairs]).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    # The epoch's batches, decoded and normalised in advance: bare and trainstep loop over the
+    # same 10 batches (a loop over one fixed batch measured a few % faster: its inputs stay hot).
+    order = np.random.default_rng(0).permutation(n)
+    batches = []
+    for k in range(steps):
+        idx = order[k * pairs:(k + 1) * pairs]
+        q = (torch.from_numpy(images[idx]).permute(0, 3, 1, 2).float() / 255 - mean) / std
+        r = (torch.from_numpy(images[n + idx]).permute(0, 3, 1, 2).float() / 255 - mean) / std
+        batches.append((q.contiguous(), r.contiguous()))
 
     def fresh():
         torch.manual_seed(0)
@@ -88,7 +95,7 @@ def main() -> None:
 
     def bare() -> float:
         t = time.perf_counter()
-        for _ in range(steps):
+        for q, r in batches:
             for g in opt_b.param_groups:
                 g["lr"] = 1e-4
             opt_b.zero_grad(set_to_none=True)
@@ -110,7 +117,7 @@ def main() -> None:
 
     def trainstep() -> float:
         t = time.perf_counter()
-        for _ in range(steps):
+        for q, r in batches:
             lr = T.lr_at(counter["step"], 10**6, 0, 1e-4)
             torch.manual_seed(T.step_seed(0, counter["step"]))
             stepper.step(q, r, lr)
