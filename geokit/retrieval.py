@@ -11,8 +11,8 @@ whole, and may be stored as float16 (``numpy.memmap`` works).
 Why torch matmul blocks and not faiss ``IndexFlatIP``: the metrics need, per query, the count of
 references scoring strictly above its true match (and, for AP, above each of its true matches),
 which faiss's search does not return; computing them needs the score block anyway. For a plain
-top-k faiss was faster on this machine (20k × 40k × 1024, top-10: faiss 13.7 s, these blocks
-18.4 s; BENCHMARKS.md, "Retrieval, indexes and locate"), but two exact paths would disagree on
+top-k faiss is a little faster on this machine (20k × 40k × 1024, top-10: faiss 5.8 s, these
+blocks 6.5 s; BENCHMARKS.md, "Retrieval, indexes and locate"), but two exact paths would disagree on
 ties and near-ties between evaluation, mining and locate, so there is one path: this one. faiss is
 used for the approximate indexes (:mod:`geokit.index`).
 
