@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -61,7 +61,7 @@ class TrainConfig(_Strict):
                                   "(0: only at epoch ends); a killed run resumes from the last one")
     grad_cache_chunk: int | None = Field(None, ge=1, description="gradient caching: pairs per forward "
                                          "chunk on each rank (same gradients, less memory); null: off")
-    bad_images: str = Field("error", pattern="^(error|skip)$", description="an unreadable training image: "
+    bad_images: Literal["error", "skip"] = Field("error", description="an unreadable training image: "
                                                  "stop with an error naming it, or skip its pair and count it")
     channels_last: bool | None = Field(None, description="channels_last memory format; null: on for CUDA")
     dist_timeout: float = Field(1800.0, gt=0, description="seconds a rank waits for the others (DDP) "
