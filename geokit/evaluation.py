@@ -50,7 +50,7 @@ def evaluate(config: Config, checkpoint: str | Path | None = None, *,
     """``geokit evaluate``: build as configured, load ``checkpoint`` strictly, run the protocol."""
     configure_threads(config.train.threads)
     seed_everything(config.seed)  # a random-init encoder is the same on every call
-    parts = build(config)
+    parts = build(config, for_checkpoint=checkpoint is not None)
     if checkpoint is not None:
         parts.load(checkpoint)
         log.info("loaded weights from %s", checkpoint)

@@ -53,6 +53,11 @@ def geokit_register_encoders(registry: Registry) -> None:
       Image sizes vary per view and per dataset; the encoder must accept any size it is given.
     - ``embedding_dim: int`` (D), ``mean`` and ``std``: 3-tuples of floats in 0..1 units.
 
+    Options named ``pretrained`` and ``weights`` are taken to choose only the *initial* weights:
+    when a checkpoint supplies the weights (``geokit evaluate --checkpoint``, ``geokit index``),
+    geokit builds the encoder with ``pretrained=False`` and ``weights=None``, so nothing is
+    downloaded or read for weights that are then replaced.
+
     Example::
 
         @geokit.hookimpl

@@ -447,10 +447,11 @@ class Encoder:
 def load_encoder(checkpoint: str | Path, device: Any = None) -> Encoder:
     """Rebuild the checkpoint's encoder from its record and load its weights strictly.
 
-    Options named ``pretrained`` and ``weights`` only choose initial weights, which the
-    checkpoint's weights replace; they are switched off so that rebuilding needs no network.
+    Options that only choose initial weights are switched off (``model.without_initial_weights``),
+    so rebuilding needs no network.
     """
     from geokit.checkpoint import load_module_strict, load_weights
+    from geokit.model import without_initial_weights
     from geokit.registry import create
 
     tensors, record = load_weights(checkpoint)
@@ -463,11 +464,7 @@ def load_encoder(checkpoint: str | Path, device: Any = None) -> Encoder:
     name = options.pop("name", None)
     if not name:
         raise GeokitError(f"{checkpoint}: the record's encoder has no name")
-    if "pretrained" in options:
-        options["pretrained"] = False
-    if "weights" in options:
-        options["weights"] = None
-    module = create("encoder", name, options)
+    module = create("encoder", name, without_initial_weights(options))
     enc = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
     load_module_strict(module, enc, f"{checkpoint} (encoder)")
     if device is not None:

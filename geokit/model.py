@@ -12,6 +12,17 @@ from geokit.errors import GeokitError
 from geokit.registry import create
 
 FORMAT = 1
+# Encoder options that only choose *initial* weights. When a checkpoint's weights replace them,
+# geokit switches them off, so rebuilding a trained model never downloads anything.
+INITIAL_WEIGHT_OPTIONS = {"pretrained": False, "weights": None}
+
+
+def without_initial_weights(options: Any) -> Any:
+    """``options`` (a pydantic model or a dict) with ``pretrained``/``weights`` switched off."""
+    if isinstance(options, dict):
+        return {**options, **{k: v for k, v in INITIAL_WEIGHT_OPTIONS.items() if k in options}}
+    fields = type(options).model_fields
+    return options.model_copy(update={k: v for k, v in INITIAL_WEIGHT_OPTIONS.items() if k in fields})
 
 
 @dataclass
@@ -72,12 +83,17 @@ class Parts:
         return record
 
 
-def build(config: Config, *, dataset: CrossViewDataset | None = None) -> Parts:
-    """Build dataset, encoder and loss as configured (the sampler is built by the trainer)."""
+def build(config: Config, *, dataset: CrossViewDataset | None = None, for_checkpoint: bool = False) -> Parts:
+    """Build dataset, encoder and loss as configured (the sampler is built by the trainer).
+
+    :param for_checkpoint: weights will be loaded from a checkpoint, so the encoder is built
+        without its initial weights (see :data:`INITIAL_WEIGHT_OPTIONS`).
+    """
     if dataset is None:
         dataset = create("dataset", config.names["dataset"], config.dataset)
         dataset.name = config.names["dataset"]
-    encoder = create("encoder", config.names["encoder"], config.encoder)
+    enc_opts = without_initial_weights(config.encoder) if for_checkpoint else config.encoder
+    encoder = create("encoder", config.names["encoder"], enc_opts)
     loss = create("loss", config.names["loss"], config.loss)
     for attr in ("embedding_dim", "mean", "std"):
         if not hasattr(encoder, attr):

@@ -96,3 +96,14 @@ def test_strict_loading_reports_missing_and_unexpected_keys(trained, tmp_path):
     bad.write_bytes(b"not a checkpoint")
     res = CliRunner().invoke(cli, ["evaluate", "--config", str(cfg), "--checkpoint", str(bad)])
     assert res.exit_code != 0 and "not a readable safetensors file" in res.output
+
+
+def test_a_checkpoint_replaces_pretrained_weights_so_nothing_is_downloaded(trained, tmp_path):
+    # The paper's recipes say pretrained: true; evaluating a checkpoint with them must not reach
+    # for the hub (HF_HUB_OFFLINE=1 here would make a download attempt fail).
+    cfg, out = trained
+    res = CliRunner().invoke(cli, ["evaluate", "--config", str(cfg), "--set", "encoder.pretrained=true",
+                                   "--checkpoint", str(out / "model.safetensors")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["evaluate", "--config", str(cfg), "--set", "encoder.pretrained=true"])
+    assert res.exit_code != 0 and "could not load pretrained weights" in res.output
