@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -87,9 +88,10 @@ def train_cmd(config_path: str, overrides: tuple[str, ...], output: str) -> None
 
     cfg = config.load(config_path, overrides)
     result = train(cfg, output)
-    click.echo(f"weights: {Path(output) / 'model.safetensors'}")
-    if result.history:
-        click.echo(f"final training loss: {result.history[-1]['loss']:.4f}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, only rank 0 reports
+        click.echo(f"weights: {Path(output) / 'model.safetensors'}")
+        if result.history:
+            click.echo(f"final training loss: {result.history[-1]['loss']:.4f}")
 
 
 @cli.command("evaluate")
