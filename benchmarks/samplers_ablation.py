@@ -72,7 +72,8 @@ def main() -> None:
             lock = open(LOCK, "a")
             fcntl.flock(lock, fcntl.LOCK_EX)
             d = args.out / f"{cond}-s{seed}"
-            sets = [f"seed={seed}", "train.eval_every=0", *CONDITIONS[cond], *args.extra]
+            # "sampler={}" first: the condition replaces the config's whole sampler section
+            sets = [f"seed={seed}", "train.eval_every=0", "sampler={}", *CONDITIONS[cond], *args.extra]
             flags = [x for s in sets for x in ("--set", s)]
             t0 = time.perf_counter()
             run([GEOKIT, "train", "--config", str(args.config), *flags, "--output", str(d)], d.with_suffix(".log"))
