@@ -44,9 +44,6 @@ class CVUSADataset(BenchmarkDataset):
     reference_view = "satellite"
     splits = ("test",)
 
-    def __init__(self, options: CVUSAOptions):
-        super().__init__(options)
-
     def _rows(self, split: str) -> list[tuple[int, str, str, int]]:
         """(id, panorama path, satellite path, line) per valid row of a split file."""
         def build() -> list[tuple[int, str, str, int]]:
