@@ -1,10 +1,12 @@
 """Overhead of geokit's training step against a bare torch loop, same model, same batch.
 
-Three ways to run the same optimisation steps (ConvNeXt-Atto, 64 px, 16 pairs per step,
+Four ways to run the same optimisation steps (ConvNeXt-Atto, 64 px, 16 pairs per step,
 symmetric InfoNCE, value clipping at 100, AdamW, fp32 on the CPU):
 
 - ``bare``: a hand-written loop over the epoch's batches as pre-built tensors (zero_grad, two
-  forwards, loss, backward, clip, step).
+  forwards, loss, backward, clip, step), one model trained on through all rounds.
+- ``bare_fresh``: the same loop on a fresh model every round, timing its second pass over the
+  batches, so its weights and optimizer state have the age of the engine's (second epoch).
 - ``trainstep``: :class:`geokit.training.TrainStep` over the same pre-built tensors, plus the
   engine's per-step bookkeeping (learning-rate schedule, per-step re-seeding).
 - ``engine``: a whole :func:`geokit.training.train` epoch on an in-memory dataset (decoded
@@ -12,19 +14,26 @@ symmetric InfoNCE, value clipping at 100, AdamW, fp32 on the CPU):
   bookkeeping, logging. Its seconds are the second epoch's row (warm model and loader, like
   the other two after their warm-up; checkpoint writing excluded).
 
-Rounds are interleaved so that load from other processes hits all three alike; medians reported.
+The engine raises glibc's malloc thresholds on the CPU (``geokit.runtime.keep_freed_memory``);
+that is process-wide, so the script applies it before any loop runs and all four share it.
+``--glibc-default`` runs everything with glibc's defaults instead (``GEOKIT_MALLOC_TUNING=0``).
+Minor page faults per step (``getrusage``) are reported for each loop.
 
-    flock /tmp/geokit-cpu.lock .venv/bin/python benchmarks/training_overhead.py [--rounds 5]
+Rounds are interleaved so that load from other processes hits all alike; medians reported.
+
+    flock /tmp/geokit-cpu.lock .venv/bin/python benchmarks/training_overhead.py [--rounds 5] [--glibc-default]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +49,10 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=16)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--glibc-default", action="store_true", help="leave glibc malloc at its defaults")
     args = ap.parse_args()
+    if args.glibc_default:
+        os.environ["GEOKIT_MALLOC_TUNING"] = "0"
 
     import logging
 
@@ -52,9 +64,10 @@ def main() -> None:
     from geokit.data import CrossViewDataset, TrainSet
     from geokit.model import build
     from geokit.registry import create
-    from geokit.runtime import log
+    from geokit.runtime import keep_freed_memory, log
     from geokit.testing import tiny_config
 
+    tuned = keep_freed_memory()  # what the engine does on the CPU; a no-op with --glibc-default
     size, pairs, steps = args.size, args.pairs, args.steps
     n = pairs * steps
     rng = np.random.default_rng(0)
@@ -91,10 +104,13 @@ def main() -> None:
         params = [*enc.parameters(), *loss.parameters()]
         return enc, loss, params, torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
 
-    enc_b, loss_b, params_b, opt_b = fresh()
+    def minflt() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
-    def bare() -> float:
-        t = time.perf_counter()
+    # Each loop returns (seconds per step, minor page faults per step) of its timed steps.
+    def bare_steps(model) -> tuple[float, float]:
+        enc_b, loss_b, params_b, opt_b = model
+        f, t = minflt(), time.perf_counter()
         for q, r in batches:
             for g in opt_b.param_groups:
                 g["lr"] = 1e-4
@@ -109,48 +125,75 @@ def main() -> None:
             torch.nn.utils.clip_grad_value_(params_b, 100.0)
             opt_b.step()
             value.item()
-        return (time.perf_counter() - t) / steps
+        return (time.perf_counter() - t) / steps, (minflt() - f) / steps
+
+    old_model = fresh()
+
+    def bare() -> tuple[float, float]:
+        return bare_steps(old_model)
+
+    def bare_fresh() -> tuple[float, float]:
+        model = fresh()
+        bare_steps(model)  # the first epoch
+        return bare_steps(model)
 
     enc_s, loss_s, _, opt_s = fresh()
     stepper = T.TrainStep(enc_s, loss_s, opt_s, device=torch.device("cpu"), clip_value=100.0)
     counter = {"step": 0}
 
-    def trainstep() -> float:
-        t = time.perf_counter()
+    def trainstep() -> tuple[float, float]:
+        f, t = minflt(), time.perf_counter()
         for q, r in batches:
             lr = T.lr_at(counter["step"], 10**6, 0, 1e-4)
             torch.manual_seed(T.step_seed(0, counter["step"]))
             stepper.step(q, r, lr)
             counter["step"] += 1
-        return (time.perf_counter() - t) / steps
+        return (time.perf_counter() - t) / steps, (minflt() - f) / steps
 
     log.setLevel(logging.WARNING)
     real_build = T.build
     T.build = lambda config, **kw: real_build(config, dataset=InMemory())  # type: ignore[assignment]
     tmp = Path(tempfile.mkdtemp(prefix="geokit-overhead-"))
 
-    def engine() -> float:
+    real_epoch = T._Engine._epoch
+    engine_faults: list[int] = []
+
+    def counted_epoch(self: Any, epoch: int, resume: Any) -> None:  # page faults of each engine epoch
+        f = minflt()
+        real_epoch(self, epoch, resume)
+        engine_faults.append(minflt() - f)
+
+    T._Engine._epoch = counted_epoch  # type: ignore[method-assign]
+
+    def engine() -> tuple[float, float]:
         out = tmp / f"run{time.monotonic_ns()}"
         res = T.train(cfg, out, show=False)
         log.setLevel(logging.WARNING)
         row = res.history[-1]
         assert row["batches"] == steps
-        return row["seconds"] / steps
+        return row["seconds"] / steps, engine_faults[-1] / steps
 
+    loops = {"bare": bare, "bare_fresh": bare_fresh, "trainstep": trainstep, "engine": engine}
     for fn in (bare, trainstep):  # warm-up
         fn()
-    times: dict[str, list[float]] = {"bare": [], "trainstep": [], "engine": []}
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    faults: dict[str, list[float]] = {name: [] for name in loops}
     for _ in range(args.rounds):
-        for name, fn in (("bare", bare), ("trainstep", trainstep), ("engine", engine)):
-            times[name].append(fn())
-    base = statistics.median(times["bare"])
+        for name, fn in loops.items():
+            sec, flt = fn()
+            times[name].append(sec)
+            faults[name].append(flt)
+    base, base_fresh = statistics.median(times["bare"]), statistics.median(times["bare_fresh"])
     print(f"{args.model} {size}px, {pairs} pairs/step, {steps} steps x {args.rounds} rounds, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"malloc {'tuned (keep_freed_memory)' if tuned else 'glibc defaults'}")
     for name, ts in times.items():
         med = statistics.median(ts)
         print(json.dumps({"loop": name, "ms_per_step_median": round(1000 * med, 1),
                           "ms_all": [round(1000 * t, 1) for t in ts],
-                          "overhead_vs_bare_pct": round(100 * (med / base - 1), 1)}))
+                          "overhead_vs_bare_pct": round(100 * (med / base - 1), 1),
+                          "vs_bare_fresh_pct": round(100 * (med / base_fresh - 1), 1),
+                          "minor_faults_per_step_median": round(statistics.median(faults[name]))}))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from geokit.model import Parts, build
 from geokit.registry import create
 from geokit.runtime import (
     TensorBoard, autocast, configure_threads, default_amp, default_channels_last, default_embed_amp,
-    default_workers, log, progress, setup_logging, versions,
+    default_workers, keep_freed_memory, log, progress, setup_logging, versions,
 )
 from geokit.sampling import EpochContext, TrainEmbeddings, rank_slice
 
@@ -348,6 +348,8 @@ class _Engine:
             atomic_write_text(output / "config.yaml", config.to_yaml())
 
         configure_threads(tc.threads)
+        # Before the model exists, so that its buffers and every step's come from the tuned heap.
+        self.malloc_tuned = keep_freed_memory() if device.type == "cpu" else False
         self.amp = default_amp(device) if tc.amp is None else tc.amp
         self.workers = default_workers(device) if tc.workers is None else tc.workers
         channels_last = default_channels_last(device) if tc.channels_last is None else tc.channels_last

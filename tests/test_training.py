@@ -38,6 +38,27 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[100] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_keep_freed_memory_respects_opt_outs(monkeypatch):
+    import platform
+
+    from geokit import runtime
+
+    for env in ({"GEOKIT_MALLOC_TUNING": "0"}, {"MALLOC_TRIM_THRESHOLD_": "1"},
+                {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}):
+        monkeypatch.setattr(runtime, "_malloc_tuned", None)
+        with monkeypatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            assert runtime.keep_freed_memory() is False, env
+    monkeypatch.setattr(runtime, "_malloc_tuned", None)
+    for k in ("GEOKIT_MALLOC_TUNING", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
+              "GLIBC_TUNABLES"):
+        monkeypatch.delenv(k, raising=False)
+    # Where it applies, it sticks (mallopt is one-way) and is cached.
+    assert runtime.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
+    assert runtime.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
+
+
 @pytest.mark.parametrize("chunk", [1, 3])
 def test_gradient_caching_gives_the_plain_gradients(chunk):
     import torch
