@@ -9,7 +9,9 @@ method itself needs.
         --queries 20000 --references 40000 --dense --faiss --fp16
 
 Methods:
-- ``geokit``: ``geokit.metrics.retrieval_metrics`` (matmul blocks, counts in the same pass).
+- ``geokit``: ``geokit.metrics.retrieval_metrics`` with its defaults (matmul blocks, counts in the
+  same pass; on AMX CPUs bfloat16 blocks that re-score undecided references in float32).
+- ``geokit-fp32``: the same with ``bf16_screen=False`` (float32 blocks only).
 - ``dense``: the original's procedure: the Q×R float32 matrix built in 1000-row blocks, then a
   per-query numpy loop counting references above the true match (R@1/5/10, R@1%).
 - ``matmul``: the fp32 matrix-multiply rate of this CPU (best of 5 of 4096×1024 @ 1024×8192),
@@ -145,9 +147,10 @@ def child(method: str, folder: Path, chunk: int | None) -> dict:
     base = rss_mb()
     res: dict = {"method": method, "base_rss_mb": round(base), "embeddings_mb": round((q.nbytes + r.nbytes) / 2**20)}
     t0 = time.perf_counter()
-    if method == "geokit":
+    if method in ("geokit", "geokit-fp32"):
         from geokit.metrics import retrieval_metrics
-        res["metrics"] = retrieval_metrics(q, r, pos, chunk_size=chunk)
+        res["metrics"] = retrieval_metrics(q, r, pos, chunk_size=chunk,
+                                           bf16_screen=False if method == "geokit-fp32" else None)
     elif method == "fp16":
         from geokit.metrics import retrieval_metrics
         q16, r16 = q.astype(np.float16), r.astype(np.float16)
@@ -221,6 +224,10 @@ def main() -> None:
         summary = {"matmul_gflops": round(rate / 1e9, 1), "limit_s": round(limit, 2),
                    "geokit_s": round(geo["seconds"], 2), "geokit_over_limit": round(geo["seconds"] / limit, 3),
                    "geokit_peak_minus_base_mb": geo["peak_minus_base_mb"]}
+        fp32 = run("geokit-fp32")
+        summary.update(fp32_s=round(fp32["seconds"], 2), fp32_over_limit=round(fp32["seconds"] / limit, 3),
+                       fp32_peak_minus_base_mb=fp32["peak_minus_base_mb"],
+                       fp32_identical_metrics=fp32["metrics"] == geo["metrics"])
         if args.dense:
             dense = run("dense")
             summary.update(dense_s=round(dense["seconds"], 2), dense_peak_minus_base_mb=dense["peak_minus_base_mb"],

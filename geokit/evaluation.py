@@ -41,7 +41,8 @@ def run_protocol(parts: Parts, split: str | None = None, *, device: Any = None,
     r = embed_paths(parts.encoder, ds, es.reference_paths, ds.reference_size, parts.norm,
                     desc=f"{es.name} {ds.reference_view}", **common)
     metrics = retrieval_metrics(q, r, es.positives(), semi_positives=es.semi_positives,
-                                chunk_size=cfg.eval.chunk_size, ap=es.multi_positive)
+                                chunk_size=cfg.eval.chunk_size, ap=es.multi_positive,
+                                bf16_screen=cfg.eval.bf16_screen)
     return EvalResult(metrics, es, q, r)
 
 

@@ -101,12 +101,14 @@ def score_blocks(query: Any, reference: Any, chunk_size: int | None = None, *,
     copy what you keep. ``threads`` sets torch's threads for the scan (default: torch's).
     """
     r = as_matrix(reference)
-    yield from _blocks(_check_query(query, r.shape[1]), r, chunk_size, threads)
+    for start, _, block in _blocks(_check_query(query, r.shape[1]), r, chunk_size, threads):
+        yield start, block
 
 
 def _blocks(q: Any, r: torch.Tensor, chunk_size: int | None, threads: int | None,
-            ) -> Iterator[tuple[int, torch.Tensor]]:
-    """:func:`score_blocks` for a checked query and an already normalised float32 gallery."""
+            ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Yield ``(start, query_rows, scores)`` for a checked query and a normalised float32 gallery;
+    ``query_rows`` are the block's normalised float32 queries."""
     import torch
 
     n_q = len(q)
@@ -118,7 +120,7 @@ def _blocks(q: Any, r: torch.Tensor, chunk_size: int | None, threads: int | None
             qb = _rows(q, start, start + chunk)
             out = buf[:len(qb)]
             torch.mm(qb, rt, out=out)
-            yield start, out
+            yield start, qb, out
 
 
 def search(query: Any, reference: Any, k: int, *, chunk_size: int | None = None,
@@ -139,7 +141,7 @@ def search(query: Any, reference: Any, k: int, *, chunk_size: int | None = None,
     if k == 0 or len(q) == 0:
         return scores, indices
     extra = 1 if k < n_r else 0  # one more than asked shows whether a tie crosses the k-th place
-    for start, block in _blocks(q, r, chunk_size, threads):
+    for start, _, block in _blocks(q, r, chunk_size, threads):
         top = torch.topk(block, k + extra, dim=1, sorted=True)
         s, i = top.values.numpy(), top.indices.numpy()
         if extra:
@@ -161,3 +163,60 @@ def search(query: Any, reference: Any, k: int, *, chunk_size: int | None = None,
         scores[start:start + len(s)] = s
         indices[start:start + len(s)] = i
     return scores, indices
+
+
+# --- Counting references above a threshold, the metrics' inner loop --------------------------
+
+# Columns per counting tile. The tile's bool mask stays in cache (compare + count on one pass over
+# a 1024 x 40k block took 0.079 s, in tiles 0.033 s), and 2040 = 255 x 8: the mask is summed as
+# int64 words of 8 bools, whose byte lanes then hold at most 255 — no carries (0.025 s).
+COUNT_TILE = 2040
+_BYTES = 0x00FF00FF00FF00FF
+_SHORTS = 0x0000FFFF0000FFFF
+
+
+def row_counts(mask: torch.Tensor) -> torch.Tensor:
+    """Per row, the number of True entries of a contiguous ``(b, w)`` bool mask with ``w`` a
+    multiple of 8 and at most :data:`COUNT_TILE` (int64). A bool sum casts every entry to an
+    integer first; summing 8 bools per int64 word reads the mask once."""
+    import torch
+
+    v = mask.view(torch.int64).sum(1)
+    v = (v & _BYTES) + ((v >> 8) & _BYTES)  # 16-bit lanes
+    v = (v & _SHORTS) + ((v >> 16) & _SHORTS)  # 32-bit lanes
+    return (v & 0xFFFFFFFF) + (v >> 32)
+
+
+def count_above(scores: torch.Tensor, thresholds: torch.Tensor | float) -> torch.Tensor:
+    """Per row of ``scores`` (b, n), the number of entries ``> thresholds`` ((b, 1) or a number),
+    as int64. ``thresholds`` should have the dtype of ``scores`` (a mixed comparison converts
+    the block)."""
+    import torch
+
+    b, n = scores.shape
+    above = torch.zeros(b, dtype=torch.int64)
+    mask = torch.zeros(b, COUNT_TILE, dtype=torch.bool)
+    for j in range(0, n, COUNT_TILE):
+        tile = scores[:, j:j + COUNT_TILE]
+        w = tile.shape[1]
+        if w < COUNT_TILE:
+            mask[:, w:] = False
+        torch.gt(tile, thresholds, out=mask[:, :w])
+        above += row_counts(mask)
+    return above
+
+
+def exact_dots(q: torch.Tensor, r: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+               pairs_per_chunk: int = 8192) -> torch.Tensor:
+    """float32 dot products ``q[rows[i]] · r[cols[i]]`` for index pairs, a chunk of pairs at a
+    time (memory: two chunk × dim gathers). The same arithmetic for every pair, so a pair scored
+    twice gets the same value twice."""
+    import torch
+
+    out = torch.empty(len(rows), dtype=torch.float32)
+    for s in range(0, len(rows), pairs_per_chunk):
+        e = s + pairs_per_chunk
+        out[s:e] = (q[rows[s:e]] * r[cols[s:e]]).sum(1)
+    return out
+
+
