@@ -595,7 +595,11 @@ class _Engine:
             _append_history(self.output, row)
             self.tb.scalars({f"epoch/{k}": v for k, v in row.items() if k not in ("epoch", "step")}, epoch)
         self._save_state(epoch, batches, len(batches), True, stats)
-        if self.stop.signal is not None and epoch < tc.epochs:
+        # A signal that arrived during the epoch's last step is seen here; under DDP it may have
+        # reached one rank only (or the ranks at different moments): agree, or one rank would
+        # stop while the others start the next epoch and wait for it for ever.
+        _, stop = D.exchange_step_info(world, 0, self.stop.signal is not None, device)
+        if stop and epoch < tc.epochs:
             self._interrupt(epoch + 1, [], 0, None)
 
     def _evaluate(self, epoch: int) -> dict[str, Any]:
@@ -623,7 +627,8 @@ class _Engine:
         else:  # between epochs: the epoch-end state is already written
             where = f"the end of epoch {epoch - 1} (step {self.step})"
         D.barrier(self.world)
-        raise TrainingInterrupted(f"training stopped by {self.stop.signal} at {where}; the state is saved in "
+        by = self.stop.signal or "a signal to another rank"
+        raise TrainingInterrupted(f"training stopped by {by} at {where}; the state is saved in "
                                   f"{self.state_path}. Re-run the same command to resume.")
 
     def _log_step(self, row: dict[str, Any]) -> None:
