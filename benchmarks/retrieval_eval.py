@@ -46,7 +46,8 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def make_data(folder: Path, n_q: int, n_r: int, dim: int, noise: float, seed: int = 0, positives: int = 1) -> None:
+def make_data(folder: Path, n_q: int, n_r: int, dim: int, noise: float, seed: int = 0, positives: int = 1,
+              query_noise: float = 4.0) -> None:
     rng = np.random.default_rng(seed)
     if positives > 1:  # University-1652 style: each place has `positives` true references
         n_places = n_r // positives
@@ -55,7 +56,7 @@ def make_data(folder: Path, n_q: int, n_r: int, dim: int, noise: float, seed: in
         ref = centres[place] + 2.0 * rng.standard_normal((len(place), dim), dtype=np.float32) / np.sqrt(dim)
         ref /= np.linalg.norm(ref, axis=1, keepdims=True)
         q_place = rng.choice(n_places, n_q, replace=n_q > n_places)
-        qry = centres[q_place] + 4.0 * rng.standard_normal((n_q, dim), dtype=np.float32) / np.sqrt(dim)
+        qry = centres[q_place] + query_noise * rng.standard_normal((n_q, dim), dtype=np.float32) / np.sqrt(dim)
         qry /= np.linalg.norm(qry, axis=1, keepdims=True)
         np.save(folder / "query.npy", qry)
         np.save(folder / "reference.npy", ref)
@@ -189,6 +190,8 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=None)
     ap.add_argument("--positives", type=int, default=1,
                     help="true references per query (>1: University-1652 style, AP, dense = per-query argsort)")
+    ap.add_argument("--query-noise", type=float, default=4.0,
+                    help="with --positives > 1: query noise around its place's centre (4: easy, 8: hard)")
     ap.add_argument("--dense", action="store_true", help="also run the dense original procedure")
     ap.add_argument("--faiss", action="store_true", help="also compare exact top-10 with faiss")
     ap.add_argument("--fp16", action="store_true", help="also run with float16 embeddings")
@@ -207,7 +210,8 @@ def main() -> None:
           f"{args.queries} x {args.references} x {args.dim}, load average {os.getloadavg()[0]:.2f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="geokit-bench-") as tmp:
         folder = Path(tmp)
-        make_data(folder, args.queries, args.references, args.dim, args.noise, positives=args.positives)
+        make_data(folder, args.queries, args.references, args.dim, args.noise, positives=args.positives,
+                  query_noise=args.query_noise)
 
         def run(method: str, chunk: int | None = args.chunk) -> dict:
             cmd = [sys.executable, __file__, "--child", method, str(folder)]

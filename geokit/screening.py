@@ -3,8 +3,9 @@
 The metrics need, per query, how many references score strictly above a threshold (its true
 match's score). On CPUs with AMX a bfloat16 matrix multiply runs ~4.5x faster than float32
 (1,413 vs 288 GFLOP/s on the project's 2-core Xeon), but its scores are off by up to a few
-thousandths. Screening uses the fast block to decide every reference it can, and re-scores in
-float32 only the ones it cannot, so the counts — and the metrics — are those of float32:
+thousandths. Screening uses the fast block to decide every reference it provably can, and
+re-scores only the rest — in float64, so the counts are those of the float32 vectors' true
+scores (a float32 matrix multiply itself misorders references a few 1e-8 apart):
 
 1. The block is computed *shifted* by each query's threshold ``t``: the query gets two extra
    columns ``-t_hi, -t_lo`` (``t`` split into two bfloat16 numbers, exact to ~2^-16·|t|) and the
@@ -13,13 +14,12 @@ float32 only the ones it cannot, so the counts — and the metrics — are those
 2. A bound ``E`` on ``|(q̂·r̂ - t) - (q·r - t)|`` per query: rounding the inputs moves the dot
    product by at most ``|q̂|·max|r̂ - r| + |q̂ - q|·max|r|`` (Cauchy-Schwarz; the norms are
    measured, not assumed: ~0.0019 each at 1024-d), float32 accumulation by ``(D+2)·2^-24`` per
-   unit of Σ|products| (taken 2x over), the split of ``t`` by ``u²|t|``, and the float32 dot
-   product the result is compared with by ``D·2^-23``.
+   unit of Σ|products| (taken 2x over), the split of ``t`` by ``u²|t|``, plus 1e-7 of slack.
 3. A reference whose shifted score is above ``+E`` (after undoing the output rounding) is above
-   for certain; below ``-E``, below for certain; in between it is *undecided* and re-scored in
-   float32 with :func:`geokit.retrieval.exact_dots` — the same arithmetic that produced ``t`` —
-   or, when a row has more undecided references than ``fallback``, the whole row is re-scored
-   with one float32 matrix multiply.
+   for certain; below ``-E``, below for certain; in between it is *open* and re-scored with
+   :func:`geokit.retrieval.exact_dots` (float64). A row with more than ``fallback`` open
+   references is first re-scored whole by one float32 matrix multiply, whose own error bound
+   (``D·2^-24``) leaves only the references within ~1e-4 of the threshold open.
 
 The thresholds may also sit above ``t`` (the VIGOR hit rate compares with the best allowed score):
 ``θ - t`` moves the window, and the output rounding is accounted for at its distance from zero.
@@ -78,8 +78,8 @@ class ScreenedGallery:
         r16[:, d:d + 2] = 1.0
         self.r16_t = r16.t()
         err = torch.empty(n, dtype=torch.float32)
-        for s in range(0, n, 65536):  # row blocks: no full-size float32 temporary
-            err[s:s + 65536] = (r16[s:s + 65536, :d].float() - r[s:s + 65536]).norm(dim=1)
+        for s in range(0, n, 16384):  # row blocks: no full-size float32 temporary
+            err[s:s + 16384] = (r16[s:s + 16384, :d].float() - r[s:s + 16384]).norm(dim=1)
         self.max_err_r = float(err.max()) if n else 0.0
         self.max_norm_r = float(r.norm(dim=1).max()) if n else 0.0
 
@@ -93,88 +93,111 @@ class ScreenedGallery:
         b, d = qb.shape
         q16 = torch.zeros(b, self.width, dtype=torch.bfloat16)
         q16[:, :d] = qb
+        t = t.double()
         t_hi = t.to(torch.bfloat16)
-        t_lo = (t - t_hi.float()).to(torch.bfloat16)
+        t_lo = (t - t_hi.double()).to(torch.bfloat16)
         q16[:, d] = -t_hi
         q16[:, d + 1] = -t_lo
         s16 = torch.mm(q16, self.r16_t, out=out)
         q_hat = q16[:, :d].double()
         err_in = q_hat.norm(dim=1) * self.max_err_r + (q_hat - qb.double()).norm(dim=1) * self.max_norm_r
-        sum_abs = q_hat.norm(dim=1) * (self.max_norm_r + self.max_err_r) + t.double().abs() * (1 + U) + 1e-30
+        sum_abs = q_hat.norm(dim=1) * (self.max_norm_r + self.max_err_r) + t.abs() * (1 + U)
         err_acc = 2 * (d + 2) * 2.0 ** -24 * sum_abs
-        err = (err_in * 1.001 + err_acc + U * U * t.double().abs() * 2 + d * 2.0 ** -23 + 1e-7)
+        err = err_in * 1.001 + err_acc + U * U * t.abs() * 2 + 1e-7
         return s16, err
 
     def count_above(self, qb: torch.Tensor, s16: torch.Tensor, t: torch.Tensor, err: torch.Tensor,
                     theta: torch.Tensor, exclude: torch.Tensor, fallback: int) -> torch.Tensor:
-        """Per query row, the exact number of references not in ``exclude`` ((b, P), −1 padded)
-        whose float32 score (:func:`exact_dots` arithmetic) is strictly above ``theta`` (b,),
-        counted on the shifted block ``s16`` from :meth:`shifted_scores` (shift ``t``, bound
-        ``err``). Requires ``theta >= t``. Returns int64 counts."""
+        """Per query row, the number of references not in ``exclude`` ((b, P), −1 padded) whose
+        score (:func:`exact_dots`, float64) is strictly above ``theta`` (float64, (b,)), counted on
+        the shifted block ``s16`` from :meth:`shifted_scores` (shift ``t``, bound ``err``).
+        Requires ``theta >= t``. Returns int64 counts."""
         import torch
 
         up = U / (1 - U)  # |rounded - exact| <= up * |rounded| for bfloat16 round-to-nearest
-        gap = (theta.double() - t.double())
+        gap = theta.double() - t.double()
         c_hi = gap + err  # > 0
         c_lo = gap - err
         hi = _round_bf16((c_hi / (1 - up)).float().unsqueeze(1), up=True)
         lo = _round_bf16(torch.where(c_lo < 0, c_lo / (1 - up), c_lo / (1 + up)).float().unsqueeze(1), up=False)
+        counts, rows, cols = _decided_and_open(s16, lo, hi, exclude)
+        undecided = torch.bincount(rows, minlength=len(qb))
 
-        b, n = s16.shape
-        cand = self._candidates(s16, lo, budget=PAIR_BUDGET)
-        if cand is None:  # pathological crowding: count the certain ones with a second pass
-            certain = count_above(s16, hi)
-            rows, cols = self._candidates(s16, lo, hi=hi, budget=None)
-        else:
-            rows, cols = cand
-            above = s16[rows, cols] > hi.squeeze(1)[rows]
-            certain = torch.bincount(rows[above], minlength=b)
-            rows, cols = rows[~above], cols[~above]
-        # excluded columns (true matches) never count: take out those called certain, drop the rest
-        ex_ok = exclude >= 0
-        certain = certain - (ex_ok & (s16.gather(1, exclude.clamp(min=0)) > hi)).sum(1)
-        keep = ~(exclude[rows] == cols.unsqueeze(1)).any(1)
-        rows, cols = rows[keep], cols[keep]
-        undecided = torch.bincount(rows, minlength=b)
-        counts = certain.clone()
-
-        whole = undecided > fallback
-        rows_whole = torch.nonzero(whole).squeeze(1)
-        if len(rows_whole):  # one float32 matrix multiply replaces the block's decisions there
-            exact = qb[rows_whole] @ self.r.t()
-            th = theta[rows_whole].unsqueeze(1)
-            ex_above = (ex_ok[rows_whole] & (exact.gather(1, exclude[rows_whole].clamp(min=0)) > th)).sum(1)
-            counts[rows_whole] = count_above(exact, th) - ex_above
-        part = ~whole[rows]
-        rows, cols = rows[part], cols[part]
+        whole = torch.nonzero(undecided > fallback).squeeze(1)
+        if len(whole):
+            # crowded rows: one float32 matrix multiply decides all but the references within its
+            # own error bound of the threshold (|q|·|r| = 1, so dim·2^-24 twice over, plus slack)
+            exact = qb[whole] @ self.r.t()
+            g = self.dim * 2.0 ** -23 + 1e-6
+            th = theta[whole].double().unsqueeze(1)
+            c, rw, cw = _decided_and_open(exact, (th - g).float(), (th + g).float(), exclude[whole])
+            counts[whole] = c
+            keep = undecided[rows] <= fallback
+            rows = torch.cat([rows[keep], whole[rw]])
+            cols = torch.cat([cols[keep], cw])
         if len(rows):
-            hit = exact_dots(qb, self.r, rows, cols) > theta[rows]
-            counts.index_add_(0, rows, hit.to(torch.int64))
+            counts.index_add_(0, rows, self._above(qb, rows, cols, theta.double()[rows]).to(torch.int64))
         return counts
 
-    @staticmethod
-    def _candidates(s16: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor | None = None,
-                    budget: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(rows, cols)`` of the entries ``>= lo`` (and, with ``hi``, not ``> hi``), one
-        compare pass in cache-sized tiles; None once more than ``budget`` entries are found."""
+    def _above(self, qb: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """Whether the float64 score of each (row, column) pair is above its ``theta``: float32
+        dot products first, float64 only for the pairs within their error bound of ``theta``."""
         import torch
 
-        b, n = s16.shape
-        mask = torch.empty(b, COUNT_TILE, dtype=torch.bool)
-        m_hi = torch.empty_like(mask) if hi is not None else None
-        rows: list[torch.Tensor] = []
-        cols: list[torch.Tensor] = []
-        found = 0
-        for j in range(0, n, COUNT_TILE):
-            tile = s16[:, j:j + COUNT_TILE]
-            w = tile.shape[1]
-            m = torch.ge(tile, lo, out=mask[:, :w])
-            if m_hi is not None:
-                m.logical_and_(torch.le(tile, hi, out=m_hi[:, :w]))
-            ri, ci = torch.nonzero(m, as_tuple=True)
-            found += len(ri)
-            if budget is not None and found > budget:
-                return None
-            rows.append(ri)
-            cols.append(ci + j)
-        return torch.cat(rows), torch.cat(cols)
+        d32 = exact_dots(qb, self.r, rows, cols, exact=False)
+        g = self.dim * 2.0 ** -23 + 1e-7  # dim·2^-24 for unit vectors, twice over
+        above = d32 > theta + g
+        close = torch.nonzero((d32 - theta).abs() <= g).squeeze(1)
+        if len(close):
+            above[close] = exact_dots(qb, self.r, rows[close], cols[close]) > theta[close]
+        return above
+
+
+def _decided_and_open(scores: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, exclude: torch.Tensor,
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(certain, rows, cols)``: per row the number of entries ``> hi`` outside ``exclude``, and
+    the (row, column) pairs in ``[lo, hi]`` outside ``exclude`` (left open). One compare pass in
+    cache-sized tiles when the entries ``>= lo`` fit :data:`PAIR_BUDGET`; a second otherwise."""
+    import torch
+
+    b = len(scores)
+    found = _at_least(scores, lo, budget=PAIR_BUDGET)
+    if found is None:  # pathological crowding: count the certain ones with a second pass
+        certain = count_above(scores, hi)
+        rows, cols = _at_least(scores, lo, hi=hi)
+    else:
+        rows, cols = found
+        above = scores[rows, cols] > hi.squeeze(1)[rows]
+        certain = torch.bincount(rows[above], minlength=b)
+        rows, cols = rows[~above], cols[~above]
+    ex_ok = exclude >= 0
+    certain = certain - (ex_ok & (scores.gather(1, exclude.clamp(min=0)) > hi)).sum(1)
+    keep = ~(exclude[rows] == cols.unsqueeze(1)).any(1)
+    return certain, rows[keep], cols[keep]
+
+
+def _at_least(scores: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor | None = None,
+              budget: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(rows, cols)`` of the entries ``>= lo`` (and, with ``hi``, ``<= hi``), one compare pass
+    in cache-sized tiles; None once more than ``budget`` entries are found."""
+    import torch
+
+    b, n = scores.shape
+    mask = torch.empty(b, COUNT_TILE, dtype=torch.bool)
+    m_hi = torch.empty_like(mask) if hi is not None else None
+    rows: list[torch.Tensor] = []
+    cols: list[torch.Tensor] = []
+    found = 0
+    for j in range(0, n, COUNT_TILE):
+        tile = scores[:, j:j + COUNT_TILE]
+        w = tile.shape[1]
+        m = torch.ge(tile, lo, out=mask[:, :w])
+        if m_hi is not None:
+            m.logical_and_(torch.le(tile, hi, out=m_hi[:, :w]))
+        ri, ci = torch.nonzero(m, as_tuple=True)
+        found += len(ri)
+        if budget is not None and found > budget:
+            return None
+        rows.append(ri)
+        cols.append(ci + j)
+    return torch.cat(rows), torch.cat(cols)
