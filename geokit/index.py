@@ -51,7 +51,8 @@ class IndexSpec:
     - ``ivf``: ``nlist`` inverted lists (default ≈ 4·√N), searched ``nprobe`` lists at a time.
     - ``ivfpq``: as ``ivf`` with product-quantised vectors: ``m`` sub-vectors (must divide D)
       of ``nbits`` bits each — D·4 bytes per vector become m·nbits/8.
-    - ``hnsw``: graph with ``hnsw_m`` links per node, ``ef_construction`` / ``ef_search``.
+    - ``hnsw``: graph with ``hnsw_m`` links per node, ``ef_construction`` / ``ef_search`` (raise
+      ``ef_search`` for big galleries: recall@1 0.999 at 100k but 0.77 at 1M; 256 gave 0.96).
     """
 
     type: Literal["flat", "ivf", "ivfpq", "hnsw"] = "flat"
