@@ -1,7 +1,8 @@
 """`locate` on the synthetic world with a trained demo checkpoint (issue 6's end-to-end check).
 
-Training the demo takes minutes on 2 cores, so this runs only when ``GEOKIT_DEMO_RUN`` names a
-finished ``geokit demo`` (or ``geokit train``) folder on the synthetic dataset, e.g.::
+The test trains the shipped demo itself (about 3 minutes on 2 cores: the longest test of the
+suite, and the only one that checks a real training run localises photos). To reuse a finished
+``geokit demo`` (or ``geokit train``) folder on the synthetic dataset instead::
 
     GEOKIT_DEMO_RUN=runs/demo pytest tests/test_locate_synthetic.py
 """
@@ -17,15 +18,41 @@ import pytest
 RUN = os.environ.get("GEOKIT_DEMO_RUN")
 
 
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if RUN:
+        return Path(RUN)
+    from click.testing import CliRunner
+
+    from geokit.cli import _load_plugin_commands, cli
+
+    if "demo" not in cli.commands:
+        _load_plugin_commands()
+    tmp = tmp_path_factory.mktemp("demo")
+    out = tmp / "run"
+    old = os.environ.get("GEOKIT_CACHE")
+    os.environ["GEOKIT_CACHE"] = str(tmp / "cache")
+    try:
+        res = CliRunner().invoke(cli, ["demo", "--output", str(out)], catch_exceptions=False)
+    finally:
+        if old is None:
+            del os.environ["GEOKIT_CACHE"]
+        else:
+            os.environ["GEOKIT_CACHE"] = old
+    assert res.exit_code == 0, res.output
+    return out
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not RUN, reason="set GEOKIT_DEMO_RUN to a trained synthetic demo run folder")
-def test_locate_finds_the_true_tile_for_most_synthetic_test_photos(tmp_path):
+def test_locate_finds_the_true_tile_for_most_synthetic_test_photos(demo_run: Path, tmp_path: Path, monkeypatch):
     from geokit import config
     from geokit.index import IndexSpec, build_from_checkpoint, dataset_references
     from geokit.locate import Localizer
     from geokit.registry import create
 
-    run = Path(RUN)
+    run = demo_run
+    if not RUN:
+        monkeypatch.setenv("GEOKIT_CACHE", str(run.parent / "cache"))
     cfg = config.load(run / "config.yaml")
     assert cfg.names["dataset"] == "synthetic", "GEOKIT_DEMO_RUN must be a run on the synthetic world"
     refs = dataset_references(run / "config.yaml")
