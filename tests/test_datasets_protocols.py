@@ -165,3 +165,9 @@ def test_geokit_evaluate_on_a_benchmark_layout(tmp_path, name, maker, options, k
     assert emb["query_labels"].tolist() == es.query_labels.tolist()
     assert emb["reference_labels"].tolist() == es.reference_labels.tolist()
     assert ("semi_positives" in emb) == (name == "vigor")
+    # eval.bf16_screen reaches the metrics; both scans give the same numbers
+    for screen in ("false", "true"):
+        res = CliRunner().invoke(cli, ["evaluate", "--config", str(tmp_path / "c.yaml"), "--output",
+                                       str(tmp_path / f"m_{screen}.json"), "--set", f"eval.bf16_screen={screen}"])
+        assert res.exit_code == 0, res.output
+        assert json.loads((tmp_path / f"m_{screen}.json").read_text()) == m
