@@ -85,6 +85,34 @@ def test_gradient_caching_gives_the_plain_gradients(chunk):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * float(a.abs().max()) + 1e-9)
 
 
+@pytest.mark.parametrize("chunk, clip", [(None, None), (None, 0.01), (2, 0.01)])
+def test_an_enabled_loss_scaler_gives_the_unscaled_step(chunk, clip):
+    """The fp16 path's GradScaler (CUDA in real runs; here on the CPU, in float32): scaling the loss
+    by a power of two and unscaling before clipping and stepping must give the weights of a step
+    without a scaler — also through gradient caching, where the scaled loss's gradient is cached."""
+    import torch
+
+    from geokit.registry import create
+    from geokit.training import TrainStep
+
+    weights = []
+    for enabled in (False, True):
+        torch.manual_seed(0)
+        enc = create("encoder", "convnext", {"model": "convnext_atto", "pretrained": False})
+        loss = create("loss", "infonce", {})
+        opt = torch.optim.AdamW([*enc.parameters(), *loss.parameters()], lr=1e-3)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, enabled=enabled)
+        g = torch.Generator().manual_seed(1)
+        q, r = torch.randn(4, 3, 32, 64, generator=g), torch.randn(4, 3, 32, 32, generator=g)
+        step = TrainStep(enc, loss, opt, device=torch.device("cpu"), scaler=scaler, clip_value=clip,
+                         grad_cache_chunk=chunk)
+        step.step(q, r, lr=1e-3)
+        assert scaler.get_scale() == (2.0**10 if enabled else 1.0)  # no overflow: the scale stays
+        weights.append([p.detach().clone() for p in step.params])
+    for a, b in zip(*weights):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-8)
+
+
 def _truncate_a_training_image(root):
     from PIL import Image
 
