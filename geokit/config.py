@@ -74,7 +74,7 @@ class EvalConfig(_Strict):
     batch_size: int = Field(128, ge=1, description="images per embedding batch")
     split: str | None = Field(None, description="protocol split; null: the dataset's test split")
     chunk_size: int | None = Field(None, ge=1, description="queries per retrieval block; null: auto")
-    bf16_screen: bool | None = Field(None, description="score blocks in bfloat16 and re-score in float32 what "
+    bf16_screen: bool | None = Field(None, description="score blocks in bfloat16 and re-score exactly what "
                                      "they cannot decide (same metrics, faster on AMX CPUs); null: on where "
                                      "the CPU has AMX")
 

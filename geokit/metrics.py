@@ -12,19 +12,22 @@ Definitions (values in percent):
   its true matches, where a true match's position counts the non-matches strictly above it and
   the matches ranked before it; averaged over queries.
 
-Per block of queries the scan does one matrix multiply and, per query, gathers the scores of its
-true matches and semi-positives (a few columns) and counts the references above them. No mask of
-the block is ever built: no true match scores above the best one, so the count of all references
-above the best true match *is* the rank; the strict hit rate subtracts the semi-positives among
-them; the VIGOR hit is "the block's maximum does not exceed the best allowed score". AP counts the
-references above each true match in one pass (bucketing every score among the sorted true-match
-scores), so it costs one extra pass whatever the number of true matches.
+Per block of queries the scan does one matrix multiply and, per query, scores its true matches
+and semi-positives (a few columns) and counts the references above them; no true match scores
+above the best one, so the count of all other references above the best true match *is* the
+rank; the strict hit rate compares the semi-positives' scores with it; the VIGOR hit is "nothing
+but true matches and semi-positives above the best allowed score".
 
-On CPUs with AMX the rank and hit-rate scan runs on bfloat16 blocks (``bf16_screen``, default on
-there): :mod:`geokit.screening` decides every reference the bfloat16 score can decide with a proven
-error bound and re-scores the rest in float32, so the metrics are those of the float32 scan
-(tests compare both with a float64 computation) at 0.6–0.9x the time of a float32 matrix multiply
-(BENCHMARKS.md). AP keeps the float32 scan.
+Scores are those of the float32 vectors computed exactly (float64): the block decides every
+reference farther from a threshold than the block's proven error bound, and the few closer ones
+are re-scored (:mod:`geokit.screening`). So the metrics do not depend on the CPU or on the
+block arithmetic: float32 blocks (any CPU) and bfloat16 blocks (``bf16_screen``, the default on
+CPUs with AMX, 0.5–0.9x the time of a float32 matrix multiply; BENCHMARKS.md) give the same
+numbers, where a plain float32 evaluation misorders references a few 1e-8 apart.
+
+AP counts the references above each true match in one pass over float32 blocks (bucketing every
+score among the sorted true-match scores), so it costs one extra pass whatever the number of true
+matches; its counts are float32's.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from geokit.retrieval import _blocks, _check_query, _rows, as_matrix, count_above, default_chunk, exact_dots, torch_threads
-from geokit.screening import ScreenedGallery, screen_available
+from geokit.screening import ScreenedGallery, count_above_float32, screen_available
 
 
 def _pad(lists: Sequence[Sequence[int]] | np.ndarray, fill: int = -1) -> np.ndarray:
@@ -73,9 +76,9 @@ def retrieval_metrics(query: Any, reference: Any, positives: Any, *, semi_positi
     :param ap: force ``AP`` on or off (default: on exactly when ``positives`` is a list of lists).
     :param chunk_size: queries per block (default :func:`geokit.retrieval.default_chunk`).
     :param threads: torch threads for the scan (default: torch's setting).
-    :param bf16_screen: score blocks in bfloat16 and re-score in float32 only the references
+    :param bf16_screen: score blocks in bfloat16 and re-score exactly only the references
         too close to a query's threshold to decide (same metrics; see the module docstring).
-        Default: on where :func:`geokit.retrieval.screen_available` (AMX CPUs), off for AP.
+        Default: on where :func:`geokit.screening.screen_available` (AMX CPUs); AP never.
     """
     import torch
 
@@ -113,27 +116,18 @@ def retrieval_metrics(query: Any, reference: Any, positives: Any, *, semi_positi
     pos_t = torch.from_numpy(pos)
     semi_t = None if semi is None else torch.from_numpy(semi)
     neg_inf = torch.tensor(float("-inf"))
-    screen = (screen_available() if bf16_screen is None else bool(bf16_screen)) and not want_ap
-    if screen:
-        _screened_scan(q, r, pos_t, semi_t, ranks, hits, hits_strict, chunk_size, threads)
-    else:
+    if not want_ap:
+        screen = screen_available() if bf16_screen is None else bool(bf16_screen)
+        _exact_scan(q, r, pos_t, semi_t, ranks, hits, hits_strict, chunk_size, threads, screen)
+    else:  # AP: float32 scores, every one bucketed among the true matches' scores
         for start, _, s in _blocks(q, r, chunk_size, threads):
             b = len(s)
             p = pos_t[start:start + b]
             valid = p >= 0
             pscores = torch.where(valid, s.gather(1, p.clamp(min=0)), neg_inf)
             best_pos = pscores.max(dim=1, keepdim=True).values
-            rank = count_above(s, best_pos)
-            ranks[start:start + b] = rank.numpy()
-            if semi_t is not None:
-                sp = semi_t[start:start + b]
-                sscores = torch.where(sp >= 0, s.gather(1, sp.clamp(min=0)), neg_inf)
-                semi_above = (sscores > best_pos).sum(1)
-                hits_strict[start:start + b] = (rank == semi_above).numpy()
-                best_ok = torch.maximum(best_pos.squeeze(1), sscores.max(dim=1).values)
-                hits[start:start + b] = (s.amax(dim=1) <= best_ok).numpy()
-            if aps is not None:
-                aps[start:start + b] = _average_precision(s, pscores, valid)
+            ranks[start:start + b] = count_above(s, best_pos).numpy()
+            aps[start:start + b] = _average_precision(s, pscores, valid)
 
     out: dict[str, float] = {}
     for k in ks:
@@ -149,50 +143,64 @@ def retrieval_metrics(query: Any, reference: Any, positives: Any, *, semi_positi
     return out
 
 
-def _screened_scan(q: Any, r: Any, pos_t: Any, semi_t: Any, ranks: np.ndarray, hits: np.ndarray | None,
-                   hits_strict: np.ndarray | None, chunk_size: int | None, threads: int | None) -> None:
-    """The rank (and VIGOR hit) loop on bfloat16 blocks shifted by each query's best true-match
-    score (:mod:`geokit.screening`): the same values the float32 loop gives, filled in place."""
+def _exact_scan(q: Any, r: Any, pos_t: Any, semi_t: Any, ranks: np.ndarray, hits: np.ndarray | None,
+                hits_strict: np.ndarray | None, chunk_size: int | None, threads: int | None, screen: bool) -> None:
+    """The rank (and VIGOR hit) loop, filled in place, with the counts of the vectors' float64
+    scores (:mod:`geokit.screening`): on bfloat16 blocks shifted by each query's best true-match
+    score (``screen``), else on float32 blocks; the same numbers either way."""
     import torch
 
-    gallery = ScreenedGallery(r)
     n_q, n_r = len(q), len(r)
+    gallery = ScreenedGallery(r) if screen else None
     fallback = max(32, n_r // 128)  # undecided refs in a row beyond which one float32 row is cheaper
     chunk = max(1, int(chunk_size or default_chunk(n_r)))
-    buf = torch.empty(min(chunk, max(n_q, 1)), n_r, dtype=torch.bfloat16)
+    buf = torch.empty(min(chunk, max(n_q, 1)), n_r, dtype=torch.bfloat16) if screen else None
     neg_inf = torch.tensor(float("-inf"))
 
     def scores_at(qb: Any, cols: Any) -> Any:
-        """float32 scores of the (b, P) columns (−1: −inf), in the arithmetic of the re-scoring."""
+        """float64 scores of the (b, P) columns (−1: −inf), in the arithmetic of the re-scoring."""
         rows = torch.arange(len(cols)).unsqueeze(1).expand_as(cols)
         vals = exact_dots(qb, r, rows.reshape(-1), cols.clamp(min=0).reshape(-1)).reshape(cols.shape)
         return torch.where(cols >= 0, vals, neg_inf)
 
-    with torch_threads(threads), torch.inference_mode():
-        for start in range(0, n_q, chunk):
-            qb = _rows(q, start, start + chunk)
-            b = len(qb)
-            p = pos_t[start:start + b]
-            best_pos = scores_at(qb, p).max(dim=1).values
+    def blocks() -> Any:
+        if not screen:
+            yield from _blocks(q, r, chunk_size, threads)
+            return
+        with torch_threads(threads), torch.inference_mode():
+            for start in range(0, n_q, chunk):
+                qb = _rows(q, start, start + chunk)
+                yield start, qb, None
+
+    for start, qb, s32 in blocks():
+        b = len(qb)
+        p = pos_t[start:start + b]
+        best_pos = scores_at(qb, p).max(dim=1).values
+        if gallery is not None:
             s16, err = gallery.shifted_scores(qb, best_pos, out=buf[:b])
-            rank = gallery.count_above(qb, s16, best_pos, err, best_pos, p, fallback)
-            ranks[start:start + b] = rank.numpy()
-            if semi_t is None:
-                continue
-            sp = semi_t[start:start + b]
-            sscores = scores_at(qb, sp)
-            strict = rank == (sscores > best_pos.unsqueeze(1)).sum(1)
-            hits_strict[start:start + b] = strict.numpy()
-            # a strict hit is a hit; otherwise a hit means that nothing but true matches and
-            # semi-positives scores above the best allowed score
-            hit = strict.clone()
-            rest = torch.nonzero(~strict).squeeze(1)
-            if len(rest):
-                best_ok = torch.maximum(best_pos[rest], sscores[rest].max(dim=1).values)
-                allowed = torch.cat([p[rest], sp[rest]], dim=1)
-                hit[rest] = gallery.count_above(qb[rest], s16[rest], best_pos[rest], err[rest], best_ok,
-                                                allowed, fallback) == 0
-            hits[start:start + b] = hit.numpy()
+
+        def above(rows: Any, theta: Any, exclude: Any) -> Any:
+            if gallery is None:
+                return count_above_float32(qb[rows], r, s32[rows], theta, exclude)
+            return gallery.count_above(qb[rows], s16[rows], best_pos[rows], err[rows], theta, exclude, fallback)
+
+        every = slice(None)
+        rank = above(every, best_pos, p)
+        ranks[start:start + b] = rank.numpy()
+        if semi_t is None:
+            continue
+        sp = semi_t[start:start + b]
+        sscores = scores_at(qb, sp)
+        strict = rank == (sscores > best_pos.unsqueeze(1)).sum(1)
+        hits_strict[start:start + b] = strict.numpy()
+        # a strict hit is a hit; otherwise a hit means that nothing but true matches and
+        # semi-positives scores above the best allowed score
+        hit = strict.clone()
+        rest = torch.nonzero(~strict).squeeze(1)
+        if len(rest):
+            best_ok = torch.maximum(best_pos[rest], sscores[rest].max(dim=1).values)
+            hit[rest] = above(rest, best_ok, torch.cat([p[rest], sp[rest]], dim=1)) == 0
+        hits[start:start + b] = hit.numpy()
 
 
 def _average_precision(s: Any, pscores: Any, valid: Any) -> np.ndarray:

@@ -124,33 +124,51 @@ class ScreenedGallery:
         undecided = torch.bincount(rows, minlength=len(qb))
 
         whole = torch.nonzero(undecided > fallback).squeeze(1)
-        if len(whole):
-            # crowded rows: one float32 matrix multiply decides all but the references within its
-            # own error bound of the threshold (|q|·|r| = 1, so dim·2^-24 twice over, plus slack)
-            exact = qb[whole] @ self.r.t()
-            g = self.dim * 2.0 ** -23 + 1e-6
-            th = theta[whole].double().unsqueeze(1)
-            c, rw, cw = _decided_and_open(exact, (th - g).float(), (th + g).float(), exclude[whole])
+        if len(whole):  # crowded rows: one float32 matrix multiply, then as count_above_float32
+            c, rw, cw = _float32_decided_and_open(qb[whole] @ self.r.t(), theta[whole], exclude[whole], self.dim)
             counts[whole] = c
             keep = undecided[rows] <= fallback
             rows = torch.cat([rows[keep], whole[rw]])
             cols = torch.cat([cols[keep], cw])
         if len(rows):
-            counts.index_add_(0, rows, self._above(qb, rows, cols, theta.double()[rows]).to(torch.int64))
+            counts.index_add_(0, rows, above_exact(qb, self.r, rows, cols, theta.double()[rows]).to(torch.int64))
         return counts
 
-    def _above(self, qb: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """Whether the float64 score of each (row, column) pair is above its ``theta``: float32
-        dot products first, float64 only for the pairs within their error bound of ``theta``."""
-        import torch
 
-        d32 = exact_dots(qb, self.r, rows, cols, exact=False)
-        g = self.dim * 2.0 ** -23 + 1e-7  # dim·2^-24 for unit vectors, twice over
-        above = d32 > theta + g
-        close = torch.nonzero((d32 - theta).abs() <= g).squeeze(1)
-        if len(close):
-            above[close] = exact_dots(qb, self.r, rows[close], cols[close]) > theta[close]
-        return above
+def count_above_float32(qb: torch.Tensor, r: torch.Tensor, scores: torch.Tensor, theta: torch.Tensor,
+                        exclude: torch.Tensor) -> torch.Tensor:
+    """:meth:`ScreenedGallery.count_above` for a float32 block ``scores = qb @ r.T``: a reference
+    farther than the multiply's own error bound (``dim·2^-24`` for unit vectors, taken twice)
+    from ``theta`` is decided by the block, the few closer ones are re-scored by
+    :func:`above_exact`. The same counts as the screen, on any CPU. Returns int64 counts."""
+    import torch
+
+    counts, rows, cols = _float32_decided_and_open(scores, theta, exclude, r.shape[1])
+    if len(rows):
+        counts.index_add_(0, rows, above_exact(qb, r, rows, cols, theta.double()[rows]).to(torch.int64))
+    return counts
+
+
+def _float32_decided_and_open(scores: torch.Tensor, theta: torch.Tensor, exclude: torch.Tensor, dim: int,
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = dim * 2.0 ** -23 + 1e-6  # the multiply's bound for unit vectors, twice over, plus slack
+    th = theta.double().unsqueeze(1)
+    return _decided_and_open(scores, (th - g).float(), (th + g).float(), exclude)
+
+
+def above_exact(q: torch.Tensor, r: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                theta: torch.Tensor) -> torch.Tensor:
+    """Whether the float64 score of each (row, column) pair is above its ``theta`` (float64):
+    float32 dot products first, float64 only for the pairs within their error bound of ``theta``."""
+    import torch
+
+    d32 = exact_dots(q, r, rows, cols, exact=False)
+    g = r.shape[1] * 2.0 ** -23 + 1e-7  # dim·2^-24 for unit vectors, twice over
+    above = d32 > theta + g
+    close = torch.nonzero((d32 - theta).abs() <= g).squeeze(1)
+    if len(close):
+        above[close] = exact_dots(q, r, rows[close], cols[close]) > theta[close]
+    return above
 
 
 def _decided_and_open(scores: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, exclude: torch.Tensor,
