@@ -23,6 +23,9 @@ scores (a float32 matrix multiply itself misorders references a few 1e-8 apart):
 
 The thresholds may also sit above ``t`` (the VIGOR hit rate compares with the best allowed score):
 ``θ - t`` moves the window, and the output rounding is accounted for at its distance from zero.
+
+:func:`count_above_float32` is the same decision on a float32 block (CPUs without AMX), with the
+float32 multiply's own bound: both give the same counts, those of the vectors' float64 scores.
 """
 from __future__ import annotations
 
