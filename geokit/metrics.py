@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from geokit.retrieval import _blocks, _check_query, _rows, as_matrix, count_above, default_chunk, exact_dots, torch_threads
+from geokit.retrieval import _blocks, _check_query, as_matrix, count_above, default_chunk, exact_dots
 from geokit.screening import ScreenedGallery, count_above_float32, screen_available
 
 
@@ -163,16 +163,7 @@ def _exact_scan(q: Any, r: Any, pos_t: Any, semi_t: Any, ranks: np.ndarray, hits
         vals = exact_dots(qb, r, rows.reshape(-1), cols.clamp(min=0).reshape(-1)).reshape(cols.shape)
         return torch.where(cols >= 0, vals, neg_inf)
 
-    def blocks() -> Any:
-        if not screen:
-            yield from _blocks(q, r, chunk_size, threads)
-            return
-        with torch_threads(threads), torch.inference_mode():
-            for start in range(0, n_q, chunk):
-                qb = _rows(q, start, start + chunk)
-                yield start, qb, None
-
-    for start, qb, s32 in blocks():
+    for start, qb, s32 in _blocks(q, r, chunk, threads, multiply=not screen):
         b = len(qb)
         p = pos_t[start:start + b]
         best_pos = scores_at(qb, p).max(dim=1).values

@@ -110,21 +110,24 @@ def score_blocks(query: Any, reference: Any, chunk_size: int | None = None, *,
         yield start, block
 
 
-def _blocks(q: Any, r: torch.Tensor, chunk_size: int | None, threads: int | None,
-            ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+def _blocks(q: Any, r: torch.Tensor, chunk_size: int | None, threads: int | None, *,
+            multiply: bool = True) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
     """Yield ``(start, query_rows, scores)`` for a checked query and a normalised float32 gallery;
-    ``query_rows`` are the block's normalised float32 queries."""
+    ``query_rows`` are the block's normalised float32 queries. ``multiply=False``: scores None
+    (the caller scores the block itself, e.g. the bfloat16 screen)."""
     import torch
 
     n_q = len(q)
     chunk = max(1, int(chunk_size or default_chunk(len(r))))
-    buf = torch.empty(min(chunk, max(n_q, 1)), len(r), dtype=torch.float32)
+    buf = torch.empty(min(chunk, max(n_q, 1)), len(r), dtype=torch.float32) if multiply else None
     rt = r.t()  # BLAS reads the transposed view directly: no copy
     with torch_threads(threads), torch.inference_mode():
         for start in range(0, n_q, chunk):
             qb = _rows(q, start, start + chunk)
-            out = buf[:len(qb)]
-            torch.mm(qb, rt, out=out)
+            out = None
+            if buf is not None:
+                out = buf[:len(qb)]
+                torch.mm(qb, rt, out=out)
             yield start, qb, out
 
 

@@ -152,9 +152,15 @@ def count_above_float32(qb: torch.Tensor, r: torch.Tensor, scores: torch.Tensor,
     return counts
 
 
+def float32_bound(dim: int) -> float:
+    """A bound on |float32 dot product - exact| for unit vectors of ``dim``: dim·2^-24 taken
+    twice over, plus slack (it also covers rounding the float64 thresholds to float32)."""
+    return dim * 2.0 ** -23 + 1e-6
+
+
 def _float32_decided_and_open(scores: torch.Tensor, theta: torch.Tensor, exclude: torch.Tensor, dim: int,
                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    g = dim * 2.0 ** -23 + 1e-6  # the multiply's bound for unit vectors, twice over, plus slack
+    g = float32_bound(dim)
     th = theta.double().unsqueeze(1)
     return _decided_and_open(scores, (th - g).float(), (th + g).float(), exclude)
 
@@ -166,7 +172,7 @@ def above_exact(q: torch.Tensor, r: torch.Tensor, rows: torch.Tensor, cols: torc
     import torch
 
     d32 = exact_dots(q, r, rows, cols, exact=False)
-    g = r.shape[1] * 2.0 ** -23 + 1e-7  # dim·2^-24 for unit vectors, twice over
+    g = float32_bound(r.shape[1])
     above = d32 > theta + g
     close = torch.nonzero((d32 - theta).abs() <= g).squeeze(1)
     if len(close):

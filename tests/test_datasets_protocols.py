@@ -140,7 +140,7 @@ def test_u1652_sat2drone_both_protocols(tmp_path):
     ("vigor", make_vigor, {"mode": "cross"}, {"hit_rate", "hit_rate_strict"}),
     ("university1652", make_u1652, {"direction": "sat2drone", "protocol": "sample4geo"}, {"AP"}),
 ])
-def test_geokit_evaluate_on_a_benchmark_layout(tmp_path, name, maker, options, keys):
+def test_geokit_evaluate_on_a_benchmark_layout(tmp_path, name, maker, options, keys, monkeypatch):
     """The whole evaluate path (CLI, images at the view sizes, embeddings file) on a real layout."""
     import json
 
@@ -166,8 +166,19 @@ def test_geokit_evaluate_on_a_benchmark_layout(tmp_path, name, maker, options, k
     assert emb["reference_labels"].tolist() == es.reference_labels.tolist()
     assert ("semi_positives" in emb) == (name == "vigor")
     # eval.bf16_screen reaches the metrics; both scans give the same numbers
+    import geokit.evaluation
+
+    seen = []
+    real = geokit.evaluation.retrieval_metrics
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["bf16_screen"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(geokit.evaluation, "retrieval_metrics", spy)
     for screen in ("false", "true"):
         res = CliRunner().invoke(cli, ["evaluate", "--config", str(tmp_path / "c.yaml"), "--output",
                                        str(tmp_path / f"m_{screen}.json"), "--set", f"eval.bf16_screen={screen}"])
         assert res.exit_code == 0, res.output
         assert json.loads((tmp_path / f"m_{screen}.json").read_text()) == m
+    assert seen == [False, True]

@@ -59,22 +59,29 @@ def test_keep_freed_memory_respects_opt_outs(monkeypatch):
     assert runtime.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
 
 
-@pytest.mark.parametrize("chunk", [1, 3])
-def test_gradient_caching_gives_the_plain_gradients(chunk):
+def _seeded_step(pairs: int, **options):
+    """A TrainStep on a fresh seed-0 ConvNeXt-Atto with InfoNCE and AdamW, and a seeded batch."""
     import torch
 
     from geokit.registry import create
     from geokit.training import TrainStep
 
+    torch.manual_seed(0)
+    enc = create("encoder", "convnext", {"model": "convnext_atto", "pretrained": False})
+    loss = create("loss", "infonce", {})
+    opt = torch.optim.AdamW([*enc.parameters(), *loss.parameters()], lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    q, r = torch.randn(pairs, 3, 32, 64, generator=g), torch.randn(pairs, 3, 32, 32, generator=g)
+    return TrainStep(enc, loss, opt, device=torch.device("cpu"), **options), q, r
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_gradient_caching_gives_the_plain_gradients(chunk):
+    import torch
+
     grads = []
     for cache in (None, chunk):
-        torch.manual_seed(0)
-        enc = create("encoder", "convnext", {"model": "convnext_atto", "pretrained": False})
-        loss = create("loss", "infonce", {})
-        opt = torch.optim.AdamW([*enc.parameters(), *loss.parameters()], lr=1e-3)
-        g = torch.Generator().manual_seed(1)
-        q, r = torch.randn(5, 3, 32, 64, generator=g), torch.randn(5, 3, 32, 32, generator=g)
-        step = TrainStep(enc, loss, opt, device=torch.device("cpu"), grad_cache_chunk=cache)
+        step, q, r = _seeded_step(5, grad_cache_chunk=cache)
         value = step.backward(q, r)
         grads.append((float(value), [p.grad.clone() for p in step.params]))
     (l0, g0), (l1, g1) = grads
@@ -92,20 +99,10 @@ def test_an_enabled_loss_scaler_gives_the_unscaled_step(chunk, clip):
     without a scaler — also through gradient caching, where the scaled loss's gradient is cached."""
     import torch
 
-    from geokit.registry import create
-    from geokit.training import TrainStep
-
     weights = []
     for enabled in (False, True):
-        torch.manual_seed(0)
-        enc = create("encoder", "convnext", {"model": "convnext_atto", "pretrained": False})
-        loss = create("loss", "infonce", {})
-        opt = torch.optim.AdamW([*enc.parameters(), *loss.parameters()], lr=1e-3)
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, enabled=enabled)
-        g = torch.Generator().manual_seed(1)
-        q, r = torch.randn(4, 3, 32, 64, generator=g), torch.randn(4, 3, 32, 32, generator=g)
-        step = TrainStep(enc, loss, opt, device=torch.device("cpu"), scaler=scaler, clip_value=clip,
-                         grad_cache_chunk=chunk)
+        step, q, r = _seeded_step(4, scaler=scaler, clip_value=clip, grad_cache_chunk=chunk)
         step.step(q, r, lr=1e-3)
         assert scaler.get_scale() == (2.0**10 if enabled else 1.0)  # no overflow: the scale stays
         weights.append([p.detach().clone() for p in step.params])
