@@ -99,9 +99,11 @@ class VIGORDataset(BenchmarkDataset):
         folder = self.root / "splits" / city
         if folder.is_dir():
             return True
+        # the layout once per dataset: an empty folder misses every city
+        layout = "" if getattr(self, "_layout_shown", False) else f" Expected layout:\n{self.layout}"
+        self._layout_shown = True
         problem(f"city folder missing: {folder} (mode '{self.options.mode}' {part} needs "
-                f"{', '.join(self.cities(part))}).{self.suggest_root(f'splits/{city}')} "
-                f"Expected layout:\n{self.layout}",
+                f"{', '.join(self.cities(part))}).{self.suggest_root(f'splits/{city}')}{layout}",
                 file=f"splits/{city}", category="missing city")
         return False
 
@@ -216,8 +218,10 @@ class VIGORDataset(BenchmarkDataset):
         to_ref[refs] = np.arange(len(refs))
         conflicts = to_ref[labels[:, 1:]]  # semi-positives never share a batch with their panorama
         gps = None if sats["gps"] is None else sats["gps"][refs]
+        # no pairs (a folder without the label files, reported by problem() under verify): an empty
+        # set, which verify reports, instead of a (0, 3) table that TrainSet cannot reshape
         return TrainSet(panos["paths"], [sats["paths"][j] for j in refs], to_ref[labels[:, 0]],
-                        reference_gps=gps, pair_conflicts=conflicts)
+                        reference_gps=gps, pair_conflicts=conflicts if len(labels) else None)
 
     def eval_set(self, split: str | None = None) -> EvalSet:
         split = self.check_split(split)

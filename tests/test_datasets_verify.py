@@ -69,6 +69,19 @@ def test_verify_missing_folder_hint_and_json(tmp_path):
     assert {"missing city", "missing image"} <= cats
 
 
+@pytest.mark.parametrize("name, extra", [
+    ("cvusa", []), ("cvact", []), ("vigor", []), ("vigor", ["--set", "mode=cross"]), ("university1652", []),
+])
+def test_verify_empty_folder_reports_without_a_traceback(tmp_path, name, extra):
+    res = verify(name, "--root", str(tmp_path), *extra)
+    assert res.exit_code == 1, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert "Traceback" not in res.output and "FAILED" in res.output
+    if name == "vigor":  # every city is missing; the expected layout is shown once, not per city
+        assert res.output.count("city folder missing") >= 2
+        assert res.output.count("Expected layout") == 1
+
+
 def test_verify_root_missing_shows_layout(tmp_path):
     res = verify("cvact", "--root", str(tmp_path / "nope"))
     assert res.exit_code == 1
