@@ -19,6 +19,21 @@ SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
 PLURAL = {"encoder": "encoders", "loss": "losses", "sampler": "samplers", "dataset": "datasets"}
 
 
+# Exit statuses (README, "Exit status"): 0 done; 1 `datasets verify` found errors; 2 a problem
+# the user can fix (config, data, files, plugins; click's usage errors too); 130 training
+# stopped by a signal after saving its state (re-run to resume).
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class UserError(click.ClickException):
+    exit_code = EXIT_USER_ERROR
+
+
+class Interrupted(click.ClickException):
+    exit_code = EXIT_INTERRUPTED
+
+
 class GeokitGroup(click.Group):
     """Turns GeokitError into a one-paragraph message and exit status 2."""
 
@@ -26,13 +41,29 @@ class GeokitGroup(click.Group):
         try:
             return super().invoke(ctx)
         except GeokitError as exc:
-            raise click.ClickException(str(exc)) from None
+            from geokit.training import TrainingInterrupted
+
+            if isinstance(exc, TrainingInterrupted):
+                raise Interrupted(str(exc)) from None
+            raise UserError(str(exc)) from None
+
+
+DISABLE = "--disable-plugin"
 
 
 @click.group(cls=GeokitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="geokit")
-def cli() -> None:
+@click.option(DISABLE, "disabled", multiple=True, metavar="NAME",
+              help="Leave out the plugin with this entry-point name (repeatable; like pytest's "
+                   "-p no:NAME). Same as GEOKIT_DISABLE_PLUGINS=NAME1,NAME2.")
+def cli(disabled: tuple[str, ...]) -> None:
     """geokit: cross-view geo-localisation (Sample4Geo), every part a plugin."""
+    if disabled:
+        from geokit.plugins import DISABLE_NAMES_ENV, disabled_names, get_manager, reset_manager
+
+        if not set(disabled) <= set(get_manager().disabled):  # not already applied by main()
+            os.environ[DISABLE_NAMES_ENV] = ",".join(sorted(disabled_names() | set(disabled)))
+            reset_manager()
 
 
 @cli.command("plugins")
@@ -42,15 +73,30 @@ def plugins_cmd(as_json: bool) -> None:
     from geokit.hookspecs import KINDS
     from geokit.registry import get_registry
 
+    from geokit.plugins import get_manager
+
+    mgr = get_manager()
     rows = []
+    failures = []
     for kind in KINDS:
-        for comp in get_registry(kind):
+        try:
+            comps = list(get_registry(kind))
+        except GeokitError as exc:  # e.g. two plugins claim one name: list the rest anyway
+            failures.append(str(exc))
+            comps = [c for c in get_registry(kind)._pending]
+        for comp in comps:
             dist, _, version = (comp.distribution or "").partition(" ")
             rows.append({"kind": kind, "name": comp.name, "plugin": comp.plugin,
                          "distribution": comp.distribution, "version": version or None,
-                         "summary": comp.summary, "replaces": list(comp.replaced)})
+                         "summary": comp.summary, "replaces": list(comp.replaced),
+                         "broken": comp.plugin in mgr.broken})
+    problems = [{"plugin": name, "distribution": info.distribution, "entry_point": info.value,
+                 "status": "broken", "reason": reason} for name, (info, reason) in sorted(mgr.broken.items())]
+    problems += [{"plugin": name, "distribution": info.distribution, "entry_point": info.value,
+                  "status": "disabled", "reason": "disabled by name (GEOKIT_DISABLE_PLUGINS or "
+                  "--disable-plugin)"} for name, info in sorted(mgr.disabled.items())]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(rows + [dict(p, kind=None, name=None) for p in problems], indent=2))
         return
     width = max((len(r["name"]) for r in rows), default=4)
     for kind in KINDS:
@@ -58,7 +104,15 @@ def plugins_cmd(as_json: bool) -> None:
         for r in (r for r in rows if r["kind"] == kind):
             origin = r["distribution"] or r["plugin"]
             extra = f" (replaces {', '.join(r['replaces'])})" if r["replaces"] else ""
-            click.echo(f"  {r['name']:<{width}}  {r['summary']}  [{r['plugin']}: {origin}]{extra}")
+            mark = "  BROKEN (see below)" if r["broken"] else ""
+            click.echo(f"  {r['name']:<{width}}  {r['summary']}  [{r['plugin']}: {origin}]{extra}{mark}")
+    if problems or failures:
+        click.echo("plugins not (fully) loaded:")
+        for p in problems:
+            origin = f" from {p['distribution']}" if p["distribution"] else ""
+            click.echo(f"  {p['plugin']} ({p['entry_point']}{origin}): {p['status'].upper()}: {p['reason']}")
+        for f in failures:
+            click.echo(f"  {f}")
 
 
 @cli.group("config")
@@ -140,9 +194,28 @@ def main(argv: list[str] | None = None) -> None:
     import os
 
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    args = list(sys.argv[1:] if argv is None else argv)
+    _disable_from_args(args)  # before plugins load, so a broken one can be left out
     try:
         _load_plugin_commands()
     except GeokitError as exc:
         click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
-    cli.main(args=argv, prog_name="geokit")
+        sys.exit(EXIT_USER_ERROR)
+    cli.main(args=args, prog_name="geokit")
+
+
+def _disable_from_args(args: list[str]) -> None:
+    """Apply ``--disable-plugin NAME`` (given before the command) to GEOKIT_DISABLE_PLUGINS."""
+    from geokit.plugins import DISABLE_NAMES_ENV, disabled_names
+
+    names = set()
+    i = 0
+    while i < len(args) and args[i].startswith("-"):  # stop at the command: later options are its own
+        if args[i] == DISABLE and i + 1 < len(args):
+            names.add(args[i + 1])
+            i += 1
+        elif args[i].startswith(DISABLE + "="):
+            names.add(args[i].split("=", 1)[1])
+        i += 1
+    if names:
+        os.environ[DISABLE_NAMES_ENV] = ",".join(sorted(disabled_names() | names))

@@ -9,6 +9,7 @@ checkpoint records.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -21,8 +22,31 @@ from geokit.hookspecs import KINDS
 from geokit.registry import format_validation_error, get_registry
 
 
+# A config is a few kilobytes; these bounds keep a small hostile file (deep nesting, an alias
+# "billion laughs" bomb) from costing memory or time, and error messages never expand it.
+MAX_YAML_BYTES = 8 * 1024 * 1024
+MAX_YAML_DEPTH = 64
+MAX_YAML_NODES = 1_000_000  # values after expanding aliases
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-4`` as a string; users mean a number (as YAML 1.2 does)."""
+    """YAML 1.1 reads ``1e-4`` as a string; users mean a number (as YAML 1.2 does).
+
+    Nesting deeper than :data:`MAX_YAML_DEPTH` is refused while composing (before Python's
+    recursion limit is reached)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(
+                    None, None, f"nesting deeper than {MAX_YAML_DEPTH} levels", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _Loader.add_implicit_resolver(
@@ -32,12 +56,48 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+def _yaml(text: str, source: str = "YAML") -> Any:
+    """Parse YAML safely and within bounds; a bound exceeded is a :class:`GeokitError`."""
+    if len(text) > MAX_YAML_BYTES:
+        raise GeokitError(f"{source}: {len(text):,} characters, more than the {MAX_YAML_BYTES:,} "
+                          "a config may have")
+    data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    _check_expanded(data, source)
+    return data
+
+
+def _check_expanded(data: Any, source: str) -> None:
+    """Refuse data whose aliases expand beyond :data:`MAX_YAML_NODES` values, or that refer to
+    themselves; counted without expanding (shared sub-trees are sized once)."""
+    sizes: dict[int, int] = {}
+    busy: set[int] = set()
+
+    def size(x: Any) -> int:
+        if not isinstance(x, (dict, list)):
+            return 1
+        key = id(x)
+        if key in sizes:
+            return sizes[key]
+        if key in busy:
+            raise GeokitError(f"{source}: an alias refers to the value that contains it (a recursive "
+                              "YAML structure); configs must be plain trees")
+        busy.add(key)
+        items = list(x.keys()) + list(x.values()) if isinstance(x, dict) else x
+        total = 1
+        for v in items:
+            total += size(v)
+            if total > MAX_YAML_NODES:
+                raise GeokitError(f"{source}: its aliases expand to more than {MAX_YAML_NODES:,} "
+                                  "values (an alias bomb?); configs are small plain trees")
+        busy.discard(key)
+        sizes[key] = total
+        return total
+
+    size(data)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TrainConfig(_Strict):
@@ -51,7 +111,8 @@ class TrainConfig(_Strict):
     clip_value: float | None = Field(100.0, gt=0, description="gradient value clipping; null: off")
     workers: int | None = Field(None, ge=0, description="DataLoader workers; null: 0 on CPU, 4 on GPU")
     amp: bool | None = Field(None, description="mixed precision; null: on for CUDA, off on CPU")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:[0-9]{1,3})?)$",
+                        description="auto, cpu, cuda, cuda:N")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; null: all cores")
     log_every: int = Field(20, ge=1, description="steps between progress log lines")
     eval_every: int = Field(0, ge=0, description="evaluate every N epochs during training (0: off); "
@@ -87,7 +148,7 @@ class _Section(BaseModel):
 
 
 class _RawConfig(_Strict):
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=2**63, description="one seed for weights, sampling and augmentation")
     encoder: _Section
     loss: _Section
     sampler: _Section
@@ -126,23 +187,32 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """Load a YAML (or JSON) mapping; syntax errors name the file and line."""
     path = Path(path)
     try:
-        text = path.read_text()
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise GeokitError(f"config file {path} is {path.stat().st_size:,} bytes, more than the "
+                              f"{MAX_YAML_BYTES:,} a config may have")
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise GeokitError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except FileNotFoundError:
         raise GeokitError(f"config file not found: {path}") from None
     except OSError as exc:
         raise GeokitError(f"cannot read config file {path}: {exc.strerror}") from None
     try:
-        data = _yaml(text)
+        data = _yaml(text, str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f", line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise GeokitError(f"invalid YAML in {path}{where}: {problem}") from None
+        raise GeokitError(f"invalid YAML in {path}{where}: {_short(str(problem))}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise GeokitError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
     return data
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text):,} characters)"
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -152,11 +222,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise GeokitError(f"--set expects KEY=VALUE (e.g. train.lr=1e-4), got {item!r}")
+            raise GeokitError(f"--set expects KEY=VALUE (e.g. train.lr=1e-4), got {_short(repr(item))}")
         try:
-            value = _yaml(raw) if raw.strip() else None
+            value = _yaml(raw, f"--set {key}") if raw.strip() else None
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, float) and not math.isfinite(value):
+            raise GeokitError(f"--set {key}: {raw.strip()[:40]} is not a finite number")
         node = data
         parts = key.split(".")
         for i, part in enumerate(parts[:-1]):

@@ -2,9 +2,11 @@
 
 Bundled components (``geokit_plugins``, shipped in ``plugins/``) register through the same
 entry-point group as third-party packages. ``GEOKIT_DISABLE_PLUGIN_AUTOLOAD=1`` loads only the
-entry points of the ``geokit`` distribution itself. A plugin that fails to import, implements a
-hook that does not exist, or has a bad hook signature is reported with a warning naming its entry
-point and distribution, and the others still load.
+entry points of the ``geokit`` distribution itself; ``GEOKIT_DISABLE_PLUGINS=name1,name2`` (or
+``geokit --disable-plugin NAME``) leaves out single plugins by entry-point name, like pytest's
+``-p no:NAME``. A plugin that fails to import, implements a hook that does not exist, has a bad
+hook signature, or whose registration hook raises is reported with a warning naming its entry
+point and distribution, is listed as broken by ``geokit plugins``, and the others still load.
 """
 from __future__ import annotations
 
@@ -22,6 +24,13 @@ from geokit.registry import Registry
 
 GROUP = "geokit"
 DISABLE_ENV = "GEOKIT_DISABLE_PLUGIN_AUTOLOAD"
+DISABLE_NAMES_ENV = "GEOKIT_DISABLE_PLUGINS"
+
+
+def disabled_names() -> set[str]:
+    """Entry-point names listed in ``GEOKIT_DISABLE_PLUGINS`` (comma or space separated)."""
+    raw = os.environ.get(DISABLE_NAMES_ENV, "")
+    return {n.strip() for n in raw.replace(",", " ").split() if n.strip()}
 
 
 class PluginWarning(UserWarning):
@@ -42,23 +51,33 @@ class Manager:
 
     pm: pluggy.PluginManager
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
+    # plugins left out or partly failed: name -> (info, reason); `geokit plugins` lists them
+    broken: dict[str, tuple[PluginInfo, str]] = field(default_factory=dict)
+    disabled: dict[str, PluginInfo] = field(default_factory=dict)
     _registries: dict[str, Registry] = field(default_factory=dict)
+
+    def mark_broken(self, info: PluginInfo, reason: str) -> None:
+        """Record (and warn about) a plugin that could not do its part; the others carry on."""
+        warnings.warn(f"geokit plugin {_describe(info)} {reason}", PluginWarning, stacklevel=3)
+        old = self.broken.get(info.name)
+        self.broken[info.name] = (info, f"{old[1]}; {reason}" if old else reason)
+
+    def info(self, name: str) -> PluginInfo:
+        return self.plugins.get(name) or PluginInfo(name, name, None, False)
 
     def add_plugin(self, obj: Any, info: PluginInfo) -> bool:
         """Register ``obj``; on a bad hook, warn and leave it out. Returns whether it loaded."""
-        where = _describe(info)
         unknown = [n for n in dir(obj) if n.startswith("geokit_") and callable(getattr(obj, n, None))
                    and not hasattr(self.pm.hook, n)]
         if unknown:
             hooks = [n for n in hookspecs.REGISTRATION_HOOKS.values()] + ["geokit_register_commands"]
             details = ", ".join(f"'{n}'{closest(n, hooks)}" for n in unknown)
-            warnings.warn(f"geokit plugin {where} was not loaded: it implements unknown hook(s) "
-                          f"{details}.", PluginWarning, stacklevel=3)
+            self.mark_broken(info, f"was not loaded: it implements unknown hook(s) {details}.")
             return False
         try:
             self.pm.register(obj, name=info.name)
         except (pluggy.PluginValidationError, ValueError) as exc:
-            warnings.warn(f"geokit plugin {where} was not loaded: {exc}", PluginWarning, stacklevel=3)
+            self.mark_broken(info, f"was not loaded: {exc}")
             return False
         self.plugins[info.name] = info
         self._registries.clear()
@@ -76,16 +95,41 @@ class Manager:
             reg = Registry(kind)
             hook = getattr(self.pm.hook, hookspecs.REGISTRATION_HOOKS[kind])
             # Call each implementation on its own so every entry knows which plugin made it.
+            # A hook that raises loses only its own entries (it may have added some before failing).
             for impl in reversed(hook.get_hookimpls()):
                 info = self.plugins.get(impl.plugin_name)
                 reg._plugin = impl.plugin_name
                 reg._distribution = info.distribution if info else None
-                impl.function(registry=reg) if "registry" in impl.argnames else impl.function()
+                before = len(reg._pending)
+                try:
+                    impl.function(registry=reg) if "registry" in impl.argnames else impl.function()
+                except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the others down
+                    del reg._pending[before:]
+                    reg._entries = None
+                    self.mark_broken(self.info(impl.plugin_name),
+                                     f"failed in {hookspecs.REGISTRATION_HOOKS[kind]}: "
+                                     f"{type(exc).__name__}: {_first_line(exc)}; its {kind}s are left out")
             self._registries[kind] = reg
         return self._registries[kind]
 
     def register_commands(self, cli: Any) -> None:
-        self.pm.hook.geokit_register_commands(cli=cli)
+        """Let each plugin add commands; one that raises is reported and left out."""
+        for impl in reversed(self.pm.hook.geokit_register_commands.get_hookimpls()):
+            before = dict(getattr(cli, "commands", {}))
+            try:
+                impl.function(cli=cli)
+            except Exception as exc:  # noqa: BLE001 - `geokit --help` must keep working
+                if hasattr(cli, "commands"):  # drop what it half-registered
+                    cli.commands.clear()
+                    cli.commands.update(before)
+                self.mark_broken(self.info(impl.plugin_name),
+                                 f"failed in geokit_register_commands: {type(exc).__name__}: "
+                                 f"{_first_line(exc)}; its commands are left out")
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _describe(info: PluginInfo) -> str:
@@ -108,6 +152,7 @@ def load_manager(autoload: bool | None = None) -> Manager:
     pm.add_hookspecs(hookspecs)
     mgr = Manager(pm)
     seen: set[str] = set()
+    off = disabled_names()
     for ep in metadata.entry_points(group=GROUP):
         dist_name, version = _dist_of(ep)
         bundled = (dist_name or "").lower() == "geokit"
@@ -115,11 +160,13 @@ def load_manager(autoload: bool | None = None) -> Manager:
             continue
         seen.add(ep.name)
         info = PluginInfo(ep.name, ep.value, f"{dist_name} {version}" if dist_name else None, bundled)
+        if ep.name in off:
+            mgr.disabled[ep.name] = info
+            continue
         try:
             obj = ep.load()
         except Exception as exc:  # a broken plugin must not take the others down
-            warnings.warn(f"geokit plugin {_describe(info)} failed to import: "
-                          f"{type(exc).__name__}: {exc}", PluginWarning, stacklevel=2)
+            mgr.mark_broken(info, f"failed to import: {type(exc).__name__}: {_first_line(exc)}")
             continue
         mgr.add_plugin(obj, info)
     pm.check_pending()  # the per-plugin check above already left out unknown hooks; this is the net

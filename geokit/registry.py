@@ -5,6 +5,7 @@ components with :func:`create`. Lookup errors list what is available and the clo
 """
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,8 +143,36 @@ def format_validation_error(exc: ValidationError, prefix: str, model: type[BaseM
         elif err["type"] == "missing":
             lines.append(f"missing config key '{path}'")
         else:
-            lines.append(f"config key '{path}': {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"config key '{path}': {_short(err['msg'])} (got {short_repr(err.get('input'))})")
+        if len(lines) >= 20:  # a hostile or very wrong file: enough to start fixing it
+            lines.append(f"and {len(exc.errors()) - 20:,} more problems")
+            break
     return "; ".join(lines)
+
+
+def _short(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _plain(x: Any) -> Any:
+    """numpy scalars as plain Python numbers (``10.0``, not ``np.float64(10.0)``)."""
+    item = getattr(x, "item", None)
+    if callable(item) and type(x).__module__ == "numpy" and getattr(x, "ndim", 1) == 0:
+        return item()
+    return x
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple = 3, 6, 6, 6
+_REPR.maxset, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 6, 80, 80, 40
+_REPR.repr_float64 = lambda x, level: repr(float(x))  # type: ignore[attr-defined]
+_REPR.repr_int64 = lambda x, level: repr(int(x))  # type: ignore[attr-defined]
+
+
+def short_repr(value: Any) -> str:
+    """A bounded ``repr``: never more than a few hundred characters, however large (or however
+    aliased) ``value`` is; numpy scalars print as plain numbers."""
+    return _short(_REPR.repr(_plain(value)))
 
 
 def _model_at(model: type[BaseModel] | None, loc: tuple) -> type[BaseModel] | None:
@@ -173,4 +202,38 @@ def create(kind: str, name: str, options: Mapping[str, Any] | BaseModel | None =
     comp = get_registry(kind).get(name)
     if not isinstance(options, BaseModel):
         options = comp.parse_options(options or {}, prefix=kind)
-    return comp.factory(options, **kwargs)
+    try:
+        obj = comp.factory(options, **kwargs)
+    except GeokitError:
+        raise
+    except Exception as exc:  # a plugin's bug: one paragraph naming the plugin, not a traceback
+        text = (str(exc).strip().splitlines() or [""])[0]
+        raise GeokitError(f"{kind} '{name}' {_origin(comp)} failed to build: {type(exc).__name__}: "
+                          f"{_short(text)}. Report this to the plugin's authors, or disable the plugin "
+                          "(GEOKIT_DISABLE_PLUGINS).") from exc
+    problem = _wrong_kind(kind, obj)
+    if problem:
+        raise GeokitError(f"{kind} '{name}' {_origin(comp)} is broken: its factory returned "
+                          f"{type(obj).__name__}, {problem}")
+    return obj
+
+
+def origin(kind: str, name: str) -> str:
+    """"(plugin P, distribution D)" of a registered component, for messages."""
+    return _origin(get_registry(kind).get(name))
+
+
+def _origin(comp: Component) -> str:
+    dist = f", distribution {comp.distribution}" if comp.distribution else ""
+    return f"(plugin {comp.plugin}{dist})"
+
+
+def _wrong_kind(kind: str, obj: Any) -> str:
+    """Why ``obj`` is not a usable component of ``kind`` ('' when it is)."""
+    if kind in ("encoder", "loss"):
+        import torch
+
+        return "" if isinstance(obj, torch.nn.Module) else "not a torch.nn.Module"
+    need = {"sampler": ("batches",), "dataset": ("train_set", "eval_set")}.get(kind, ())
+    missing = [m for m in need if not callable(getattr(obj, m, None))]
+    return f"which has no method {', '.join(missing)}()" if missing else ""

@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 
 from geokit.data import TrainSet
+from geokit.errors import GeokitError
 
 LastBatch = Literal["drop", "keep"]
 
@@ -141,6 +142,44 @@ def pack_batches(order: Iterable[int], train: TrainSet, batch_size: int,
     for i in order:
         packer.add_or_wait(int(i))
     return packer.finish(last_batch)
+
+
+class CheckedSampler:
+    """A sampler whose batches are checked before training uses them: a plugin's bug (an index
+    out of range, a float or 2-D array, a pair twice in one batch) becomes an error naming the
+    plugin instead of a crash deep inside the data loader or a silently wrong loss."""
+
+    def __init__(self, sampler: object, label: str):
+        self._sampler, self._label = sampler, label
+
+    def __getattr__(self, name: str):  # state_dict, load_state_dict, options...
+        return getattr(self._sampler, name)
+
+    def batches(self, ctx: EpochContext) -> list[np.ndarray]:
+        out = self._sampler.batches(ctx)  # type: ignore[attr-defined]
+        n = len(ctx.train)
+        try:
+            out = list(out)
+        except TypeError:
+            raise GeokitError(f"{self._label} is broken: batches() returned {type(out).__name__}, "
+                              "not a list of index arrays") from None
+        checked = []
+        for k, b in enumerate(out):
+            arr = np.asarray(b)
+            why = ""
+            if arr.ndim != 1 or arr.size == 0:
+                why = f"has shape {arr.shape}, expected a non-empty 1-D array"
+            elif not np.issubdtype(arr.dtype, np.integer):
+                why = f"holds {arr.dtype} values, expected integer pair indices"
+            elif arr.min() < 0 or arr.max() >= n:
+                bad = int(arr.min()) if arr.min() < 0 else int(arr.max())
+                why = f"holds index {bad}, outside the {n:,} training pairs [0, {n - 1}]"
+            elif len(np.unique(arr)) != len(arr):
+                why = "holds the same pair twice"
+            if why:
+                raise GeokitError(f"{self._label} is broken: batch {k} of epoch {ctx.epoch} {why}")
+            checked.append(arr.astype(np.int64, copy=False))
+        return checked
 
 
 def rank_slice(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:

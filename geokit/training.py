@@ -36,12 +36,12 @@ from geokit.data import BadPair, PairList
 from geokit.errors import GeokitError
 from geokit.evaluation import format_table, run_protocol
 from geokit.model import Parts, build
-from geokit.registry import create
+from geokit.registry import create, origin
 from geokit.runtime import (
     TensorBoard, autocast, configure_threads, default_amp, default_channels_last, default_embed_amp,
     default_workers, keep_freed_memory, log, progress, setup_logging, versions,
 )
-from geokit.sampling import EpochContext, TrainEmbeddings, rank_slice
+from geokit.sampling import CheckedSampler, EpochContext, TrainEmbeddings, rank_slice
 
 STATE = "state.safetensors"
 WEIGHTS = "model.safetensors"
@@ -366,7 +366,8 @@ class _Engine:
         if tc.batch_size < world.world_size:
             raise GeokitError(f"train.batch_size={tc.batch_size} is smaller than the {world.world_size} "
                               "ranks: every rank needs at least one pair per batch")
-        self.sampler = create("sampler", config.names["sampler"], config.sampler)
+        self.sampler = CheckedSampler(create("sampler", config.names["sampler"], config.sampler),
+                                      f"sampler '{config.names['sampler']}' {origin('sampler', config.names['sampler'])}")
         encoder, loss_fn = parts.encoder.to(device), parts.loss.to(device)
         if channels_last:
             encoder.to(memory_format=torch.channels_last)

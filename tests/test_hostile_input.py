@@ -1,0 +1,216 @@
+"""Hostile files, faulty folders and broken plugins (issue 13): each class of the audit gives a
+clear one-paragraph error or the right result, never a traceback, unbounded memory or a silently
+wrong result. Tiny data only; every test here failed before its fix."""
+from __future__ import annotations
+
+import resource
+import types
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+import geokit
+from geokit import config
+from geokit import plugins as gp
+from geokit.cli import cli
+from geokit.errors import GeokitError
+from geokit.testing import tiny_config
+
+
+def write(tmp_path, data, name="run.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def _max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --------------------------------------------------------------- 1. bounded config reading
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+    for p, c in zip("abcdefgh", "bcdefghi"))
+
+
+def test_yaml_alias_bomb_is_refused_without_expanding(tmp_path, pairs_root):
+    data = tiny_config(pairs_root)
+    text = yaml.safe_dump(data) + BOMB.replace("i: &i", "bomb: &i")
+    assert len(BOMB) < 600  # 9**9 ≈ 387 million strings when expanded
+    before = _max_rss_mb()
+    with pytest.raises(GeokitError, match="alias bomb") as err:
+        config.load(write(tmp_path, text))
+    assert len(str(err.value)) < 500 and _max_rss_mb() - before < 200
+    # the same through --set, into a typed key
+    with pytest.raises(GeokitError, match="alias bomb"):
+        config.apply_overrides({}, ["train.epochs=" + "{" + BOMB.replace("\n", ", ") + "}"])
+
+
+def test_yaml_nesting_and_recursion_are_bounded(tmp_path):
+    with pytest.raises(GeokitError, match=r"line 1 .*nesting deeper than 64"):
+        config.read_yaml(write(tmp_path, "a: " + "[" * 5000 + "]" * 5000))
+    with pytest.raises(GeokitError, match="refers to the value that contains it"):
+        config.read_yaml(write(tmp_path, "a: &a [1, *a]\n"))
+    (tmp_path / "bin.yaml").write_bytes(b"seed: \xff\xfe\n")
+    with pytest.raises(GeokitError, match="not UTF-8"):
+        config.read_yaml(tmp_path / "bin.yaml")
+
+
+def test_validation_errors_never_print_huge_inputs(tmp_path, pairs_root):
+    data = tiny_config(pairs_root)
+    data["train"]["epochs"] = [list(range(300))] * 300  # 90,000 values in a typed key
+    with pytest.raises(GeokitError, match="train.epochs") as err:
+        config.load(write(tmp_path, data))
+    assert len(str(err.value)) < 600
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.lr=.inf", "not a finite number"),
+    ("train.lr=.nan", "not a finite number"),
+    ("seed=-1", "config key 'seed'"),
+    ("seed=100000000000000000000000", "config key 'seed'"),
+    ("train.device=banana", "config key 'train.device'"),
+])
+def test_out_of_range_numbers_and_devices_are_config_errors(tmp_path, pairs_root, override, expected):
+    with pytest.raises(GeokitError, match=expected) as err:
+        config.load(write(tmp_path, tiny_config(pairs_root)), [override])
+    assert len(str(err.value)) < 400
+
+
+def test_messages_print_plain_numbers():
+    from geokit.registry import short_repr
+
+    assert short_repr(np.float64(10.0)) == "10.0"
+    assert short_repr((np.float64(1.5), np.int64(3))) == "(1.5, 3)"
+    assert len(short_repr("x" * 10**6)) < 200
+
+
+def test_user_errors_exit_with_status_2(tmp_path):
+    res = CliRunner().invoke(cli, ["config", "show", "--config", str(write(tmp_path, "a: [\n"))])
+    assert res.exit_code == 2 and "invalid YAML" in res.output and "Traceback" not in res.output
+
+
+# --------------------------------------------------------------- 7. broken plugins
+
+class _Dist:
+    def __init__(self, name):
+        self.metadata, self.version = {"Name": name}, "0.1"
+
+
+class _EP:
+    group = "geokit"
+
+    def __init__(self, name, obj):
+        self.name, self.value, self.dist, self._obj = name, f"evil_pkg.{name}", _Dist("evil-pkg"), obj
+
+    def load(self):
+        return self._obj
+
+
+def _plugin(name, **hooks):
+    mod = types.ModuleType(name)
+    for hook, fn in hooks.items():
+        setattr(mod, hook, geokit.hookimpl(fn))
+    return mod
+
+
+@pytest.fixture
+def install(monkeypatch, fresh_plugins):
+    real = gp.metadata.entry_points
+
+    def go(*eps):
+        monkeypatch.setattr(gp.metadata, "entry_points", lambda group: [
+            *real(group=group), *(eps if group == gp.GROUP else ())])
+        gp.reset_manager()
+    return go
+
+
+def _boom(**_):
+    raise RuntimeError("kaboom")
+
+
+def test_a_raising_command_hook_does_not_take_the_cli_down(install):
+    from geokit.cli import main
+
+    install(_EP("badcmd", _plugin("badcmd", geokit_register_commands=_boom)))
+    with pytest.warns(gp.PluginWarning, match="'badcmd = evil_pkg.badcmd' from distribution 'evil-pkg 0.1' "
+                                              "failed in geokit_register_commands: RuntimeError: kaboom"):
+        with pytest.raises(SystemExit) as ex:
+            main(["--help"])
+    assert ex.value.code == 0
+    res = CliRunner().invoke(cli, ["plugins"])
+    assert res.exit_code == 0 and "convnext" in res.output
+    assert "badcmd (evil_pkg.badcmd from evil-pkg 0.1): BROKEN" in res.output
+
+
+def test_a_raising_registration_hook_loses_only_its_own_entries(install):
+    def half(registry):
+        registry.add("half", lambda o: None)
+        raise ValueError("oops")
+
+    install(_EP("halfreg", _plugin("halfreg", geokit_register_samplers=half)))
+    with pytest.warns(gp.PluginWarning, match="halfreg.*geokit_register_samplers: ValueError: oops"):
+        names = geokit.registry.get_registry("sampler").names()
+    assert "random" in names and "half" not in names
+    res = CliRunner().invoke(cli, ["plugins", "--json"])
+    assert res.exit_code == 0 and '"status": "broken"' in res.output
+
+
+def test_factories_that_raise_or_return_the_wrong_kind_name_their_plugin(install):
+    def reg_losses(registry):
+        registry.add("crash", lambda o: 1 / 0)
+        registry.add("notmodule", lambda o: "a string")
+
+    def reg_samplers(registry):
+        registry.add("nobatches", lambda o: object())
+
+    install(_EP("wrongkind", _plugin("wrongkind", geokit_register_losses=reg_losses,
+                                     geokit_register_samplers=reg_samplers)))
+    from geokit.registry import create
+
+    with pytest.raises(GeokitError, match=r"loss 'crash' \(plugin wrongkind, distribution evil-pkg 0.1\) "
+                                          r"failed to build: ZeroDivisionError"):
+        create("loss", "crash")
+    with pytest.raises(GeokitError, match=r"loss 'notmodule' \(plugin wrongkind.*returned str, not a torch.nn.Module"):
+        create("loss", "notmodule")
+    with pytest.raises(GeokitError, match=r"sampler 'nobatches' .*no method batches\(\)"):
+        create("sampler", "nobatches")
+
+
+@pytest.mark.parametrize("batches, expected", [
+    ([np.array([0, 1, 99])], "index 99, outside the 8 training pairs"),
+    ([np.array([0, -1])], "index -1"),
+    ([np.array([0.0, 1.0])], "float64 values"),
+    ([np.array([[0, 1]])], "shape"),
+    ([np.array([2, 2])], "same pair twice"),
+])
+def test_sampler_returning_invalid_indices_names_itself(batches, expected):
+    from geokit.sampling import CheckedSampler, EpochContext
+    from geokit.testing import synthetic_train_set
+
+    class Bad:
+        def batches(self, ctx):
+            return batches
+
+    ctx = EpochContext(epoch=1, epochs=1, batch_size=2, seed=0, train=synthetic_train_set(8))
+    with pytest.raises(GeokitError, match=f"sampler 'bad' \\(plugin x\\) is broken: batch 0 of epoch 1 .*{expected}"):
+        CheckedSampler(Bad(), "sampler 'bad' (plugin x)").batches(ctx)
+
+
+def test_a_plugin_can_be_disabled_by_name(install, monkeypatch):
+    from geokit.cli import main
+
+    install(_EP("badcmd", _plugin("badcmd", geokit_register_commands=_boom)))
+    monkeypatch.delenv(gp.DISABLE_NAMES_ENV, raising=False)
+    with pytest.raises(SystemExit):
+        main(["--disable-plugin", "badcmd", "--disable-plugin=cvusa", "plugins"])
+    import os
+
+    assert set(os.environ[gp.DISABLE_NAMES_ENV].split(",")) == {"badcmd", "cvusa"}
+    mgr = gp.get_manager()
+    assert "badcmd" not in mgr.broken and {"badcmd", "cvusa"} <= set(mgr.disabled)
+    assert "cvusa" not in geokit.registry.get_registry("dataset")
+    assert "pairs" in geokit.registry.get_registry("dataset")
