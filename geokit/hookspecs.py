@@ -58,6 +58,15 @@ def geokit_register_encoders(registry: Registry) -> None:
     geokit builds the encoder with ``pretrained=False`` and ``weights=None``, so nothing is
     downloaded or read for weights that are then replaced.
 
+    Initial weights may hold tensors that belong to the loss (Sample4Geo's released checkpoints
+    keep the temperature ``logit_scale`` beside the network). An encoder that finds some exposes
+    them as ``loss_state: dict[str, Tensor]``; :func:`geokit.model.build` loads each one into the
+    built loss where the loss's ``state_dict()`` has the same key and shape (and logs it), and
+    warns in one line about the keys it cannot place. To read such files, use
+    ``geokit.checkpoint.read_foreign_weights(path)``: it refuses pickles that would run code,
+    removes the ``module.``/``model.``/``encoder.`` wrappers and returns the network's state dict
+    (``.model``) and the tensors beside it (``.extra``, what ``loss_state`` should hold).
+
     Example::
 
         @geokit.hookimpl

@@ -1,6 +1,7 @@
 """Build the components of a run from its config, and move weights in and out of checkpoints."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ from geokit.config import Config
 from geokit.data import CrossViewDataset, Normalisation
 from geokit.errors import GeokitError
 from geokit.registry import create
+
+log = logging.getLogger("geokit")
 
 FORMAT = 1
 # Encoder options that only choose *initial* weights. When a checkpoint's weights replace them,
@@ -99,4 +102,29 @@ def build(config: Config, *, dataset: CrossViewDataset | None = None, for_checkp
         if not hasattr(encoder, attr):
             raise GeokitError(f"encoder '{config.names['encoder']}' has no '{attr}' attribute "
                               "(see geokit_register_encoders)")
+    if getattr(encoder, "loss_state", None):
+        hand_over_loss_state(encoder.loss_state, loss, config.names["loss"])
     return Parts(config, dataset, encoder, loss)
+
+
+def hand_over_loss_state(state: dict[str, Any], loss: Any, loss_name: str) -> list[str]:
+    """Load the tensors an encoder found for the loss in its initial weights (``loss_state``,
+    e.g. Sample4Geo's ``logit_scale``) into ``loss`` where its state dict has the same key and
+    shape; log what was placed, warn in one line about the rest. Returns the placed keys."""
+    import torch
+
+    own = loss.state_dict()
+    placed = sorted(k for k, v in state.items()
+                    if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(own[k].shape))
+    with torch.no_grad():
+        for k in placed:
+            own[k].copy_(state[k])
+    if placed:
+        shown = ", ".join(f"{k}={state[k].item():.4g}" if state[k].numel() == 1 else k for k in placed)
+        log.info("loss '%s': %s from the encoder's initial weights", loss_name, shown)
+    rest = sorted(set(state) - set(placed))
+    if rest:
+        log.warning("the encoder's initial weights hold tensors for the loss that loss '%s' has no "
+                    "place for (other name or shape), ignored: %s", loss_name,
+                    ", ".join(rest[:6]) + (f" (+{len(rest) - 6} more)" if len(rest) > 6 else ""))
+    return placed

@@ -24,29 +24,6 @@ class ConvNextOptions(BaseModel):
     grad_checkpointing: bool = Field(False, description="trade compute for memory")
 
 
-def _read_state(path: Path) -> dict[str, Any]:
-    import torch
-
-    if not path.is_file():
-        raise GeokitError(f"encoder.weights: file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(path))
-        else:  # weights_only: a pickle that tries to run code is refused
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise GeokitError(f"encoder.weights: cannot read {path}: {exc}") from None
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    # geokit checkpoints and DataParallel/DDP saves carry a prefix.
-    for prefix in ("encoder.model.", "encoder.", "module.", "model."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
 def build_convnext(options: ConvNextOptions) -> Any:
     """timm backbone with pooled embeddings (ConvNeXt-Base by default), shared by both views."""
     import os
@@ -54,7 +31,7 @@ def build_convnext(options: ConvNextOptions) -> Any:
     import timm
     import torch
 
-    from geokit.checkpoint import load_module_strict
+    from geokit.checkpoint import load_module_strict, read_foreign_weights
 
     class TimmEncoder(torch.nn.Module):
         def __init__(self) -> None:
@@ -75,10 +52,14 @@ def build_convnext(options: ConvNextOptions) -> Any:
                     f"({type(exc).__name__}{', HF_HUB_OFFLINE=1' if offline else ''}). Set "
                     "encoder.pretrained=false to start from scratch, or encoder.weights=PATH "
                     "for a local file.") from None
+            # Tensors of the initial weights file that belong to the loss (Sample4Geo's
+            # logit_scale): geokit.model.build hands them to the loss.
+            self.loss_state: dict[str, torch.Tensor] = {}
             if options.weights:
-                state = _read_state(Path(options.weights))
-                state = {k: v for k, v in state.items() if not k.startswith("head.fc.")}
-                load_module_strict(self.model, state, str(options.weights))
+                found = read_foreign_weights(options.weights, what="encoder.weights")
+                state = {k: v for k, v in found.model.items() if not k.startswith("head.fc.")}
+                load_module_strict(self.model, state, f"{options.weights} ({found.layout})")
+                self.loss_state = found.extra
             if options.grad_checkpointing:
                 self.model.set_grad_checkpointing(True)
             cfg = timm.data.resolve_model_data_config(self.model)
