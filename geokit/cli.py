@@ -175,6 +175,7 @@ def evaluate_cmd(config_path: str, overrides: tuple[str, ...], checkpoint: str |
 COMMAND_MODULES: tuple[str, ...] = (
     "geokit.cli_datasets:datasets",
     "geokit.cli_index:index", "geokit.cli_index:locate",
+    "geokit.cli_weights:import_weights",
 )
 
 
