@@ -261,3 +261,18 @@ def test_keys_that_do_not_fit_are_listed(tmp_path, pairs_root, timm_state):
     cfg = _config(pairs_root, model="convnext_femto")
     with pytest.raises(GeokitError, match="keys with another shape.*w2.pth|w2.pth.*another shape"):
         import_weights_file(src, cfg, tmp_path / "out.safetensors")
+
+
+def test_import_refuses_an_encoder_with_parts_the_file_lacks_and_fills_both_branches(tmp_path, pairs_root, released,
+                                                                                      timm_state):
+    from geokit.cli_weights import import_weights_file
+
+    with pytest.raises(GeokitError, match="1 encoder tensors would not come unchanged.*pool.p"):
+        import_weights_file(released, _config(pairs_root, pool="gem"), tmp_path / "gem.safetensors")
+    assert not (tmp_path / "gem.safetensors").exists()
+    out = tmp_path / "two.safetensors"
+    import_weights_file(released, _config(pairs_root, shared=False), out)
+    tensors = load_file(out)
+    for view in ("query", "reference"):
+        assert all(torch.equal(tensors[f"encoder.{view}.model.{k}"], v) for k, v in timm_state.items())
+    assert read_record(out)["encoder"]["shared"] is False
