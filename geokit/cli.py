@@ -16,9 +16,6 @@ SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                    help="Override a config key, e.g. --set train.lr=5e-4 (repeatable).")
 
 
-PLURAL = {"encoder": "encoders", "loss": "losses", "sampler": "samplers", "dataset": "datasets"}
-
-
 # Exit statuses (README, "Exit status"): 0 done; 1 `datasets verify` found errors; 2 a problem
 # the user can fix (config, data, files, plugins; click's usage errors too); 130 training
 # stopped by a signal after saving its state (re-run to resume).
@@ -70,7 +67,7 @@ def cli(disabled: tuple[str, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def plugins_cmd(as_json: bool) -> None:
     """List every registered component: kind, name, plugin and distribution."""
-    from geokit.hookspecs import KINDS
+    from geokit.hookspecs import ALL_KINDS as KINDS
     from geokit.registry import get_registry
 
     from geokit.plugins import get_manager

@@ -1,7 +1,8 @@
 """Run configuration: a YAML file, ``--set KEY=VALUE`` overrides, pydantic validation.
 
-Top-level keys: ``seed``, ``encoder``, ``loss``, ``sampler``, ``dataset``, ``train``, ``eval``.
-Each component section holds ``name`` plus that component's options, validated by the model the
+Top-level keys: ``seed``, ``encoder``, ``loss``, ``sampler``, ``dataset``, ``train``, ``eval``,
+and the optional lists ``transforms``, ``metrics`` and ``rerankers``. Each component section
+(and each list item) holds ``name`` plus that component's options, validated by the model the
 component registered. Unknown keys and bad values are errors naming the full dotted key path.
 The resolved config (every default filled in) is what runs write to ``config.yaml`` and into
 checkpoint records.
@@ -18,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from geokit.errors import GeokitError
-from geokit.hookspecs import KINDS
+from geokit.hookspecs import KINDS, LIST_KINDS
 from geokit.registry import format_validation_error, get_registry
 
 
@@ -155,6 +156,9 @@ class _RawConfig(_Strict):
     dataset: _Section
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    transforms: list[_Section] = []
+    metrics: list[_Section] | None = None
+    rerankers: list[_Section] = []
 
 
 class Config(BaseModel):
@@ -169,14 +173,28 @@ class Config(BaseModel):
     train: TrainConfig
     eval: EvalConfig
     names: dict[str, str]  # kind -> component name
+    # List kinds (``transforms``, ``metrics``, ``rerankers``): (name, options) in config order.
+    # ``metrics`` None: every registered metric that applies to the protocol.
+    transforms: list[tuple[str, BaseModel]] = []
+    metrics: list[tuple[str, BaseModel]] | None = None
+    rerankers: list[tuple[str, BaseModel]] = []
+
+    def listed(self, kind: str) -> list[tuple[str, BaseModel]] | None:
+        """The configured components of list kind ``kind`` ('transform', 'metric', 'reranker')."""
+        return getattr(self, LIST_KINDS[kind])
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data, as written to config.yaml (paths as strings)."""
+        """Plain data, as written to config.yaml (paths as strings). List kinds appear only
+        when set, so configs (and run folders) from before they existed compare equal."""
         out: dict[str, Any] = {"seed": self.seed}
         for kind in KINDS:
             out[kind] = {"name": self.names[kind], **getattr(self, kind).model_dump(mode="json")}
         out["train"] = self.train.model_dump(mode="json")
         out["eval"] = self.eval.model_dump(mode="json")
+        for kind, key in LIST_KINDS.items():
+            items = self.listed(kind)
+            if items:
+                out[key] = [{"name": n, **o.model_dump(mode="json")} for n, o in items]
         return out
 
     def to_yaml(self) -> str:
@@ -251,6 +269,12 @@ def resolve(data: dict[str, Any], *, source: str = "config") -> Config:
         sec = data.get(kind)
         if isinstance(sec, str):  # "loss: infonce" shorthand
             data = {**data, kind: {"name": sec}}
+    for key in LIST_KINDS.values():
+        items = data.get(key)
+        if isinstance(items, (str, dict)):  # one item without the list
+            items = [items]
+        if isinstance(items, list):  # "transforms: [limited_fov]" shorthand
+            data = {**data, key: [{"name": x} if isinstance(x, str) else x for x in items]}
     try:
         raw = _RawConfig.model_validate(data)
     except ValidationError as exc:
@@ -266,7 +290,21 @@ def resolve(data: dict[str, Any], *, source: str = "config") -> Config:
         except GeokitError as exc:
             raise GeokitError(f"{source}: {exc} [{kind} '{comp.name}' from plugin {comp.plugin}]") from None
         names[kind] = comp.name
-    return Config(seed=raw.seed, train=raw.train, eval=raw.eval, names=names, **parts)
+    lists: dict[str, Any] = {}
+    for kind, key in LIST_KINDS.items():
+        sections = getattr(raw, key)
+        if sections is None:
+            lists[key] = None
+            continue
+        items = []
+        for i, section in enumerate(sections):
+            comp = get_registry(kind).get(section.name)
+            try:
+                items.append((comp.name, comp.parse_options(dict(section.model_extra or {}), prefix=f"{key}.{i}")))
+            except GeokitError as exc:
+                raise GeokitError(f"{source}: {exc} [{kind} '{comp.name}' from plugin {comp.plugin}]") from None
+        lists[key] = items
+    return Config(seed=raw.seed, train=raw.train, eval=raw.eval, names=names, **parts, **lists)
 
 
 def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

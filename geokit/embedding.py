@@ -15,13 +15,18 @@ from geokit.runtime import autocast, progress
 
 def embed_paths(encoder: Any, dataset: CrossViewDataset, paths: Sequence[str], size: Size,
                 norm: Normalisation, *, batch_size: int = 128, device: Any = None, amp: bool = False,
-                workers: int = 0, desc: str = "embed", show: bool | None = None) -> np.ndarray:
-    """Embed ``paths`` (resized to ``size``) with ``encoder``; returns ``(N, D)`` float32, unit rows."""
+                workers: int = 0, desc: str = "embed", show: bool | None = None, view: str = "query",
+                transforms: Sequence[Any] = (), seed: int = 0) -> np.ndarray:
+    """Embed ``paths`` (resized to ``size``, then ``transforms`` in evaluation mode) with
+    ``encoder`` as ``view``; returns ``(N, D)`` float32, unit rows."""
     import torch
     from torch.utils.data import DataLoader
 
+    from geokit.model import encode
+
     device = device or next(encoder.parameters()).device
-    loader = DataLoader(ImageList(dataset, paths, size, norm), batch_size=batch_size, shuffle=False,
+    images = ImageList(dataset, paths, size, norm, view=view, transforms=transforms, seed=seed)
+    loader = DataLoader(images, batch_size=batch_size, shuffle=False,
                         num_workers=workers, pin_memory=device.type == "cuda")
     was_training = encoder.training
     encoder.eval()
@@ -29,8 +34,8 @@ def embed_paths(encoder: Any, dataset: CrossViewDataset, paths: Sequence[str], s
     pos = 0
     try:
         with torch.inference_mode(), autocast(device, amp):
-            for images in progress(loader, total=len(loader), desc=desc, enabled=show):
-                emb = encoder(images.to(device, non_blocking=True)).float()
+            for batch in progress(loader, total=len(loader), desc=desc, enabled=show):
+                emb = encode(encoder, batch.to(device, non_blocking=True), view).float()
                 emb = torch.nn.functional.normalize(emb, dim=1)
                 out[pos:pos + len(emb)] = emb.cpu().numpy()
                 pos += len(emb)

@@ -10,24 +10,104 @@ import numpy as np
 from geokit.config import Config
 from geokit.data import EvalSet
 from geokit.embedding import embed_paths
+from geokit.errors import GeokitError
 from geokit.metrics import retrieval_metrics
 from geokit.model import Parts, build
 from geokit.runtime import configure_threads, default_workers, log, seed_everything, select_device
 
 METRIC_ORDER = ("R@1", "R@5", "R@10", "R@1%", "hit_rate", "hit_rate_strict", "AP")
+"""Core metrics first, in this order; component metrics follow in the order they were computed."""
 
 
 @dataclass
 class EvalResult:
     metrics: dict[str, float]
     eval_set: EvalSet
-    query: np.ndarray  # (Q, D) unit rows
-    reference: np.ndarray  # (R, D) unit rows
+    query: np.ndarray  # (Q, D) unit rows (after re-ranking)
+    reference: np.ndarray  # (R, D) unit rows (after re-ranking)
+
+
+@dataclass
+class Retrieval:
+    """What a metric component's ``compute`` receives (see ``geokit_register_metrics``).
+
+    :ivar topk, topk_scores: ``(Q, k)`` best references of every query and their scores, best
+        first, from the exact search (ties by lower index); ``k`` is the largest ``k`` any
+        configured metric asks for (its attribute ``k``, default 1).
+    """
+
+    eval_set: EvalSet
+    query: np.ndarray
+    reference: np.ndarray
+    topk: np.ndarray
+    topk_scores: np.ndarray
+
+
+def build_listed(config: Config, kind: str, context: Any = None) -> list[Any]:
+    """Build the configured components of list kind ``kind`` ('metric', 'reranker'); for metrics
+    without a ``metrics`` list, every registered metric whose options all have defaults."""
+    from geokit.model import build_component
+    from geokit.registry import get_registry
+
+    items = config.listed(kind)
+    if items is None:  # metrics: every registered one that can be built without options
+        items = []
+        for comp in get_registry(kind):
+            try:
+                items.append((comp.name, comp.parse_options({})))
+            except Exception:  # noqa: BLE001 (a metric with required options is opt-in)
+                continue
+    return [build_component(kind, name, opts, context) for name, opts in items]
+
+
+def apply_rerankers(rerankers: list[Any], query: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Run re-rankers in order; the results are L2-normalised float32 again."""
+    for rr in rerankers:
+        query, reference = rr(query, reference)
+        query, reference = _unit(query), _unit(reference)
+    return query, reference
+
+
+def _unit(x: Any) -> np.ndarray:
+    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def protocol_metrics(es: EvalSet, query: np.ndarray, reference: np.ndarray, *, metrics: list[Any] = (),
+                     chunk_size: int | None = None, bf16_screen: bool | None = None) -> dict[str, float]:
+    """The core retrieval metrics of ``es`` plus those of the metric components that apply."""
+    from geokit.retrieval import search
+
+    out = retrieval_metrics(query, reference, es.positives(), semi_positives=es.semi_positives,
+                            chunk_size=chunk_size, ap=es.multi_positive, bf16_screen=bf16_screen)
+    active = [m for m in metrics if getattr(m, "applies", lambda _es: True)(es)]
+    if active and len(query) and len(reference):
+        k = max(int(getattr(m, "k", 1)) for m in active)
+        scores, idx = search(query, reference, k, chunk_size=chunk_size)
+        result = Retrieval(es, query, reference, idx, scores)
+        for m in active:
+            extra = m.compute(result)
+            clash = sorted(set(extra) & set(out))
+            if clash:
+                raise GeokitError(f"metric {type(m).__name__} returned keys that already exist: {clash}")
+            out.update({key: float(v) for key, v in extra.items()})
+    return out
+
+
+def embed_view(parts: Parts, es: EvalSet, view: str, **kw: Any) -> np.ndarray:
+    """Embed the query or reference side of ``es`` (transforms in evaluation mode, per-view
+    normalisation and branch)."""
+    ds = parts.dataset
+    paths = es.query_paths if view == "query" else es.reference_paths
+    size = ds.query_size if view == "query" else ds.reference_size
+    name = ds.query_view if view == "query" else ds.reference_view
+    return embed_paths(parts.encoder, ds, paths, size, parts.norm_for(view), desc=f"{es.name} {name}",
+                       view=view, transforms=parts.transforms, seed=parts.config.seed, **kw)
 
 
 def run_protocol(parts: Parts, split: str | None = None, *, device: Any = None,
                  show: bool | None = None) -> EvalResult:
-    """Evaluate the built ``parts`` on ``split`` of their dataset."""
+    """Evaluate the built ``parts`` on ``split`` of their dataset: embed, re-rank, metrics."""
     cfg = parts.config
     device = device or select_device(cfg.train.device)
     ds = parts.dataset
@@ -36,13 +116,11 @@ def run_protocol(parts: Parts, split: str | None = None, *, device: Any = None,
     workers = cfg.train.workers if cfg.train.workers is not None else default_workers(device)
     parts.encoder.to(device)
     common = dict(batch_size=cfg.eval.batch_size, device=device, amp=amp, workers=workers, show=show)
-    q = embed_paths(parts.encoder, ds, es.query_paths, ds.query_size, parts.norm,
-                    desc=f"{es.name} {ds.query_view}", **common)
-    r = embed_paths(parts.encoder, ds, es.reference_paths, ds.reference_size, parts.norm,
-                    desc=f"{es.name} {ds.reference_view}", **common)
-    metrics = retrieval_metrics(q, r, es.positives(), semi_positives=es.semi_positives,
-                                chunk_size=cfg.eval.chunk_size, ap=es.multi_positive,
-                                bf16_screen=cfg.eval.bf16_screen)
+    q = embed_view(parts, es, "query", **common)
+    r = embed_view(parts, es, "reference", **common)
+    q, r = apply_rerankers(build_listed(cfg, "reranker", parts.context), q, r)
+    metrics = protocol_metrics(es, q, r, metrics=build_listed(cfg, "metric", parts.context),
+                               chunk_size=cfg.eval.chunk_size, bf16_screen=cfg.eval.bf16_screen)
     return EvalResult(metrics, es, q, r)
 
 
@@ -61,30 +139,90 @@ def evaluate(config: Config, checkpoint: str | Path | None = None, *,
     return result
 
 
-def write_embeddings(path: str | Path, result: EvalResult) -> None:
-    """The ``--save-embeddings`` file (ARCHITECTURE.md contract)."""
+def _i64(x: Any) -> Any:
     import torch
+
+    return torch.from_numpy(np.array(x, dtype=np.int64))  # a copy: never shares memory
+
+
+def write_embeddings(path: str | Path, result: EvalResult) -> None:
+    """The ``--save-embeddings`` file (ARCHITECTURE.md contract): everything
+    :func:`metrics_from_embeddings` needs to reproduce the protocol's metrics."""
+    import torch
+    from safetensors.torch import save_file
 
     from geokit.checkpoint import atomic_write
 
     es = result.eval_set
     tensors = {
-        "query": torch.from_numpy(np.ascontiguousarray(result.query, dtype=np.float32)),
-        "reference": torch.from_numpy(np.ascontiguousarray(result.reference, dtype=np.float32)),
-        "query_labels": torch.from_numpy(np.ascontiguousarray(es.query_labels, dtype=np.int64)),
-        "reference_labels": torch.from_numpy(np.ascontiguousarray(es.reference_labels, dtype=np.int64)),
+        "query": torch.from_numpy(np.array(result.query, dtype=np.float32)),
+        "reference": torch.from_numpy(np.array(result.reference, dtype=np.float32)),
+        "query_labels": _i64(es.query_labels),
+        "reference_labels": _i64(es.reference_labels),
     }
     if es.semi_positives is not None:
-        tensors["semi_positives"] = torch.from_numpy(np.ascontiguousarray(es.semi_positives, dtype=np.int64))
-    from safetensors.torch import save_file
+        tensors["semi_positives"] = _i64(es.semi_positives)
+    if es.matches is not None:
+        tensors["match_query"] = _i64(es.matches.query)
+        tensors["match_reference"] = _i64(es.matches.reference)
+        if es.matches.weight is not None:
+            tensors["match_weight"] = torch.from_numpy(np.array(es.matches.weight, dtype=np.float64))
+    for key in ("query_gps", "reference_gps"):
+        if getattr(es, key) is not None:
+            tensors[key] = torch.from_numpy(np.array(getattr(es, key), dtype=np.float64))
+    meta = {"format": "geokit-embeddings/2", "split": es.name, "multi_positive": str(bool(es.multi_positive)).lower()}
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
 
-    atomic_write(path, lambda p: save_file(tensors, str(p)))
+
+def read_embeddings(path: str | Path) -> tuple[EvalSet, np.ndarray, np.ndarray]:
+    """The protocol and embeddings of a ``--save-embeddings`` file (image paths are not stored)."""
+    from safetensors import safe_open
+
+    from geokit.data import MatchTable
+
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = fh.metadata() or {}
+            t = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # noqa: BLE001 (any unreadable file is one error)
+        raise GeokitError(f"cannot read embeddings file {path}: {exc}") from None
+    missing = [k for k in ("query", "reference", "query_labels", "reference_labels") if k not in t]
+    if missing:
+        raise GeokitError(f"{path} is not a geokit embeddings file (missing {', '.join(missing)})")
+    matches = None
+    if "match_query" in t:
+        matches = MatchTable(t["match_query"], t["match_reference"], t.get("match_weight"))
+    nq, nr = len(t["query"]), len(t["reference"])
+    es = EvalSet([f"query {i}" for i in range(nq)], [f"reference {j}" for j in range(nr)],
+                 t["query_labels"], t["reference_labels"], semi_positives=t.get("semi_positives"),
+                 multi_positive=meta.get("multi_positive") == "true", query_gps=t.get("query_gps"),
+                 reference_gps=t.get("reference_gps"), name=meta.get("split", "test"), matches=matches)
+    return es, t["query"], t["reference"]
+
+
+def metrics_from_embeddings(path: str | Path, *, metrics: list[Any] | None = None) -> dict[str, float]:
+    """Recompute a ``--save-embeddings`` file's metrics: the core ones, and those of ``metrics``
+    (default: every registered metric component that applies, with default options)."""
+    from geokit.registry import get_registry
+
+    es, q, r = read_embeddings(path)
+    if metrics is None:
+        metrics = []
+        for comp in get_registry("metric"):
+            try:
+                metrics.append(comp.factory(comp.parse_options({})))
+            except Exception:  # noqa: BLE001 (metrics with required options are opt-in)
+                continue
+    return protocol_metrics(es, q, r, metrics=metrics)
 
 
 def format_table(metrics: dict[str, float], title: str = "") -> str:
     """A small aligned table of the metrics that are present."""
-    keys = [k for k in METRIC_ORDER if k in metrics]
-    head = "  ".join(f"{k:>9}" for k in keys)
-    vals = "  ".join(f"{metrics[k]:9.2f}" for k in keys)
+    extra = [k for k, v in metrics.items()
+             if k not in METRIC_ORDER and k not in ("queries", "references") and isinstance(v, (int, float))]
+    keys = [k for k in METRIC_ORDER if k in metrics] + extra
+    width = max([9, *(len(k) for k in keys)])
+    head = "  ".join(f"{k:>{width}}" for k in keys)
+    vals = "  ".join(f"{metrics[k]:{width}.2f}" for k in keys)
     counts = f"{int(metrics.get('queries', 0))} queries x {int(metrics.get('references', 0))} references"
     return "\n".join(x for x in (title, head, vals, counts) if x)

@@ -90,7 +90,7 @@ class Manager:
 
     def registry(self, kind: str) -> Registry:
         if kind not in hookspecs.REGISTRATION_HOOKS:
-            raise ValueError(f"unknown component kind {kind!r}; kinds: {', '.join(hookspecs.KINDS)}")
+            raise ValueError(f"unknown component kind {kind!r}; kinds: {', '.join(hookspecs.ALL_KINDS)}")
         if kind not in self._registries:
             reg = Registry(kind)
             hook = getattr(self.pm.hook, hookspecs.REGISTRATION_HOOKS[kind])

@@ -50,6 +50,27 @@ class EpochContext:
         return np.random.default_rng([self.seed, self.epoch, *extra])
 
 
+@dataclass
+class StepContext(EpochContext):
+    """What a step-level sampler's ``next_batch`` receives before each step.
+
+    :ivar step: optimisation steps done so far in the run (0-based index of the coming step).
+    :ivar batch: batches handed out so far in this epoch (0-based index of the coming batch).
+    :ivar embed_pairs: ``embed_pairs(indices) -> TrainEmbeddings`` with ``query[k]`` the query
+        of pair ``indices[k]`` and ``reference[k]`` its reference, embedded now, in evaluation
+        mode (every rank embeds its share; all ranks get every row).
+    """
+
+    step: int = 0
+    batch: int = 0
+    embed_pairs: Callable[[np.ndarray], TrainEmbeddings] = field(default=lambda _i: _no_embed())
+
+
+def is_step_level(sampler: object) -> bool:
+    """Whether ``sampler`` hands out batches step by step (``next_batch``) rather than per epoch."""
+    return callable(getattr(sampler, "next_batch", None))
+
+
 def _no_embed() -> TrainEmbeddings:
     raise RuntimeError("this EpochContext has no embed function (the engine provides one)")
 
@@ -163,23 +184,26 @@ class CheckedSampler:
         except TypeError:
             raise GeokitError(f"{self._label} is broken: batches() returned {type(out).__name__}, "
                               "not a list of index arrays") from None
-        checked = []
-        for k, b in enumerate(out):
-            arr = np.asarray(b)
-            why = ""
-            if arr.ndim != 1 or arr.size == 0:
-                why = f"has shape {arr.shape}, expected a non-empty 1-D array"
-            elif not np.issubdtype(arr.dtype, np.integer):
-                why = f"holds {arr.dtype} values, expected integer pair indices"
-            elif arr.min() < 0 or arr.max() >= n:
-                bad = int(arr.min()) if arr.min() < 0 else int(arr.max())
-                why = f"holds index {bad}, outside the {n:,} training pairs [0, {n - 1}]"
-            elif len(np.unique(arr)) != len(arr):
-                why = "holds the same pair twice"
-            if why:
-                raise GeokitError(f"{self._label} is broken: batch {k} of epoch {ctx.epoch} {why}")
-            checked.append(arr.astype(np.int64, copy=False))
-        return checked
+        return [self.check(b, n, f"batch {k} of epoch {ctx.epoch}") for k, b in enumerate(out)]
+
+    def check(self, batch: object, n: int, where: str, limit: int | None = None) -> np.ndarray:
+        """``batch`` as int64 pair indices, or an error naming the plugin and what is wrong."""
+        arr = np.asarray(batch)
+        why = ""
+        if arr.ndim != 1 or arr.size == 0:
+            why = f"has shape {arr.shape}, expected a non-empty 1-D array"
+        elif not np.issubdtype(arr.dtype, np.integer):
+            why = f"holds {arr.dtype} values, expected integer pair indices"
+        elif arr.min() < 0 or arr.max() >= n:
+            bad = int(arr.min()) if arr.min() < 0 else int(arr.max())
+            why = f"holds index {bad}, outside the {n:,} training pairs [0, {n - 1}]"
+        elif len(np.unique(arr)) != len(arr):
+            why = "holds the same pair twice"
+        elif limit is not None and len(arr) > limit:
+            why = f"holds {len(arr)} pairs, more than train.batch_size={limit}"
+        if why:
+            raise GeokitError(f"{self._label} is broken: {where} {why}")
+        return arr.astype(np.int64, copy=False)
 
 
 def rank_slice(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:

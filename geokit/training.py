@@ -16,6 +16,7 @@ single-process gradient. Rank 0 logs, checkpoints and evaluates; the others wait
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import random
@@ -30,18 +31,19 @@ from typing import Any
 import numpy as np
 
 from geokit import distributed as D
+from geokit._calls import accepts
 from geokit.checkpoint import atomic_write_text, load_state, save_state
 from geokit.config import Config, read_yaml
-from geokit.data import BadPair, PairList
+from geokit.data import BadPair, PairList, TrainSet
 from geokit.errors import GeokitError
 from geokit.evaluation import format_table, run_protocol
-from geokit.model import Parts, build
-from geokit.registry import create, origin
+from geokit.model import Parts, build, build_component, encode
+from geokit.registry import origin
 from geokit.runtime import (
     TensorBoard, autocast, configure_threads, default_amp, default_channels_last, default_embed_amp,
     default_workers, keep_freed_memory, log, progress, setup_logging, versions,
 )
-from geokit.sampling import CheckedSampler, EpochContext, TrainEmbeddings, rank_slice
+from geokit.sampling import CheckedSampler, EpochContext, StepContext, TrainEmbeddings, is_step_level, rank_slice
 
 STATE = "state.safetensors"
 WEIGHTS = "model.safetensors"
@@ -102,20 +104,56 @@ def _pair_encoder_class() -> Any:
             self.encoder = encoder
 
         def forward(self, query: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return self.encoder(query), self.encoder(reference)
+            return encode(self.encoder, query, "query"), encode(self.encoder, reference, "reference")
 
     return PairEncoder
 
 
-def collate_pairs(items: list[Any]) -> tuple[Any, Any, list[BadPair]]:
-    """Stack the readable pairs; hand the unreadable ones (``BadPair``) back separately."""
+def collate_pairs(items: list[Any]) -> tuple[Any, Any, Any, list[BadPair]]:
+    """Stack the readable pairs (query images, reference images, pair indices); hand the
+    unreadable ones (``BadPair``) back separately."""
     import torch
 
     good = [x for x in items if not isinstance(x, BadPair)]
     bad = [x for x in items if isinstance(x, BadPair)]
     if not good:
-        return None, None, bad
-    return torch.stack([q for q, _ in good]), torch.stack([r for _, r in good]), bad
+        return None, None, None, bad
+    return (torch.stack([x[0] for x in good]), torch.stack([x[1] for x in good]),
+            torch.tensor([x[2] for x in good], dtype=torch.int64), bad)
+
+
+_PAIR_DATA = ("indices", "references", "conflicts", "columns")
+
+
+def loss_inputs(loss_fn: Any, train: TrainSet | None, indices: Any) -> dict[str, Any]:
+    """The per-pair keyword arguments ``loss_fn.forward`` declares (see
+    ``geokit_register_losses``), for the global batch's pair ``indices`` (a CPU int64 tensor)."""
+    import torch
+
+    wanted = [k for k in _PAIR_DATA if accepts(loss_fn, k)]
+    if not wanted:
+        return {}
+    if train is None or indices is None:
+        raise GeokitError(f"the loss takes per-pair data ({', '.join(wanted)}) but this step has no "
+                          "training set or pair indices")
+    idx = indices.numpy()
+    out: dict[str, Any] = {}
+    if "indices" in wanted:
+        out["indices"] = indices
+    if "references" in wanted:
+        out["references"] = torch.from_numpy(train.pair_reference[idx])
+    if "conflicts" in wanted:
+        c = train.pair_conflicts
+        out["conflicts"] = None if c is None else torch.from_numpy(c[idx])
+    if "columns" in wanted:
+        out["columns"] = {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in train.columns.items()}
+    return out
+
+
+def _to(x: Any, device: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    return x.to(device) if x is not None else None
 
 
 class _EpochBatches:
@@ -150,10 +188,10 @@ class TrainStep:
 
     def __init__(self, encoder: Any, loss_fn: Any, optimizer: Any, *, device: Any, amp: bool = False,
                  scaler: Any = None, clip_value: float | None = None, grad_cache_chunk: int | None = None,
-                 channels_last: bool = False, world: D.World = D.SINGLE) -> None:
+                 channels_last: bool = False, world: D.World = D.SINGLE, train: TrainSet | None = None) -> None:
         import torch
 
-        self.encoder, self.loss_fn, self.optimizer = encoder, loss_fn, optimizer
+        self.encoder, self.loss_fn, self.optimizer, self.train = encoder, loss_fn, optimizer, train
         self.device, self.amp, self.world = device, amp, world
         self.scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
         self.clip_value, self.chunk, self.channels_last = clip_value, grad_cache_chunk, channels_last
@@ -177,25 +215,37 @@ class TrainStep:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def backward(self, query: Any, reference: Any, sizes: tuple[int, ...] | None = None) -> Any:
+    def _pair_data(self, indices: Any, sizes: tuple[int, ...]) -> dict[str, Any]:
+        """Per-pair loss inputs of the global batch: this rank's pair indices, gathered."""
+        if not any(accepts(self.loss_fn, k) for k in _PAIR_DATA):
+            return {}
+        if indices is None:
+            return loss_inputs(self.loss_fn, self.train, None)  # raises: names what is missing
+        glob = D.all_gather_rows(indices.to(self.device), sizes).cpu()
+        return _to(loss_inputs(self.loss_fn, self.train, glob), self.device)
+
+    def backward(self, query: Any, reference: Any, sizes: tuple[int, ...] | None = None,
+                 indices: Any = None) -> Any:
         """Gradients of the global loss into ``.grad`` (scaled by the AMP scaler); returns the
-        detached loss. ``sizes``: the pairs every rank holds this step (default: this batch)."""
+        detached loss. ``sizes``: the pairs every rank holds this step (default: this batch);
+        ``indices``: this rank's pair indices (for losses that take per-pair data)."""
         q, r = self._inputs(query), self._inputs(reference)
         sizes = sizes or (len(q),)
+        extra = self._pair_data(indices, sizes)
         self.optimizer.zero_grad(set_to_none=True)
         if self.chunk:
-            return self._backward_cached(q, r, sizes)
+            return self._backward_cached(q, r, sizes, extra)
         with autocast(self.device, self.amp):
             qe, re_ = self.pair(q, r)
         rank = self.world.rank
         qa = D.all_gather_with_grad(qe.float(), sizes, rank)
         ra = D.all_gather_with_grad(re_.float(), sizes, rank)
-        loss = self.loss_mod(qa, ra)
+        loss = self.loss_mod(qa, ra, **extra)
         self._check(loss)
         self.scaler.scale(loss).backward()
         return loss.detach()
 
-    def _backward_cached(self, q: Any, r: Any, sizes: tuple[int, ...]) -> Any:
+    def _backward_cached(self, q: Any, r: Any, sizes: tuple[int, ...], extra: dict[str, Any]) -> Any:
         import torch
 
         n = len(q)
@@ -210,7 +260,7 @@ class TrainStep:
                 rs.append(re_.float())
         qa = D.all_gather_rows(torch.cat(qs), sizes).requires_grad_(True)
         ra = D.all_gather_rows(torch.cat(rs), sizes).requires_grad_(True)
-        loss = self.loss_mod(qa, ra)
+        loss = self.loss_mod(qa, ra, **extra)
         self._check(loss)
         self.scaler.scale(loss).backward()
         # This rank's rows of the embedding gradient; × world size as in all_gather_with_grad,
@@ -247,13 +297,14 @@ class TrainStep:
         if not torch.isfinite(loss):
             raise NonFiniteLoss(float(loss.detach()))
 
-    def step(self, query: Any, reference: Any, lr: float, sizes: tuple[int, ...] | None = None) -> float:
+    def step(self, query: Any, reference: Any, lr: float, sizes: tuple[int, ...] | None = None,
+             indices: Any = None) -> float:
         """One optimisation step at learning rate ``lr``; returns the loss."""
         import torch
 
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss = self.backward(query, reference, sizes)
+        loss = self.backward(query, reference, sizes, indices)
         if self.clip_value is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_value_(self.params, self.clip_value)
@@ -359,15 +410,17 @@ class _Engine:
 
         parts = self.parts = build(config)
         ds = parts.dataset
-        train_set = self.train_set = ds.train_set()
+        train_set = self.train_set = parts.context.train_set  # listed once, shared with factories
         if len(train_set) < tc.batch_size:
             raise GeokitError(f"dataset '{ds.name}' has {len(train_set)} training pairs, fewer than "
                               f"train.batch_size={tc.batch_size}")
         if tc.batch_size < world.world_size:
             raise GeokitError(f"train.batch_size={tc.batch_size} is smaller than the {world.world_size} "
                               "ranks: every rank needs at least one pair per batch")
-        self.sampler = CheckedSampler(create("sampler", config.names["sampler"], config.sampler),
-                                      f"sampler '{config.names['sampler']}' {origin('sampler', config.names['sampler'])}")
+        name = config.names["sampler"]
+        self.sampler = CheckedSampler(build_component("sampler", name, config.sampler, parts.context.for_kind("sampler")),
+                                      f"sampler '{name}' {origin('sampler', name)}")
+        self.step_level = is_step_level(self.sampler)
         encoder, loss_fn = parts.encoder.to(device), parts.loss.to(device)
         if channels_last:
             encoder.to(memory_format=torch.channels_last)
@@ -401,8 +454,12 @@ class _Engine:
                  ", channels_last" if channels_last else "")
         self.stepper = TrainStep(encoder, loss_fn, self.optimizer, device=device, amp=self.amp,
                                  scaler=self.scaler, clip_value=tc.clip_value,
-                                 grad_cache_chunk=tc.grad_cache_chunk, channels_last=channels_last, world=world)
-        self.pairs = PairList(ds, train_set, parts.norm, seed=config.seed, bad_images="skip")
+                                 grad_cache_chunk=tc.grad_cache_chunk, channels_last=channels_last, world=world,
+                                 train=train_set)
+        ref_norm = parts.norm_for("reference")
+        self.pairs = PairList(ds, train_set, parts.norm, seed=config.seed, bad_images="skip",
+                              reference_norm=None if ref_norm == parts.norm else ref_norm,
+                              transforms=parts.transforms)
         # One loader for the whole run, so worker processes persist across epochs; its batch
         # sampler hands out (epoch, index) keys. It has its own generator: creating iterators
         # must not draw from torch's global RNG (exact resume).
@@ -457,7 +514,7 @@ class _Engine:
         return state
 
     def _save_state(self, epoch: int, batches: list[np.ndarray], done: int, epoch_done: bool,
-                    stats: dict[str, float]) -> None:
+                    stats: dict[str, float], sampler_state: dict[str, Any] | None = None) -> None:
         """Rank 0 writes the whole resume state atomically (temp file, fsync, rename)."""
         import torch
 
@@ -470,7 +527,7 @@ class _Engine:
             "step": self.step, "epoch_batches": flat, "epoch_batch_sizes": sizes, "epoch_stats": stats,
             "encoder": self.parts.encoder.state_dict(), "loss": self.parts.loss.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-            "sampler": self.sampler.state_dict(), "torch_rng": torch.get_rng_state(),
+            "sampler": self.sampler.state_dict() if sampler_state is None else sampler_state, "torch_rng": torch.get_rng_state(),
             "numpy_rng": list(np.random.get_state()), "python_rng": random.getstate(),
         }
         try:
@@ -492,14 +549,57 @@ class _Engine:
         kw = dict(batch_size=self.config.eval.batch_size, device=self.device, amp=amp,
                   workers=self.workers, show=self.show)
 
-        def part(paths: Any, size: Any, desc: str) -> np.ndarray:
+        def part(paths: Any, size: Any, view: str, desc: str) -> np.ndarray:
             idx = rank_slice(np.arange(len(paths)), world.rank, world.world_size)
-            rows = embed_paths(self.parts.encoder, ds, [paths[i] for i in idx], size, self.parts.norm,
-                               desc=desc, **kw)
+            rows = embed_paths(self.parts.encoder, ds, [paths[i] for i in idx], size, self.parts.norm_for(view),
+                               desc=desc, view=view, transforms=self.parts.transforms,
+                               seed=self.config.seed, **kw)
             return D.gather_numpy_rows(world, rows, self.device)
 
-        return TrainEmbeddings(part(tr.query_paths, ds.query_size, "mine queries"),
-                               part(tr.reference_paths, ds.reference_size, "mine references"))
+        return TrainEmbeddings(part(tr.query_paths, ds.query_size, "query", "mine queries"),
+                               part(tr.reference_paths, ds.reference_size, "reference", "mine references"))
+
+    def _embed_pairs(self, indices: Any) -> TrainEmbeddings:
+        """Step-level mining: pairs ``indices`` (and their references, row for row) in
+        evaluation mode; each rank embeds its share, every rank gets all rows."""
+        tr = self.train_set
+        idx = np.asarray(indices, dtype=np.int64)
+        q_paths = [tr.query_paths[i] for i in idx]
+        r_paths = [tr.reference_paths[j] for j in tr.pair_reference[idx]]
+        return TrainEmbeddings(self._embed_subset(q_paths, "query"), self._embed_subset(r_paths, "reference"))
+
+    def _embed_subset(self, paths: list[str], view: str) -> np.ndarray:
+        from geokit.embedding import embed_paths
+
+        ds, world = self.parts.dataset, self.world
+        amp = self.config.train.amp if self.config.train.amp is not None else default_embed_amp(self.device)
+        mine = rank_slice(np.arange(len(paths)), world.rank, world.world_size)
+        rows = embed_paths(self.parts.encoder, ds, [paths[i] for i in mine], ds.query_size if view == "query"
+                           else ds.reference_size, self.parts.norm_for(view), batch_size=self.config.eval.batch_size,
+                           device=self.device, amp=amp, workers=0, show=False, view=view,
+                           transforms=self.parts.transforms, seed=self.config.seed)
+        return D.gather_numpy_rows(world, rows, self.device)
+
+    def _step_batches(self, epoch: int, start: int, handed: list[np.ndarray]) -> Any:
+        """A step-level sampler's epoch: ask for each batch right before its step (the model is
+        as the step finds it), load this rank's share, yield what the DataLoader would."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        tc, world = self.config.train, self.world
+        with ThreadPoolExecutor(max(1, self.workers)) as pool:
+            for k in itertools.count(start):
+                ctx = StepContext(epoch=epoch, epochs=tc.epochs, batch_size=tc.batch_size, seed=self.config.seed,
+                                  train=self.train_set, dataset_name=self.parts.dataset.name, rank=world.rank,
+                                  world_size=world.world_size, embed=self._embed_train, step=self.step, batch=k,
+                                  embed_pairs=self._embed_pairs)
+                self._sampler_before = self.sampler.state_dict()  # an interrupt saves this one
+                batch = self.sampler.next_batch(ctx)
+                if batch is None:
+                    return
+                batch = self.sampler.check(batch, len(self.train_set), f"batch {k} of epoch {epoch}", tc.batch_size)
+                handed.append(batch)
+                local = rank_slice(batch, world.rank, world.world_size)
+                yield collate_pairs(list(pool.map(self.pairs.__getitem__, [(epoch, int(i)) for i in local])))
 
     def _epoch(self, epoch: int, resume: dict[str, Any] | None) -> None:
         import torch
@@ -515,27 +615,37 @@ class _Engine:
             ctx = EpochContext(epoch=epoch, epochs=tc.epochs, batch_size=tc.batch_size, seed=self.config.seed,
                                train=self.train_set, dataset_name=self.parts.dataset.name, rank=world.rank,
                                world_size=world.world_size, embed=self._embed_train)
-            batches = [np.asarray(b, dtype=np.int64) for b in self.sampler.batches(ctx)]
-            if not batches:
-                raise GeokitError(f"sampler '{self.config.names['sampler']}' produced no batches for epoch {epoch}")
+            if self.step_level:
+                batches = []  # handed out step by step below
+                start_epoch = getattr(self.sampler, "start_epoch", None)
+                if start_epoch is not None:
+                    start_epoch(ctx)
+            else:
+                batches = [np.asarray(b, dtype=np.int64) for b in self.sampler.batches(ctx)]
+                if not batches:
+                    raise GeokitError(f"sampler '{self.config.names['sampler']}' produced no batches for epoch {epoch}")
             start = 0
             stats = {"loss_sum": 0.0, "steps": 0, "images": 0, "seconds": 0.0, "skipped": 0}
         self.pairs.epoch = epoch
-        self.batch_keys.set(epoch, [rank_slice(b, world.rank, world.world_size) for b in batches[start:]])
         self.parts.encoder.train()
         t0 = time.perf_counter() - stats["seconds"]
         done, lr, loss = start, lr_at(self.step, self.total_steps, self.warmup_steps, tc.lr), float("nan")
-        items = iter(progress(self.loader, total=len(self.batch_keys), desc=f"epoch {epoch}/{tc.epochs}",
-                              enabled=self.show))
+        if self.step_level:
+            batches = batches[:start]
+            source, total = self._step_batches(epoch, start, batches), None
+        else:
+            self.batch_keys.set(epoch, [rank_slice(b, world.rank, world.world_size) for b in batches[start:]])
+            source, total = self.loader, len(self.batch_keys)
+        items = iter(progress(source, total=total, desc=f"epoch {epoch}/{tc.epochs}", enabled=self.show))
         while True:
             try:
-                q, r, bad = next(items)
+                q, r, idx, bad = next(items)
             except StopIteration:
                 break
             except Exception:
                 if self.stop.signal is None:
                     raise
-                q, r, bad = None, None, []  # Ctrl-C also reached (and ended) the loader's workers
+                q, r, idx, bad = None, None, None, []  # Ctrl-C also reached (and ended) the loader's workers
             self._handle_bad(bad, epoch)
             stats["skipped"] += len(bad)
             n_local = 0 if q is None else len(q)
@@ -545,12 +655,13 @@ class _Engine:
                 self._interrupt(epoch, batches, done, stats)
             if sum(sizes) >= 2:
                 if q is None:  # every pair of this rank's slice was unreadable
-                    q = torch.empty((0, 3, *self.parts.dataset.query_size))
-                    r = torch.empty((0, 3, *self.parts.dataset.reference_size))
+                    q = torch.empty((0, 3, *self.parts.context.query_size))
+                    r = torch.empty((0, 3, *self.parts.context.reference_size))
+                    idx = torch.empty(0, dtype=torch.int64)
                 lr = lr_at(self.step, self.total_steps, self.warmup_steps, tc.lr)
                 torch.manual_seed(step_seed(self.config.seed, self.step))
                 try:
-                    loss = self.stepper.step(q, r, lr, sizes)
+                    loss = self.stepper.step(q, r, lr, sizes, idx)
                 except NonFiniteLoss as exc:
                     raise GeokitError(
                         f"the loss became {exc.value} at epoch {epoch}, step {self.step + 1}: training "
@@ -565,8 +676,8 @@ class _Engine:
                     log.info("epoch %d step %d loss %.4f lr %.2e", epoch, self.step, loss, lr)
                     self._log_step({"epoch": epoch, "step": self.step, "loss": loss, "lr": lr})
             done += 1
-            if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and done < len(batches) \
-                    and sum(sizes) >= 2:
+            if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 \
+                    and (self.step_level or done < len(batches)) and sum(sizes) >= 2:
                 stats["seconds"] = time.perf_counter() - t0
                 self._save_state(epoch, batches, done, False, stats)
         seconds = time.perf_counter() - t0
@@ -623,7 +734,10 @@ class _Engine:
 
     def _interrupt(self, epoch: int, batches: list[np.ndarray], done: int, stats: dict[str, float] | None) -> None:
         if stats is not None:
-            self._save_state(epoch, batches, done, False, stats)
+            # A step-level sampler already handed out the batch this step would have trained
+            # on: save its state from before that call, so the resumed run asks again.
+            before = getattr(self, "_sampler_before", None) if self.step_level and len(batches) > done else None
+            self._save_state(epoch, batches[:done] if before is not None else batches, done, False, stats, before)
             where = f"epoch {epoch}, after batch {done} of {len(batches)} (step {self.step})"
         else:  # between epochs: the epoch-end state is already written
             where = f"the end of epoch {epoch - 1} (step {self.step})"
