@@ -61,10 +61,12 @@ def build_listed(config: Config, kind: str, context: Any = None) -> list[Any]:
 
 
 def apply_rerankers(rerankers: list[Any], query: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Run re-rankers in order; the results are L2-normalised float32 again."""
+    """Run re-rankers in order; what they change is L2-normalised float32 again."""
     for rr in rerankers:
-        query, reference = rr(query, reference)
-        query, reference = _unit(query), _unit(reference)
+        q2, r2 = rr(query, reference)
+        # a side returned as it was stays bit-identical (no second normalisation)
+        query = query if q2 is query else _unit(q2)
+        reference = reference if r2 is reference else _unit(r2)
     return query, reference
 
 

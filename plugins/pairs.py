@@ -3,13 +3,16 @@
 ``root/train.csv`` and ``root/test.csv`` (and optionally ``root/val.csv``) with a header row and
 columns ``query,reference`` (image paths relative to ``root``) and optional ``lat,lon`` (degrees,
 the pair's location). Rows that share a reference path share that reference. Evaluation ranks
-the unique references of the split for every query of the split.
+the unique references of the split for every query of the split. Every other column whose
+values are all numbers becomes a per-pair column of the training set, named by its header, for
+losses that take per-pair data (e.g. ``loss.weight_column: weight``).
 """
 from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +43,7 @@ class PairRows:
     query: list[str]
     reference: list[str]
     gps: np.ndarray | None  # (n, 2) per row
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # numeric extra columns, per row
 
 
 def read_pairs_csv(path: Path, root: Path) -> PairRows:
@@ -59,7 +63,15 @@ def read_pairs_csv(path: Path, root: Path) -> PairRows:
         if has_gps and not ("lat" in fields and "lon" in fields):
             raise GeokitError(f"{path}: has only one of the columns lat/lon; give both or neither")
         query, reference, gps = [], [], []
+        extra_names = [f for f in fields if f and f not in ("query", "reference", "lat", "lon")]
+        extra: dict[str, list[float] | None] = {f: [] for f in extra_names}
         for n, row in enumerate(reader, start=2):
+            for f in extra_names:  # a column stays per-pair data while every value is a number
+                values, number = extra[f], _number(row.get(f))
+                if values is not None and number is None:
+                    extra[f] = None
+                elif values is not None:
+                    values.append(number)
             q, r = (row.get("query") or "").strip(), (row.get("reference") or "").strip()
             if not q or not r:
                 raise GeokitError(f"{path} line {n}: empty query or reference path")
@@ -72,7 +84,20 @@ def read_pairs_csv(path: Path, root: Path) -> PairRows:
                 gps.append((_coord(row.get("lat"), "lat", 90, path, n), _coord(row.get("lon"), "lon", 180, path, n)))
     if not query:
         raise GeokitError(f"{path}: no rows after the header")
-    return PairRows(query, reference, np.asarray(gps, dtype=np.float64) if has_gps else None)
+    skipped = [f for f, v in extra.items() if v is None]
+    if skipped:
+        logging.getLogger("geokit").info("%s: columns %s are not all numbers; they are not per-pair data",
+                                         path, ", ".join(skipped))
+    columns = {f: np.asarray(v, dtype=np.float64) for f, v in extra.items() if v is not None}
+    return PairRows(query, reference, np.asarray(gps, dtype=np.float64) if has_gps else None, columns)
+
+
+def _number(raw: str | None) -> float | None:
+    try:
+        value = float((raw or "").strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _coord(raw: str | None, name: str, bound: float, path: Path, line: int) -> float:
@@ -130,7 +155,7 @@ class PairsDataset(CrossViewDataset):
     def train_set(self) -> TrainSet:
         rows, path = self._rows("train")
         refs, pair_ref, gps = unique_references(rows, path)
-        return TrainSet(rows.query, refs, pair_ref, reference_gps=gps)
+        return TrainSet(rows.query, refs, pair_ref, reference_gps=gps, columns=rows.extra)
 
     def eval_set(self, split: str | None = None) -> EvalSet:
         split = self.check_split(split)
