@@ -234,6 +234,11 @@ def _wrong_kind(kind: str, obj: Any) -> str:
         import torch
 
         return "" if isinstance(obj, torch.nn.Module) else "not a torch.nn.Module"
-    need = {"sampler": ("batches",), "dataset": ("train_set", "eval_set")}.get(kind, ())
+    if kind == "sampler":  # epoch-level or step-level
+        ok = callable(getattr(obj, "batches", None)) or callable(getattr(obj, "next_batch", None))
+        return "" if ok else "which has no method batches() (nor next_batch() of a step-level sampler)"
+    if kind in ("transform", "reranker"):
+        return "" if callable(obj) else "which is not callable"
+    need = {"dataset": ("train_set", "eval_set"), "metric": ("compute",)}.get(kind, ())
     missing = [m for m in need if not callable(getattr(obj, m, None))]
     return f"which has no method {', '.join(missing)}()" if missing else ""

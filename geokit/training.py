@@ -217,10 +217,8 @@ class TrainStep:
 
     def _pair_data(self, indices: Any, sizes: tuple[int, ...]) -> dict[str, Any]:
         """Per-pair loss inputs of the global batch: this rank's pair indices, gathered."""
-        if not any(accepts(self.loss_fn, k) for k in _PAIR_DATA):
-            return {}
-        if indices is None:
-            return loss_inputs(self.loss_fn, self.train, None)  # raises: names what is missing
+        if indices is None or self.train is None or not any(accepts(self.loss_fn, k) for k in _PAIR_DATA):
+            return {}  # used without a training set (the API, benchmarks): the loss's defaults
         glob = D.all_gather_rows(indices.to(self.device), sizes).cpu()
         return _to(loss_inputs(self.loss_fn, self.train, glob), self.device)
 
