@@ -276,3 +276,15 @@ def test_import_refuses_an_encoder_with_parts_the_file_lacks_and_fills_both_bran
     for view in ("query", "reference"):
         assert all(torch.equal(tensors[f"encoder.{view}.model.{k}"], v) for k, v in timm_state.items())
     assert read_record(out)["encoder"]["shared"] is False
+
+
+def test_fine_tuning_from_a_released_file_starts_from_its_temperature(tmp_path, pairs_root, released):
+    import json
+
+    from geokit.training import train
+
+    cfg = tiny_config(pairs_root, encoder={"weights": str(released)},
+                      train={"epochs": 1, "lr": 1e-5, "warmup_epochs": 0})
+    train(config_mod.resolve(cfg), tmp_path / "run")
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["loss.logit_scale"] == pytest.approx(LOGIT_SCALE, abs=0.01)  # default would be 2.659
