@@ -440,9 +440,17 @@ class Encoder:
 
     @property
     def norm(self) -> Any:
+        """The query view's normalisation (see :meth:`norm_for`)."""
+        return self.norm_for("query")
+
+    def norm_for(self, view: str) -> Any:
+        """The recorded normalisation of ``view`` (``mean``/``std`` lists, or per-view mappings)."""
         from geokit.data import Normalisation
 
-        return Normalisation(tuple(self.record["mean"]), tuple(self.record["std"]))
+        mean, std = self.record["mean"], self.record["std"]
+        mean = mean[view] if isinstance(mean, dict) else mean
+        std = std[view] if isinstance(std, dict) else std
+        return Normalisation(tuple(mean), tuple(std))
 
 
 def load_encoder(checkpoint: str | Path, device: Any = None) -> Encoder:
@@ -452,8 +460,7 @@ def load_encoder(checkpoint: str | Path, device: Any = None) -> Encoder:
     so rebuilding needs no network.
     """
     from geokit.checkpoint import load_module_strict, load_weights
-    from geokit.model import without_initial_weights
-    from geokit.registry import create
+    from geokit.model import BuildContext, build_component, without_initial_weights
 
     tensors, record = load_weights(checkpoint)
     missing = [k for k in ("encoder", "embedding_dim", "mean", "std", "query_size", "reference_size")
@@ -465,7 +472,9 @@ def load_encoder(checkpoint: str | Path, device: Any = None) -> Encoder:
     name = options.pop("name", None)
     if not name:
         raise GeokitError(f"{checkpoint}: the record's encoder has no name")
-    module = create("encoder", name, without_initial_weights(options))
+    context = BuildContext("encoder", dataset_name=str(record.get("dataset", "dataset")),
+                           query_size=tuple(record["query_size"]), reference_size=tuple(record["reference_size"]))
+    module = build_component("encoder", name, without_initial_weights(options), context)
     enc = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
     load_module_strict(module, enc, f"{checkpoint} (encoder)")
     if device is not None:
@@ -498,7 +507,8 @@ def build_from_checkpoint(checkpoint: str | Path, references: References, output
 
     def embed(positions: np.ndarray) -> np.ndarray:
         return embed_paths(enc.module, dataset, [references.paths[int(i)] for i in positions], size,
-                           enc.norm, batch_size=batch_size, device=dev, show=False)
+                           enc.norm_for("reference"), batch_size=batch_size, device=dev, show=False,
+                           view="reference")
 
     meta = {**encoder_meta(enc), "references": references.source}
     index = build_index(embed, len(references.paths), int(enc.record["embedding_dim"]), spec,

@@ -144,7 +144,8 @@ class Localizer:
         from geokit.embedding import embed_paths
 
         return embed_paths(self.encoder.module, CrossViewDataset(), [str(p) for p in photos], self.size,
-                           self.encoder.norm, batch_size=self.batch_size, device=self.device, show=False)
+                           self.encoder.norm_for(self.view), batch_size=self.batch_size, device=self.device,
+                           show=False, view=self.view)
 
     def locate(self, photos: str | Path | Sequence[str | Path], k: int = 5) -> list[Location]:
         """Top-``k`` tiles per photo, best first, with a consensus location where they agree."""

@@ -210,6 +210,19 @@ def test_view_reaches_the_encoder_on_every_path(tmp_path, two_branch_plugin):
     rec = json.loads(json.dumps(res.parts.record()))
     assert rec["mean"] == {"query": [0.5] * 3, "reference": [0.4] * 3}
 
+    # index build embeds references through the reference branch, locate photos through the query one
+    from geokit.index import IndexSpec, References, build_from_checkpoint
+    from geokit.locate import Localizer
+
+    es = res.parts.dataset.eval_set()
+    refs = References(list(es.reference_paths), np.asarray(es.reference_gps), "test")
+    build_from_checkpoint(tmp_path / "run" / "model.safetensors", refs, tmp_path / "x.index", IndexSpec(),
+                          show=False)
+    loc = Localizer(tmp_path / "x.index", tmp_path / "run" / "model.safetensors")
+    loc.encoder.module.calls.clear()
+    loc.locate(list(es.query_paths[:2]), k=2)
+    assert loc.encoder.module.calls == [("query", (32, 128))]
+
 
 def test_per_view_normalisation_is_applied(tmp_path, two_branch_plugin):
     from geokit.config import resolve
