@@ -1,7 +1,9 @@
-"""Sampler ablation on the synthetic world: random vs gps vs gps→dss (and variants), several seeds.
+"""Ablations on the synthetic world: samplers (random vs gps vs gps→dss and variants), shared vs
+separate encoder weights per view, full panorama vs a 90° field of view; several seeds.
 
 Every run is ``geokit train`` on the demo config (``plugins/synthetic/demo.yaml``) with the
-sampler overridden and per-epoch evaluation off, then ``geokit evaluate`` of the final weights
+condition's overrides (a sampler condition replaces the whole sampler section) and per-epoch
+evaluation off, then ``geokit evaluate`` of the final weights
 on the ``val`` split (used to choose) and the ``test`` split (reported). Wall time of training
 (including DSS mining) is recorded per run so the budgets can be compared.
 
@@ -30,7 +32,7 @@ GEOKIT = str(ROOT / ".venv" / "bin" / "geokit")
 LOCK = "/tmp/geokit-cpu.lock"
 DEMO = ROOT / "plugins" / "synthetic" / "demo.yaml"
 
-CONDITIONS: dict[str, list[str]] = {
+SAMPLERS: dict[str, list[str]] = {
     "random": ["sampler.name=random"],
     "gps": ["sampler.name=gps"],
     "gps_dss": ["sampler.name=dss", "sampler.every=4"],  # Sample4Geo: GPS epochs 1-4, DSS from 5, re-mined /4
@@ -44,6 +46,15 @@ CONDITIONS: dict[str, list[str]] = {
     "gps_small": ["sampler.name=gps", "sampler.select=4", "sampler.range=16"],
     "gps_deep": ["sampler.name=gps", "sampler.select=8", "sampler.range=64", "sampler.hard_fraction=0.5"],
 }
+CONDITIONS: dict[str, list[str]] = {
+    # "sampler={}" first: a sampler condition replaces the config's whole sampler section
+    **{name: ["sampler={}", *sets] for name, sets in SAMPLERS.items()},
+    "demo": [],  # the demo config as it is (shared weights, full panorama)
+    "separate": ["encoder.shared=false"],  # one ConvNeXt branch per view (Sample4Geo's ablation)
+    "fov90": ["transforms=[{name: limited_fov, fov: 90}]"],  # a 90° window at an unknown azimuth
+}
+METRICS = ("R@1", "R@5", "R@10", "R@1%", "median_error_m", "within_25m", "within_50m", "within_100m",
+           "queries", "references")
 
 
 def run(cmd: list[str], log: Path) -> None:
@@ -73,7 +84,7 @@ def main() -> None:
             fcntl.flock(lock, fcntl.LOCK_EX)
             d = args.out / f"{cond}-s{seed}"
             # "sampler={}" first: the condition replaces the config's whole sampler section
-            sets = [f"seed={seed}", "train.eval_every=0", "sampler={}", *CONDITIONS[cond], *args.extra]
+            sets = [f"seed={seed}", "train.eval_every=0", *CONDITIONS[cond], *args.extra]
             flags = [x for s in sets for x in ("--set", s)]
             t0 = time.perf_counter()
             run([GEOKIT, "train", "--config", str(args.config), *flags, "--output", str(d)], d.with_suffix(".log"))
@@ -84,7 +95,7 @@ def main() -> None:
                 run([GEOKIT, "evaluate", "--config", str(d / "config.yaml"), "--checkpoint", str(d / "model.safetensors"),
                      "--set", f"eval.split={split}", "--output", str(out)], d.with_suffix(".log"))
                 m = json.loads(out.read_text())
-                row[split] = {k: m[k] for k in ("R@1", "R@5", "R@10", "R@1%", "queries", "references") if k in m}
+                row[split] = {k: m[k] for k in METRICS if k in m}
             lock.close()  # releases the lock
             with open(results, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
@@ -99,14 +110,18 @@ def table(results: Path) -> None:
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r["condition"], []).append(r)
-    print("| sampler | seeds | train s | val R@1 | test R@1 | test R@5 | test R@1% | per seed test R@1 |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| condition | seeds | train s | val R@1 | test R@1 | test R@5 | test R@1% | test median error m "
+          "| per seed test R@1 |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for cond, rs in by.items():
         def mean(split: str, k: str) -> str:
-            v = [r[split][k] for r in rs]
+            v = [r[split][k] for r in rs if k in r[split]]
+            if not v:
+                return "–"
             return f"{st.mean(v):.1f}" + (f" ± {st.stdev(v):.1f}" if len(v) > 1 else "")
         print(f"| {cond} | {len(rs)} | {st.mean(r['train_seconds'] for r in rs):.0f} | {mean('val', 'R@1')} | "
               f"{mean('test', 'R@1')} | {mean('test', 'R@5')} | {mean('test', 'R@1%')} | "
+              f"{mean('test', 'median_error_m')} | "
               f"{', '.join(format(r['test']['R@1'], '.1f') for r in rs)} |")
 
 
