@@ -671,7 +671,15 @@ class _Engine:
                 stats["images"] += 2 * sum(sizes)
                 stats["loss_sum"] += loss
                 if self.step % tc.log_every == 0:
-                    log.info("epoch %d step %d loss %.4f lr %.2e", epoch, self.step, loss, lr)
+                    # rate over this epoch so far; what is left: this run's remaining steps at that rate
+                    # (evaluation and mining between epochs not included)
+                    from geokit.runtime import format_duration
+
+                    spent = max(time.perf_counter() - t0, 1e-9)
+                    left = (self.total_steps - self.step) * spent / max(stats["steps"], 1)
+                    log.info("epoch %d/%d step %d/%d loss %.4f lr %.2e  %.1f pairs/s, training %s left",
+                             epoch, tc.epochs, self.step, self.total_steps, loss, lr,
+                             stats["images"] / 2 / spent, format_duration(left))
                     self._log_step({"epoch": epoch, "step": self.step, "loss": loss, "lr": lr})
             done += 1
             if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 \

@@ -8,8 +8,11 @@ suite, and the only one that checks a real training run localises photos). To re
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +21,37 @@ import pytest
 RUN = os.environ.get("GEOKIT_DEMO_RUN")
 
 
+class _ToTerminal(logging.Handler):
+    """geokit's log lines (training steps with rate and time left) on pytest's terminal, past
+    its output capture, at most one every ``every`` seconds: the minutes of this test are not
+    silent in ``make test``."""
+
+    def __init__(self, config: pytest.Config, every: float = 20.0) -> None:
+        super().__init__(logging.INFO)
+        self.capture = config.pluginmanager.getplugin("capturemanager")
+        self.reporter = config.pluginmanager.getplugin("terminalreporter")
+        self.every, self.last = every, -float("inf")
+
+    def say(self, text: str) -> None:
+        if self.reporter is None:
+            return
+        with self.capture.global_and_fixture_disabled() if self.capture else contextlib.nullcontext():
+            self.reporter.write_line(f"[test_locate_synthetic] {text}")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every or record.levelno >= logging.WARNING:
+            self.last = now
+            self.say(record.getMessage())
+
+
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def demo_run(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Path:
     if RUN:
         return Path(RUN)
     from click.testing import CliRunner
+
+    from geokit.runtime import log
 
     from geokit.cli import _load_plugin_commands, cli
 
@@ -32,9 +61,14 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp / "run"
     old = os.environ.get("GEOKIT_CACHE")
     os.environ["GEOKIT_CACHE"] = str(tmp / "cache")
+    tell = _ToTerminal(pytestconfig)
+    tell.say("training the shipped demo for this test (about 3 minutes on 2 cores; "
+             "GEOKIT_DEMO_RUN=runs/demo reuses a finished run)")
+    log.addHandler(tell)
     try:
         res = CliRunner().invoke(cli, ["demo", "--output", str(out)], catch_exceptions=False)
     finally:
+        log.removeHandler(tell)
         if old is None:
             del os.environ["GEOKIT_CACHE"]
         else:
