@@ -149,7 +149,8 @@ def train_cmd(config_path: str, overrides: tuple[str, ...], output: str) -> None
 @CONFIG
 @SET
 @click.option("--checkpoint", type=click.Path(dir_okay=False),
-              help="Weights to load (model.safetensors); default: the encoder as configured.")
+              help="Weights to load (model.safetensors); its record supplies the encoder and the "
+              "input sizes. Default: the encoder as configured.")
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the metrics as JSON here.")
 @click.option("--save-embeddings", type=click.Path(dir_okay=False),
               help="Write query/reference embeddings and labels (safetensors).")
@@ -160,7 +161,8 @@ def evaluate_cmd(config_path: str, overrides: tuple[str, ...], checkpoint: str |
     from geokit.checkpoint import atomic_write_text
     from geokit.evaluation import evaluate, format_table
 
-    cfg = config.load(config_path, overrides)
+    # only encoder and dataset are used; with a checkpoint its record supplies the encoder
+    cfg = config.load(config_path, overrides, require=("dataset",) if checkpoint else ("encoder", "dataset"))
     res = evaluate(cfg, checkpoint, save_embeddings=save_embeddings)
     click.echo(format_table(res.metrics, f"{cfg.names['dataset']} / {res.eval_set.name}"))
     if output:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -150,10 +151,10 @@ class _Section(BaseModel):
 
 class _RawConfig(_Strict):
     seed: int = Field(42, ge=0, lt=2**63, description="one seed for weights, sampling and augmentation")
-    encoder: _Section
-    loss: _Section
-    sampler: _Section
-    dataset: _Section
+    encoder: _Section | None = None  # presence is checked by resolve(require=...)
+    loss: _Section | None = None
+    sampler: _Section | None = None
+    dataset: _Section | None = None
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     transforms: list[_Section] = []
@@ -166,13 +167,13 @@ class Config(BaseModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
     seed: int
-    encoder: BaseModel
-    loss: BaseModel
-    sampler: BaseModel
-    dataset: BaseModel
+    encoder: BaseModel | None = None  # None: a section the command did not need was left out
+    loss: BaseModel | None = None
+    sampler: BaseModel | None = None
+    dataset: BaseModel | None = None
     train: TrainConfig
     eval: EvalConfig
-    names: dict[str, str]  # kind -> component name
+    names: dict[str, str]  # kind -> component name (only the sections present)
     # List kinds (``transforms``, ``metrics``, ``rerankers``): (name, options) in config order.
     # ``metrics`` None: every registered metric that applies to the protocol.
     transforms: list[tuple[str, BaseModel]] = []
@@ -188,7 +189,8 @@ class Config(BaseModel):
         when set, so configs (and run folders) from before they existed compare equal."""
         out: dict[str, Any] = {"seed": self.seed}
         for kind in KINDS:
-            out[kind] = {"name": self.names[kind], **getattr(self, kind).model_dump(mode="json")}
+            if kind in self.names:
+                out[kind] = {"name": self.names[kind], **getattr(self, kind).model_dump(mode="json")}
         out["train"] = self.train.model_dump(mode="json")
         out["eval"] = self.eval.model_dump(mode="json")
         for kind, key in LIST_KINDS.items():
@@ -260,10 +262,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return data
 
 
-def resolve(data: dict[str, Any], *, source: str = "config") -> Config:
-    """Validate raw config data into a :class:`Config` (components looked up in the registries)."""
-    for kind in KINDS:
-        if kind not in data:
+def resolve(data: dict[str, Any], *, source: str = "config", require: Sequence[str] = KINDS) -> Config:
+    """Validate raw config data into a :class:`Config` (components looked up in the registries).
+
+    :param require: the component sections that must be there (``train``: all four; ``evaluate``:
+        ``encoder`` and ``dataset``, or only ``dataset`` with a checkpoint). A section that is not
+        required may be left out; it is then ``None`` in the result and absent from ``names``.
+    """
+    for kind in require:
+        if data.get(kind) is None:
             raise GeokitError(f"{source}: missing config section '{kind}' (with at least 'name')")
     for kind in KINDS:
         sec = data.get(kind)
@@ -283,6 +290,8 @@ def resolve(data: dict[str, Any], *, source: str = "config") -> Config:
     names: dict[str, str] = {}
     for kind in KINDS:
         section = getattr(raw, kind)
+        if section is None:
+            continue
         comp = get_registry(kind).get(section.name)
         opts = dict(section.model_extra or {})
         try:
@@ -307,10 +316,12 @@ def resolve(data: dict[str, Any], *, source: str = "config") -> Config:
     return Config(seed=raw.seed, train=raw.train, eval=raw.eval, names=names, **parts, **lists)
 
 
-def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read ``path`` (may be None: overrides only), apply ``--set`` overrides, validate."""
+def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), *,
+         require: Sequence[str] = KINDS) -> Config:
+    """Read ``path`` (may be None: overrides only), apply ``--set`` overrides, validate
+    (``require``: the component sections that must be present, see :func:`resolve`)."""
     data = read_yaml(path) if path else {}
     data = apply_overrides(data, overrides)
-    return resolve(data, source=str(path) if path else "config")
+    return resolve(data, source=str(path) if path else "config", require=require)
 
 

@@ -1,6 +1,7 @@
 """Evaluation: embed the protocol's queries and references, then :func:`retrieval_metrics`."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from geokit.data import EvalSet
 from geokit.embedding import embed_paths
 from geokit.errors import GeokitError
 from geokit.metrics import retrieval_metrics
-from geokit.model import Parts, build
+from geokit.model import INITIAL_WEIGHT_OPTIONS, Parts, build
 from geokit.runtime import configure_threads, default_workers, log, seed_everything, select_device
 
 METRIC_ORDER = ("R@1", "R@5", "R@10", "R@1%", "hit_rate", "hit_rate_strict", "AP")
@@ -128,7 +129,24 @@ def run_protocol(parts: Parts, split: str | None = None, *, device: Any = None,
 
 def evaluate(config: Config, checkpoint: str | Path | None = None, *,
              save_embeddings: str | Path | None = None, show: bool | None = None) -> EvalResult:
-    """``geokit evaluate``: build as configured, load ``checkpoint`` strictly, run the protocol."""
+    """``geokit evaluate``: build as configured, load ``checkpoint`` strictly, run the protocol.
+
+    The config needs only ``dataset`` and, without a checkpoint, ``encoder`` (loss and sampler
+    sections are not used). With a checkpoint, its record supplies the encoder and the per-view
+    input sizes (see :func:`apply_checkpoint_record`).
+    """
+    from geokit.runtime import ensure_console_logging
+
+    ensure_console_logging()  # the size warning and progress lines reach the terminal
+    if checkpoint is not None:
+        from geokit.checkpoint import read_record
+
+        config = apply_checkpoint_record(config, read_record(checkpoint), str(checkpoint))
+    elif config.encoder is None:
+        raise GeokitError("evaluate: the config has no 'encoder' section and no --checkpoint was given; "
+                          "give a checkpoint (its record names the encoder) or an encoder section")
+    if config.dataset is None:
+        raise GeokitError("evaluate: the config has no 'dataset' section (with at least 'name')")
     configure_threads(config.train.threads)
     seed_everything(config.seed)  # a random-init encoder is the same on every call
     parts = build(config, for_checkpoint=checkpoint is not None)
@@ -139,6 +157,64 @@ def evaluate(config: Config, checkpoint: str | Path | None = None, *,
     if save_embeddings is not None:
         write_embeddings(save_embeddings, result)
     return result
+
+
+def _json(value: Any) -> Any:
+    """A comparable plain value (tuples -> lists, via JSON)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def apply_checkpoint_record(config: Config, record: dict[str, Any], source: str) -> Config:
+    """``config`` with the encoder and per-view input sizes of a checkpoint's record.
+
+    The encoder is always the record's (its weights fit nothing else). An encoder section in the
+    config may stay; an option it states explicitly that contradicts the record (``model``, say)
+    is an error naming both values. Input sizes the config does not state explicitly come from
+    the record; stated sizes that differ are used, with a warning naming both.
+    """
+    rec_enc = record.get("encoder")
+    if not isinstance(rec_enc, dict) or not rec_enc.get("name"):
+        raise GeokitError(f"{source}: the checkpoint record has no encoder; it was not written by "
+                          "'geokit train' (or 'geokit import-weights')")
+    rec_opts = {k: v for k, v in rec_enc.items() if k != "name"}
+    name = str(rec_enc["name"])
+    if config.encoder is not None:
+        if config.names["encoder"] != name:
+            raise GeokitError(f"the config's encoder.name is '{config.names['encoder']}' but checkpoint "
+                              f"{source} holds a '{name}' encoder; remove the config's encoder section "
+                              "(the checkpoint's record supplies it) or use a matching checkpoint")
+        mine = config.encoder.model_dump(mode="json")
+        for key in sorted(config.encoder.model_fields_set - set(INITIAL_WEIGHT_OPTIONS)):
+            if key in rec_opts and _json(mine.get(key)) != _json(rec_opts[key]):
+                raise GeokitError(f"the config's encoder.{key} is {_json(mine.get(key))} but checkpoint "
+                                  f"{source} was trained with encoder.{key} {_json(rec_opts[key])}; remove "
+                                  f"encoder.{key} from the config (the checkpoint's record supplies the "
+                                  "encoder) or use a matching checkpoint")
+    from geokit.registry import get_registry
+
+    comp = get_registry("encoder").get(name)
+    try:
+        encoder = comp.parse_options(rec_opts, prefix="encoder")
+    except GeokitError as exc:
+        raise GeokitError(f"{source}: the checkpoint record's encoder does not validate: {exc}") from None
+    update: dict[str, Any] = {"encoder": encoder, "names": {**config.names, "encoder": comp.name}}
+    ds = config.dataset
+    if ds is not None:
+        sizes: dict[str, Any] = {}
+        for view in ("query", "reference"):
+            key, rec = f"{view}_size", record.get(f"{view}_size")
+            if key not in type(ds).model_fields or rec is None:
+                continue
+            ours = _json(getattr(ds, key))
+            if key not in ds.model_fields_set:
+                sizes[key] = tuple(rec)
+            elif ours != _json(rec):
+                log.warning("evaluating at dataset.%s %s although checkpoint %s was trained at %s (its "
+                            "record); leave dataset.%s out of the config to evaluate at the recorded size",
+                            key, ours, source, _json(rec), key)
+        if sizes:
+            update["dataset"] = ds.model_copy(update=sizes)
+    return config.model_copy(update=update)
 
 
 def _i64(x: Any) -> Any:

@@ -126,7 +126,7 @@ class Parts:
     config: Config
     dataset: CrossViewDataset
     encoder: Any  # torch.nn.Module
-    loss: Any  # torch.nn.Module
+    loss: Any  # torch.nn.Module; None when the config has no loss (evaluation)
     transforms: list[Any] = field(default_factory=list)  # built ``transforms`` components, in order
     context: BuildContext | None = None
 
@@ -140,7 +140,8 @@ class Parts:
 
     def tensors(self) -> dict[str, Any]:
         out = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
-        out.update({f"loss.{k}": v for k, v in self.loss.state_dict().items()})
+        if self.loss is not None:
+            out.update({f"loss.{k}": v for k, v in self.loss.state_dict().items()})
         return out
 
     def record(self, **extra: Any) -> dict[str, Any]:
@@ -178,7 +179,7 @@ class Parts:
         if other:
             raise GeokitError(f"{path}: unexpected tensors {other[:5]} (not encoder.* or loss.*)")
         load_module_strict(self.encoder, enc, f"{path} (encoder)")
-        if loss or list(self.loss.state_dict()):
+        if self.loss is not None and (loss or list(self.loss.state_dict())):
             load_module_strict(self.loss, loss, f"{path} (loss)")
         return record
 
@@ -208,8 +209,8 @@ def build(config: Config, *, dataset: CrossViewDataset | None = None, for_checkp
             raise GeokitError(f"encoder '{config.names['encoder']}' has no '{attr}' attribute "
                               "(see geokit_register_encoders)")
     context = context.for_kind("loss", embedding_dim=int(encoder.embedding_dim))
-    loss = build_component("loss", config.names["loss"], config.loss, context)
-    if getattr(encoder, "loss_state", None):
+    loss = build_component("loss", config.names["loss"], config.loss, context) if "loss" in config.names else None
+    if getattr(encoder, "loss_state", None) and loss is not None:  # evaluation may have no loss
         hand_over_loss_state(encoder.loss_state, loss, config.names["loss"])
     return Parts(config, dataset, encoder, loss, transforms, context)
 

@@ -86,12 +86,49 @@ def test_python_dash_m_geokit_evaluates_a_random_init_encoder(trained, tmp_path)
     assert json.loads((tmp_path / "m.json").read_text())["queries"] == 24
 
 
-def test_strict_loading_reports_missing_and_unexpected_keys(trained, tmp_path):
+def test_a_conflicting_encoder_is_one_sentence_naming_both_values(trained, tmp_path):
     cfg, out = trained
     res = CliRunner().invoke(cli, ["evaluate", "--config", str(cfg), "--set", "encoder.model=convnext_femto",
                                    "--checkpoint", str(out / "model.safetensors")])
     assert res.exit_code != 0
-    assert "do not fit the model" in res.output and "keys with another shape" in res.output
+    assert "encoder.model is convnext_femto" in res.output and "convnext_atto" in res.output, res.output
+    assert "keys" not in res.output and len(res.output) < 600  # not a dump of state-dict keys
+    res = CliRunner().invoke(cli, ["evaluate", "--config", str(cfg), "--set", "encoder.name=nope",
+                                   "--checkpoint", str(out / "model.safetensors")])
+    assert res.exit_code != 0 and "nope" in res.output
+
+
+def test_evaluate_a_checkpoint_with_only_a_dataset_section(trained, tmp_path, caplog):
+    cfg, out = trained
+    ckpt = str(out / "model.safetensors")
+    ref = CliRunner().invoke(cli, ["evaluate", "--config", str(cfg), "--checkpoint", ckpt,
+                                   "--output", str(tmp_path / "ref.json")])
+    assert ref.exit_code == 0, ref.output
+    # no encoder, loss or sampler; no sizes either: the record supplies the encoder and [32, 128] / [32, 32]
+    data = yaml.safe_load(cfg.read_text())
+    ds = {k: v for k, v in data["dataset"].items() if k not in ("query_size", "reference_size")}
+    small = tmp_path / "small.yaml"
+    small.write_text(yaml.safe_dump({"seed": data["seed"], "dataset": ds, "eval": data["eval"]}))
+    res = CliRunner().invoke(cli, ["evaluate", "--config", str(small), "--checkpoint", ckpt,
+                                   "--output", str(tmp_path / "m.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "m.json").read_text()) == json.loads((tmp_path / "ref.json").read_text())
+    assert "trained at" not in res.output + caplog.text
+    # sizes stated and different from the record: used, with a warning naming both
+    res = CliRunner().invoke(cli, ["evaluate", "--config", str(small), "--checkpoint", ckpt,
+                                   "--set", "dataset.query_size=[32,96]"])
+    assert res.exit_code == 0, res.output
+    said = res.output + caplog.text
+    assert "query_size [32, 96]" in said and "trained at [32, 128]" in said, said
+    # without a checkpoint an encoder section is needed (and loss/sampler still are not)
+    res = CliRunner().invoke(cli, ["evaluate", "--config", str(small)])
+    assert res.exit_code != 0 and "missing config section 'encoder'" in res.output
+    res = CliRunner().invoke(cli, ["evaluate", "--config", str(small), "--set", "encoder.name=convnext",
+                                   "--set", "encoder.model=convnext_atto", "--set", "encoder.pretrained=false"])
+    assert res.exit_code == 0, res.output
+    # train still needs all four sections
+    res = CliRunner().invoke(cli, ["train", "--config", str(small), "--output", str(tmp_path / "t")])
+    assert res.exit_code != 0 and "missing config section" in res.output
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a checkpoint")
     res = CliRunner().invoke(cli, ["evaluate", "--config", str(cfg), "--checkpoint", str(bad)])
