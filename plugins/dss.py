@@ -21,7 +21,7 @@ weights left by epoch ``e − 1``:
 Epochs before the first mining are built by the ``warm_start`` sampler (default ``gps`` when the
 dataset has reference GPS, else ``random``), created with ``geokit.registry.create`` and given
 ``warm_start_options`` (default: this sampler's ``select``/``range``/``hard_fraction``/
-``last_batch`` for ``gps``, ``last_batch`` for ``random``). So the Sample4Geo recipe is simply::
+``last_batch``/``walk`` for ``gps``, ``last_batch`` for ``random``). So the Sample4Geo recipe is simply::
 
     sampler: {name: dss, every: 4}          # GPS for epochs 1-4, DSS re-mined every 4 epochs
 
@@ -116,7 +116,7 @@ class DssSampler:
                 opts: dict[str, Any] = dict(o.warm_start_options)
             elif name == "gps":
                 opts = {"select": o.select, "range": o.range, "hard_fraction": o.hard_fraction,
-                        "last_batch": o.last_batch}
+                        "last_batch": o.last_batch, "walk": o.walk}
             elif name == "random":
                 opts = {"last_batch": o.last_batch}
             else:
@@ -155,7 +155,8 @@ class DssSampler:
         elif not have:
             return self.delegate(ctx).batches(ctx)
         return build_neighbour_batches(ctx.train, ctx.batch_size, self.lists, ctx.rng(), select=select,
-                                       range_=range_, hard_fraction=o.hard_fraction, last_batch=o.last_batch)
+                                       range_=range_, hard_fraction=o.hard_fraction, last_batch=o.last_batch,
+                                       walk=o.walk)
 
     # ---------------------------------------------------------------- resume
 

@@ -132,7 +132,7 @@ class GpsSampler:
         table = self.neighbour_table(ctx, range_)
         return build_neighbour_batches(ctx.train, ctx.batch_size, table, ctx.rng(), key_of_pair=ctx.train.pair_reference,
                                        select=select, range_=range_, hard_fraction=o.hard_fraction,
-                                       last_batch=o.last_batch)
+                                       last_batch=o.last_batch, walk=o.walk)
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": 1}  # table: recomputed deterministically; batches: a function of (seed, epoch)

@@ -6,12 +6,21 @@ DSS) the reference indices that are hardest to tell apart from it, nearest first
 
 1. Anchors (training pairs) come in a seeded random order.
 2. An anchor that fits the open batch is added; it then brings up to ``select`` neighbours:
-   the first ``select // 2`` of its neighbour list always, and ``select - select // 2`` drawn at
-   random from the rest of the first ``range`` entries, walked in that order. References whose
-   pairs are all used this epoch are skipped *before* choosing (the original skipped them while
-   walking), so anchors late in an epoch still bring neighbours from the first ``range``. A neighbour is a
-   reference; the pair that joins is one of that reference's still-unused pairs (random among
-   them, so VIGOR satellites with two panoramas alternate).
+   the candidates are the first ``select // 2`` of its neighbour list always, and
+   ``select - select // 2`` drawn at random from the rest of the first ``range`` entries, walked
+   in that order. ``walk`` decides what happens to references whose pairs are all used this
+   epoch (or that cannot join the open batch):
+
+   - ``skip`` (default, the released code): candidates are drawn from the list as it is and
+     such references are skipped while walking, so late in an epoch an anchor brings fewer
+     neighbours and batches hold more anchors (CVUSA-size GPS lists: 6.1 anchors per batch,
+     measured in BENCHMARKS.md, "Sampler fidelity");
+   - ``prefilter`` (geokit before 2026-12): references with no unused pair are removed *before*
+     choosing, so anchors late in an epoch still bring ``select`` neighbours from the first
+     ``range`` (3.2 anchors per batch: fewer, larger neighbourhoods; harder batches).
+
+   A neighbour is a reference; the pair that joins is one of that reference's still-unused
+   pairs (random among them, so VIGOR satellites with two panoramas alternate).
 3. Every pair joins at most once per epoch; a batch never holds two pairs with the same reference
    or a declared conflict (``TrainSet.pair_conflicts``), which :class:`geokit.sampling.BatchPacker`
    enforces. An anchor that does not fit waits and is offered first to the next batches (still as
@@ -40,6 +49,9 @@ from geokit.errors import GeokitError
 from geokit.sampling import BatchPacker
 
 
+Walk = Literal["skip", "prefilter"]
+
+
 class NeighbourOptions(BaseModel):
     """Options shared by the neighbour samplers (``gps``, ``dss``)."""
 
@@ -52,6 +64,9 @@ class NeighbourOptions(BaseModel):
                                  description="share of each batch filled by neighbour groups; the rest are random "
                                              "pairs (1.0 = Sample4Geo, 0.0 = random batches)")
     last_batch: Literal["drop", "keep"] = Field("drop", description="what to do with a partial last batch")
+    walk: Walk = Field("skip", description="skip: used neighbours are skipped while walking the drawn candidates "
+                                           "(the released code); prefilter: they are removed before drawing, "
+                                           "so late anchors still bring `select` neighbours (harder batches)")
 
 
 def resolve_depth(select: int | None, range_: int | None, batch_size: int) -> tuple[int, int]:
@@ -64,14 +79,19 @@ def resolve_depth(select: int | None, range_: int | None, batch_size: int) -> tu
 def build_neighbour_batches(train: TrainSet, batch_size: int, table: np.ndarray, rng: np.random.Generator, *,
                             key_of_pair: np.ndarray | None = None, select: int, range_: int,
                             hard_fraction: float = 1.0, last_batch: Literal["drop", "keep"] = "drop",
-                            ) -> list[np.ndarray]:
+                            walk: Walk = "skip", stats: dict | None = None) -> list[np.ndarray]:
     """The ordered global batches of one epoch (arrays of training-pair indices).
 
     :param table: ``(M, K)`` reference indices, nearest first, ``-1`` padded at the end of a row.
     :param key_of_pair: ``(N,)`` row of ``table`` for each training pair; ``None`` means row *i*
         belongs to pair *i* (``M == N``). GPS passes ``train.pair_reference``.
     :param rng: the epoch's generator (``ctx.rng(...)``); the batches are a function of it.
+    :param walk: ``skip`` (the released code) or ``prefilter`` (see the module docstring).
+    :param stats: if given, filled with ``anchor``: ``(N,)`` bool, the pairs that joined as
+        anchors (the rest joined as some anchor's neighbour), for measurements.
     """
+    if walk not in ("skip", "prefilter"):
+        raise ValueError(f"unknown walk {walk!r}")
     n = len(train)
     if batch_size < 2:
         raise GeokitError(f"train.batch_size={batch_size}: neighbour batches need at least 2 pairs")
@@ -98,6 +118,7 @@ def build_neighbour_batches(train: TrainSet, batch_size: int, table: np.ndarray,
     ends_l = ends.tolist()
     remaining = counts.astype(np.int64)  # numpy: the candidate prefilter is vectorised
     used = bytearray(n)
+    anchor = np.zeros(n, dtype=bool) if stats is not None else None
 
     packer = BatchPacker(train, batch_size)
     order = rng.permutation(n).tolist()
@@ -136,10 +157,13 @@ def build_neighbour_batches(train: TrainSet, batch_size: int, table: np.ndarray,
             retry.append(i)
             continue
         mark(i)
+        if anchor is not None:
+            anchor[i] = True
         if len(packer.batches) == closed and select > 0 and hard_in_batch + 1 < hard_quota:
             row = table[keys_l[i]]
             row = row[row >= 0]
-            row = row[remaining[row] > 0]  # references with no unused pair left cannot join
+            if walk == "prefilter":
+                row = row[remaining[row] > 0]  # references with no unused pair left cannot join
             if len(row):
                 head, tail = row[:near], row[near:]
                 if len(tail) > n_random:
@@ -160,4 +184,7 @@ def build_neighbour_batches(train: TrainSet, batch_size: int, table: np.ndarray,
             hard_in_batch = 0
             offers = len(retry)
     packer.waiting.extend(i for i in retry if not used[i])
+    if anchor is not None:
+        anchor[list(packer.waiting)] = True  # finish() places these alone, without neighbours
+        stats["anchor"] = anchor
     return packer.finish(last_batch)
