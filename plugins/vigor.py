@@ -43,6 +43,9 @@ class VIGOROptions(BenchmarkOptions):
     reference_size: tuple[PositiveInt, PositiveInt] = Field((384, 384), description="[height, width] of satellite tiles")
     mode: Literal["same", "cross"] = Field("same", description="same: same-area (4 cities); cross: train "
                                            "NewYork+Seattle, test Chicago+SanFrancisco")
+    semi_positive_conflicts: bool = Field(
+        False, description="keep a panorama's semi-positive tiles out of its training batch (and out of its "
+        "DSS list); off: they may share its batch as negatives, as in the released code (FIDELITY.md)")
 
 
 def tile_latlon(name: str) -> tuple[float, float] | None:
@@ -63,6 +66,28 @@ def pano_latlon(name: str) -> tuple[float, float] | None:
     except (ValueError, IndexError):
         return None
     return (lat, lon) if abs(lat) <= 90 and abs(lon) <= 180 else None
+
+
+def train_set_from_labels(pano_paths: list[str], tile_paths: list[str], labels: np.ndarray,
+                          tile_gps: np.ndarray | None, *, semi_positive_conflicts: bool = False) -> TrainSet:
+    """The training set: one pair per panorama, references = the positive tiles (sorted).
+
+    :param labels: ``(N, 4)`` global tile indices per panorama: positive, then 3 semi-positives.
+    :param semi_positive_conflicts: declare each panorama's semi-positive tiles (those that are
+        training references) as batch conflicts, so they never share its batch. The released
+        code has no such rule: there a semi-positive may be another batch item's positive and
+        acts as a negative (43-48 % of batch items, measured in BENCHMARKS.md, "Sampler fidelity").
+    """
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1, 4)
+    refs = np.unique(labels[:, 0])  # training references: the positive tiles
+    to_ref = np.full(len(tile_paths) + 1, -1, dtype=np.int64)  # last slot: keeps -1 at -1
+    to_ref[refs] = np.arange(len(refs))
+    # no pairs (a folder without the label files, reported by problem() under verify): an empty
+    # set, which verify reports, instead of a (0, 3) table that TrainSet cannot reshape
+    conflicts = to_ref[labels[:, 1:]] if semi_positive_conflicts and len(labels) else None
+    gps = None if tile_gps is None else np.asarray(tile_gps)[refs]
+    return TrainSet(list(pano_paths), [tile_paths[j] for j in refs], to_ref[labels[:, 0]],
+                    reference_gps=gps, pair_conflicts=conflicts)
 
 
 class VIGORDataset(BenchmarkDataset):
@@ -212,16 +237,8 @@ class VIGORDataset(BenchmarkDataset):
 
     def train_set(self) -> TrainSet:
         sats, panos = self._satellites("train"), self._panoramas("train")
-        labels = panos["labels"]
-        refs = np.unique(labels[:, 0])  # training references: the positive tiles
-        to_ref = np.full(len(sats["paths"]) + 1, -1, dtype=np.int64)  # last slot: keeps -1 at -1
-        to_ref[refs] = np.arange(len(refs))
-        conflicts = to_ref[labels[:, 1:]]  # semi-positives never share a batch with their panorama
-        gps = None if sats["gps"] is None else sats["gps"][refs]
-        # no pairs (a folder without the label files, reported by problem() under verify): an empty
-        # set, which verify reports, instead of a (0, 3) table that TrainSet cannot reshape
-        return TrainSet(panos["paths"], [sats["paths"][j] for j in refs], to_ref[labels[:, 0]],
-                        reference_gps=gps, pair_conflicts=conflicts if len(labels) else None)
+        return train_set_from_labels(panos["paths"], sats["paths"], panos["labels"], sats["gps"],
+                                     semi_positive_conflicts=self.options.semi_positive_conflicts)
 
     def eval_set(self, split: str | None = None) -> EvalSet:
         split = self.check_split(split)

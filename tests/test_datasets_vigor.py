@@ -30,11 +30,13 @@ def test_vigor_same_area(tmp_path, official):
     pos_paths = [_sat_path(tmp_path, c, info["sats"][c][r[1]][0], official) for c, r in train_rows]
     assert [tr.reference_paths[j] for j in tr.pair_reference] == pos_paths
     assert len(tr.reference_paths) == len(set(pos_paths))  # references: the unique positive tiles
-    for i, (c, r) in enumerate(train_rows):  # semi-positives become batch conflicts
+    assert tr.pair_conflicts is None  # as released: semi-positives may share a batch (FIDELITY.md)
+    conf = build("vigor", tmp_path, semi_positive_conflicts=True).train_set().pair_conflicts
+    for i, (c, r) in enumerate(train_rows):  # opt-in: semi-positives become batch conflicts
         semi = [_sat_path(tmp_path, c, info["sats"][c][s][0], official) for s in r[2]]
         expect = [tr.reference_paths.index(p) if p in tr.reference_paths else -1 for p in semi]
-        assert tr.pair_conflicts[i].tolist() == expect
-    assert (tr.pair_conflicts >= 0).any() and (tr.pair_conflicts == -1).any()
+        assert conf[i].tolist() == expect
+    assert (conf >= 0).any() and (conf == -1).any()
     for j, p in enumerate(tr.reference_paths):  # GPS from satellite_<lat>_<lon>.png
         lat, lon = (float(x) for x in Path(p).stem.split("_")[1:])
         np.testing.assert_allclose(tr.reference_gps[j], [lat, lon])
