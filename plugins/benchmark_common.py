@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
@@ -31,6 +31,10 @@ class BenchmarkOptions(BaseModel):
     query_size: tuple[PositiveInt, PositiveInt] = Field((384, 384), description="[height, width] of queries")
     reference_size: tuple[PositiveInt, PositiveInt] = Field((384, 384), description="[height, width] of references")
     augment: bool = Field(True, description="Sample4Geo training augmentation (pair-consistent)")
+    dropout_geometry: Literal["released", "relative"] = Field(
+        "released", description="released: CoarseDropout holes sized from the image height and GridDropout "
+        "at a fixed offset, as albumentations 1.x in the released code; relative: hole width from the image "
+        "width, random grid offsets (geokit's earlier albumentations 2.0 defaults; FIDELITY.md)")
     check_files: bool = Field(True, description="check that every listed image exists when loading "
                               "(one directory listing per folder)")
     skip_missing: bool = Field(False, description="skip pairs whose image is missing (a warning) "
@@ -72,6 +76,7 @@ class BenchmarkDataset(CrossViewDataset):
     layout: str = ""
     options_model: type[BenchmarkOptions] = BenchmarkOptions
     geometry: str = "panorama"
+    dropout_ratios: tuple[float, float] = (0.5, 0.4)  # GridDropout ratio of (query, reference), as released
 
     def __init__(self, options: BenchmarkOptions):
         self.options = options
@@ -83,7 +88,10 @@ class BenchmarkDataset(CrossViewDataset):
         self.files = FileIndex(options.check_files)
         self._sources: dict[str, str] = {}
         self._cache: dict[str, Any] = {}
-        self._augment = PairAugment(geometry=self.geometry) if options.augment else None  # type: ignore[arg-type]
+        self._augment = PairAugment(  # type: ignore[arg-type]
+            geometry=self.geometry, query_dropout_ratio=self.dropout_ratios[0],
+            reference_dropout_ratio=self.dropout_ratios[1], dropout_geometry=options.dropout_geometry,
+        ) if options.augment else None
 
     # -- helpers for subclasses -------------------------------------------------------------
 

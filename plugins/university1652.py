@@ -56,6 +56,7 @@ class University1652Dataset(BenchmarkDataset):
     layout = LAYOUT
     splits = ("test",)
     geometry = "independent"  # the tile is rotated on its own; drone views have no north
+    dropout_ratios = (0.4, 0.4)  # the released code: GridDropout ratio 0.4 for drone and satellite alike
 
     def __init__(self, options: U1652Options):
         super().__init__(options)
