@@ -113,6 +113,10 @@ class TrainConfig(_Strict):
     clip_value: float | None = Field(100.0, gt=0, description="gradient value clipping; null: off")
     workers: int | None = Field(None, ge=0, description="DataLoader workers; null: 0 on CPU, 4 on GPU")
     amp: bool | None = Field(None, description="mixed precision; null: on for CUDA, off on CPU")
+    amp_dtype: Literal["float16", "bfloat16"] | None = Field(
+        None, description="autocast dtype when amp is on: float16 (with a loss scaler, initial scale 2^10, "
+        "as the released Sample4Geo code), bfloat16 (no scaler); null: bfloat16 where the device has it, "
+        "else float16")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:[0-9]{1,3})?)$",
                         description="auto, cpu, cuda, cuda:N")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; null: all cores")

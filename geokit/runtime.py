@@ -79,21 +79,37 @@ def keep_freed_memory() -> bool:
     return _malloc_tuned
 
 
-def amp_dtype(device: Any) -> Any:
-    """bf16 where the hardware has it, else fp16 (CUDA only)."""
+def amp_dtype(device: Any, name: str | None = None) -> Any:
+    """The autocast dtype: ``name`` (``float16``/``bfloat16``) when given, else bf16 where the
+    hardware has it and fp16 otherwise (CUDA only)."""
     import torch
 
+    if name is not None:
+        return {"float16": torch.float16, "bfloat16": torch.bfloat16}[name]
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.float16
     return torch.bfloat16
 
 
-def autocast(device: Any, enabled: bool) -> contextlib.AbstractContextManager:
+def autocast(device: Any, enabled: bool | str) -> contextlib.AbstractContextManager:
+    """Mixed precision for the block: off for ``False``; ``True`` uses the device's default
+    dtype (:func:`amp_dtype`), a dtype name (``"float16"``, ``"bfloat16"``) that one."""
     import torch
 
     if not enabled:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype(device))
+    name = enabled if isinstance(enabled, str) else None
+    return torch.autocast(device_type=device.type, dtype=amp_dtype(device, name))
+
+
+def amp_setting(device: Any, amp: bool | None, dtype: str | None) -> bool | str:
+    """What the training engine passes to :func:`autocast`: ``False`` (off), or the dtype name
+    (on). ``amp`` null: on for CUDA (:func:`default_amp`); ``dtype`` null: the device default."""
+    import torch
+
+    if not (default_amp(device) if amp is None else amp):
+        return False
+    return "float16" if amp_dtype(device, dtype) == torch.float16 else "bfloat16"
 
 
 def cpu_has_bf16() -> bool:

@@ -40,7 +40,7 @@ from geokit.evaluation import format_table, run_protocol
 from geokit.model import Parts, build, build_component, encode
 from geokit.registry import origin
 from geokit.runtime import (
-    TensorBoard, autocast, configure_threads, default_amp, default_channels_last, default_embed_amp,
+    TensorBoard, amp_setting, autocast, configure_threads, default_channels_last, default_embed_amp,
     default_workers, keep_freed_memory, log, progress, setup_logging, versions,
 )
 from geokit.sampling import CheckedSampler, EpochContext, StepContext, TrainEmbeddings, is_step_level, rank_slice
@@ -399,7 +399,7 @@ class _Engine:
         configure_threads(tc.threads)
         # Before the model exists, so that its buffers and every step's come from the tuned heap.
         self.malloc_tuned = keep_freed_memory() if device.type == "cpu" else False
-        self.amp = default_amp(device) if tc.amp is None else tc.amp
+        self.amp = amp_setting(device, tc.amp, tc.amp_dtype)  # False, or the autocast dtype name
         self.workers = default_workers(device) if tc.workers is None else tc.workers
         channels_last = default_channels_last(device) if tc.channels_last is None else tc.channels_last
         torch.manual_seed(config.seed)  # the same initial weights on every rank and every run
@@ -424,8 +424,8 @@ class _Engine:
             encoder.to(memory_format=torch.channels_last)
         params = [p for m in (encoder, loss_fn) for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-        fp16 = self.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
-        self.scaler = torch.amp.GradScaler(device.type, init_scale=2.0**10, enabled=fp16)
+        # fp16 needs a loss scaler; initial scale 2^10 as the released code (its CPU version works too)
+        self.scaler = torch.amp.GradScaler(device.type, init_scale=2.0**10, enabled=self.amp == "float16")
 
         self.steps_per_epoch = max(len(train_set) // tc.batch_size, 1)
         self.total_steps = tc.epochs * self.steps_per_epoch
