@@ -4,7 +4,9 @@ Mining: ``ctx.embed()`` (the engine embeds every training query and reference th
 evaluation path), then each query's top-(range + excluded) references through
 :func:`geokit.retrieval.search` (streaming blocks, never the dense Q×R matrix). The query's own
 reference is dropped, and, with ``exclude_conflicts`` (default), its declared conflicts
-(``TrainSet.pair_conflicts``, e.g. VIGOR semi-positives), which could never share its batch anyway.
+(``TrainSet.pair_conflicts``), which could never share its batch anyway. VIGOR declares its
+semi-positives as conflicts only with ``semi_positive_conflicts: true``; by default (and in the
+recipes, as in the released code) they stay in the mined lists.
 What remains, most similar first, is the pair's neighbour list (one list per *pair*, so VIGOR
 panoramas sharing a satellite keep their own lists). Batches are built from these lists by
 :mod:`geokit_plugins.neighbour_batches`.

@@ -9,6 +9,9 @@ cities (also tiles that are nobody's positive); training references are the posi
 Coordinates come from the tile names ``satellite_<lat>_<lon>.png`` (and the panorama names
 ``<id>,<lat>,<lon>,.jpg`` for queries).
 
+Training batches may hold a panorama together with its semi-positive tiles (as negatives), as in
+the released code; ``semi_positive_conflicts: true`` keeps them apart (FIDELITY.md, row 1).
+
 Images may sit in Sample4Geo's layout (``ground/<city>/``, ``satellite/<city>/``) or in the
 official release layout (``<city>/panorama/``, ``<city>/satellite/``); both are recognised.
 """
