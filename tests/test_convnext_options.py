@@ -194,3 +194,62 @@ def test_a_fixed_size_model_names_the_sizes():
     enc = create("encoder", "convnext", {"model": "cait_xxs24_224", "pretrained": False})  # no dynamic_img_size
     with pytest.raises(GeokitError, match="cannot embed images of 64x96 px.*dataset.query_size"):
         enc(torch.randn(1, 3, 64, 96))
+
+
+# ------------------------------------------------------------------------------ through the engines
+
+
+@pytest.fixture(scope="module")
+def two_branch_run(tmp_path_factory, pairs_root):
+    """One short `shared: false` training run shared by the engine tests below."""
+    import yaml
+
+    from geokit import config as config_mod
+    from geokit.testing import tiny_config
+    from geokit.training import train
+
+    tmp = tmp_path_factory.mktemp("two_branch")
+    cfg = tiny_config(pairs_root, encoder={"shared": False}, train={"epochs": 1})
+    (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
+    train(config_mod.resolve(cfg), tmp / "run")
+    return tmp / "run.yaml", tmp / "run" / "model.safetensors"
+
+
+def test_two_branches_are_trained_recorded_and_routed_by_evaluate_and_index(tmp_path, two_branch_run):
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from geokit import config as config_mod
+    from geokit.checkpoint import read_record, save_weights
+    from geokit.evaluation import evaluate
+    from geokit.index import IndexSpec, build_from_checkpoint, dataset_references
+
+    cfg_path, ckpt = two_branch_run
+    record = read_record(ckpt)
+    assert record["encoder"]["shared"] is False
+    tensors = load_file(ckpt)
+    q_keys = [k for k in tensors if k.startswith("encoder.query.")]
+    assert q_keys and all(k.replace(".query.", ".reference.", 1) in tensors for k in q_keys)
+    assert any(not torch.equal(tensors[k], tensors[k.replace(".query.", ".reference.", 1)]) for k in q_keys)
+
+    cfg = config_mod.load(cfg_path)
+    res = evaluate(cfg, ckpt)
+    g = torch.Generator().manual_seed(0)
+    moved = {k: v + 0.05 * torch.randn(v.shape, generator=g) if k.startswith("encoder.reference.")
+             and v.is_floating_point() else v for k, v in tensors.items()}
+    save_weights(tmp_path / "moved.safetensors", moved, record)
+    res2 = evaluate(cfg, tmp_path / "moved.safetensors")
+    np.testing.assert_array_equal(res.query, res2.query)  # queries never touch the reference branch
+    assert not np.allclose(res.reference, res2.reference, atol=1e-3)
+
+    # `index build` embeds tiles with the reference branch: its vectors are evaluate's references
+    ix = build_from_checkpoint(ckpt, dataset_references(cfg_path), tmp_path / "tiles.index", IndexSpec(), show=False)
+    np.testing.assert_allclose(ix.vectors, res.reference, atol=1e-5)
+    # `locate` embeds photos with the branch of the view it is given
+    from geokit.locate import Localizer
+
+    es = res.eval_set
+    for view, paths, expected in (("query", es.query_paths[:5], res.query[:5]),
+                                  ("reference", es.reference_paths[:5], res.reference[:5])):
+        loc = Localizer(tmp_path / "tiles.index", ckpt, view=view, device="cpu")
+        np.testing.assert_allclose(loc.embed(paths), expected, atol=1e-5, err_msg=view)
