@@ -6,7 +6,9 @@ Swin) or a ViT's tokens ``(B, N, C)``. :func:`local_features` turns each into ``
 descriptors (a ViT's class/register tokens dropped), which the heads pool at any input size:
 
 - :class:`GeM`: generalised mean ``(mean_l clamp(x, eps)^p)^(1/p)`` with a learnable ``p``
-  (initially 3; p = 1 is average pooling, p → ∞ max pooling). ``C`` dimensions.
+  (initially 3; p = 1 is average pooling, p → ∞ max pooling). ``C`` dimensions. Features after
+  a LayerNorm (ConvNeXt's head norm, a ViT's final norm) are signed; as in CNN retrieval, the
+  clamp keeps only their positive part.
 - :class:`NetVLADLite`: soft-assignment VLAD. Descriptors are reduced to ``cluster_dim`` by a
   linear layer, softly assigned to ``clusters`` learned centroids, their residuals summed per
   centroid, each centroid's sum L2-normalised, then all flattened and L2-normalised

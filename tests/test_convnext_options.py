@@ -253,3 +253,14 @@ def test_two_branches_are_trained_recorded_and_routed_by_evaluate_and_index(tmp_
                                   ("reference", es.reference_paths[:5], res.reference[:5])):
         loc = Localizer(tmp_path / "tiles.index", ckpt, view=view, device="cpu")
         np.testing.assert_allclose(loc.embed(paths), expected, atol=1e-5, err_msg=view)
+
+
+@pytest.mark.parametrize("options", [
+    {"model": "convnext_atto", "shared": False},
+    {"model": "convnext_atto", "shared": False, "pool": "netvlad", "clusters": 4, "cluster_dim": 8},
+    {"model": "vit_tiny_patch16_224", "pool": "gem"},
+], ids=["two-branch", "two-branch-netvlad", "vit-gem"])
+def test_variants_pass_the_conformance_kit(options):
+    from geokit.testing import check_encoder
+
+    check_encoder("convnext", {"pretrained": False, **options})
