@@ -8,6 +8,7 @@ imported checkpoint holds the same bits and evaluates to the same metrics.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -139,7 +140,7 @@ def _import(source: Path, root: Path, out: Path, *extra: str) -> object:
 @pytest.mark.parametrize("module", [False, True], ids=["model.", "module.model."])
 def test_import_weights_is_bit_identical_and_evaluates_like_encoder_weights(tmp_path, pairs_root, timm_state, module):
     from geokit.evaluation import evaluate
-    from geokit.index import load_encoder
+    from geokit.locate import Localizer
 
     src = _write_released(tmp_path / "released.pth", timm_state, module=module)
     out = tmp_path / "imported.safetensors"
@@ -158,15 +159,28 @@ def test_import_weights_is_bit_identical_and_evaluates_like_encoder_weights(tmp_
     assert record["encoder"]["model"] == "convnext_atto" and record["imported_from"]["file"] == "released.pth"
     assert len(record["imported_from"]["sha256"]) == 64
 
-    via_checkpoint = evaluate(_config(pairs_root), out)
+    from geokit.cli import cli
+
+    cfg_file = tmp_path / "run.yaml"  # written by _import
+    run = CliRunner().invoke(cli, ["evaluate", "--config", str(cfg_file), "--checkpoint", str(out),
+                                   "--output", str(tmp_path / "m.json")])
+    assert run.exit_code == 0, run.output
     via_weights = evaluate(_config(pairs_root, weights=str(src)))
-    assert via_checkpoint.metrics == via_weights.metrics
+    assert json.loads((tmp_path / "m.json").read_text()) == via_weights.metrics
+    via_checkpoint = evaluate(_config(pairs_root), out)
     np.testing.assert_array_equal(via_checkpoint.query, via_weights.query)
     np.testing.assert_array_equal(via_checkpoint.reference, via_weights.reference)
-    # index build / locate rebuild the encoder from the record alone
-    enc = load_encoder(out)
-    for k, v in timm_state.items():
-        assert torch.equal(enc.module.model.state_dict()[k], v), k
+    if module:
+        return
+    # index build and locate rebuild the encoder from the record alone
+    run = CliRunner().invoke(cli, ["index", "build", "--checkpoint", str(out), "--config", str(cfg_file),
+                                   "--output", str(tmp_path / "tiles.index")])
+    assert run.exit_code == 0, run.output
+    loc = Localizer(tmp_path / "tiles.index", out, view="query", device="cpu")
+    np.testing.assert_allclose(loc.index.vectors, via_weights.reference, atol=1e-5)
+    es = via_weights.eval_set
+    np.testing.assert_allclose(loc.embed(es.query_paths[:4]), via_weights.query[:4], atol=1e-5)
+    assert loc.locate(es.query_paths[:1], k=3)[0].candidates
 
 
 def test_import_refuses_an_existing_output_unless_forced(tmp_path, pairs_root, released):
