@@ -32,9 +32,8 @@ def offered(fn: Callable[..., Any], optional: Mapping[str, Any]) -> dict[str, An
 
 
 def _unwrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-    # nn.Module instances: look at forward (DDP wraps the module; look through it).
-    inner = getattr(fn, "module", None)
-    if inner is not None and hasattr(inner, "forward"):
-        fn = inner
+    # nn.Module instances: look at forward, through DistributedDataParallel's wrapper.
+    if type(fn).__name__ == "DistributedDataParallel":
+        fn = fn.module  # type: ignore[attr-defined]
     forward = getattr(fn, "forward", None)
     return forward if forward is not None and not inspect.isfunction(fn) else fn
