@@ -404,3 +404,22 @@ def test_v1_checkpoint_loads_and_evaluates(tmp_path):
     save_file(tensors, str(tmp_path / "v1.safetensors"), metadata={RECORD_KEY: json.dumps(record)})
     res = evaluate(cfg, tmp_path / "v1.safetensors", show=False)
     assert res.metrics["queries"] == 6
+
+
+def test_classification_loss_trains_and_its_checkpoint_evaluates_from_the_cli(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = make_pairs_dataset(tmp_path / "d", n_train=16, n_test=6)
+    cfg = tiny_config(root, loss={"name": "infonce_ce", "ce_weight": 0.5}, train={"epochs": 1, "threads": 1})
+    res = _train(cfg, tmp_path / "run")
+    clf = res.parts.loss.classifier
+    assert (clf.in_features, clf.out_features) == (320, 16)  # embedding_dim and classes from the context
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    out = subprocess.run([sys.executable, "-m", "geokit", "evaluate", "--config", str(tmp_path / "cfg.yaml"),
+                          "--checkpoint", str(tmp_path / "run" / "model.safetensors")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "R@1" in out.stdout and "Traceback" not in out.stderr
