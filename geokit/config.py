@@ -1,7 +1,8 @@
 """Run configuration: a YAML file, ``--set KEY=VALUE`` overrides, pydantic validation.
 
 Top-level keys: ``seed``, ``encoder``, ``loss``, ``sampler``, ``dataset``, ``train``, ``eval``,
-and the optional lists ``transforms``, ``metrics`` and ``rerankers``. Each component section
+the optional lists ``transforms``, ``metrics`` and ``rerankers``, and the optional ``images``
+section (image decoding, :class:`geokit.images.ImageOptions`). Each component section
 (and each list item) holds ``name`` plus that component's options, validated by the model the
 component registered. Unknown keys and bad values are errors naming the full dotted key path.
 The resolved config (every default filled in) is what runs write to ``config.yaml`` and into
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from geokit.errors import GeokitError
 from geokit.hookspecs import KINDS, LIST_KINDS
+from geokit.images import BUILTIN_IMAGE_OPTIONS, ImageOptions
 from geokit.registry import format_validation_error, get_registry
 
 
@@ -164,6 +166,7 @@ class _RawConfig(_Strict):
     transforms: list[_Section] = []
     metrics: list[_Section] | None = None
     rerankers: list[_Section] = []
+    images: ImageOptions = Field(default_factory=ImageOptions)
 
 
 class Config(BaseModel):
@@ -183,14 +186,15 @@ class Config(BaseModel):
     transforms: list[tuple[str, BaseModel]] = []
     metrics: list[tuple[str, BaseModel]] | None = None
     rerankers: list[tuple[str, BaseModel]] = []
+    images: ImageOptions = Field(default_factory=ImageOptions)
 
     def listed(self, kind: str) -> list[tuple[str, BaseModel]] | None:
         """The configured components of list kind ``kind`` ('transform', 'metric', 'reranker')."""
         return getattr(self, LIST_KINDS[kind])
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data, as written to config.yaml (paths as strings). List kinds appear only
-        when set, so configs (and run folders) from before they existed compare equal."""
+        """Plain data, as written to config.yaml (paths as strings). List kinds and ``images``
+        appear only when set, so configs (and run folders) from before they existed compare equal."""
         out: dict[str, Any] = {"seed": self.seed}
         for kind in KINDS:
             if kind in self.names:
@@ -201,6 +205,9 @@ class Config(BaseModel):
             items = self.listed(kind)
             if items:
                 out[key] = [{"name": n, **o.model_dump(mode="json")} for n, o in items]
+        images = self.images.model_dump(mode="json")
+        if images != BUILTIN_IMAGE_OPTIONS:  # like the lists: absent when at its defaults
+            out["images"] = images
         return out
 
     def to_yaml(self) -> str:
@@ -272,6 +279,9 @@ def resolve(data: dict[str, Any], *, source: str = "config", require: Sequence[s
     :param require: the component sections that must be there (``train``: all four; ``evaluate``:
         ``encoder`` and ``dataset``, or only ``dataset`` with a checkpoint). A section that is not
         required may be left out; it is then ``None`` in the result and absent from ``names``.
+
+    Its ``images:`` options become this process's image options (:func:`geokit.images.configure`):
+    every image a run reads, in any engine or worker, is decoded as its config says.
     """
     for kind in require:
         if data.get(kind) is None:
@@ -317,7 +327,11 @@ def resolve(data: dict[str, Any], *, source: str = "config", require: Sequence[s
             except GeokitError as exc:
                 raise GeokitError(f"{source}: {exc} [{kind} '{comp.name}' from plugin {comp.plugin}]") from None
         lists[key] = items
-    return Config(seed=raw.seed, train=raw.train, eval=raw.eval, names=names, **parts, **lists)
+    from geokit.images import configure
+
+    configure(raw.images)
+    return Config(seed=raw.seed, train=raw.train, eval=raw.eval, names=names, images=raw.images,
+                  **parts, **lists)
 
 
 def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), *,

@@ -219,19 +219,15 @@ class CrossViewDataset:
 
 
 def load_image(path: str | Path, size: Size) -> np.ndarray:
-    """Decode an image file to RGB uint8 at ``size`` (height, width), bilinear."""
-    from PIL import Image, UnidentifiedImageError
+    """Decode an image file to RGB uint8 at ``size`` (height, width).
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
-            return np.array(im)  # a writable copy (torch.from_numpy warns on read-only arrays)
-    except FileNotFoundError:
-        raise GeokitError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise GeokitError(f"cannot decode image {path}: {exc}") from None
+    Decoder, resizing and pixel limit follow this process's image options (the config's
+    ``images:`` section; :mod:`geokit.images`): by default OpenCV with ``INTER_LINEAR_EXACT``,
+    the released Sample4Geo pixels. Errors are :class:`GeokitError` naming the file.
+    """
+    from geokit.images import load_image as _load
+
+    return _load(path, size)
 
 
 def to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

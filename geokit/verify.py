@@ -338,13 +338,15 @@ def verify_dataset(ds: Any, *, sample: int = 200, full: bool = False, seed: int 
 
 
 def decode_check(path: str) -> tuple[int, int] | str:
-    """Fully decode one image; its (width, height), or the reason it failed."""
-    from PIL import Image
+    """Fully decode one image with the loader training uses (:mod:`geokit.images`: pixel limit,
+    16-bit and other modes, EXIF orientation); its (width, height), or the reason it failed."""
+    from geokit.images import ImageError, load_image
 
     try:
-        with Image.open(path) as im:
-            im.load()  # a truncated file fails here, not at open
-            return im.size
+        img = load_image(path, None)
+        return int(img.shape[1]), int(img.shape[0])
+    except ImageError as exc:
+        return exc.reason
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the finding
         return f"{type(exc).__name__}: {exc}"
 
@@ -356,7 +358,7 @@ def _decode_all(paths: list[str], workers: int | None) -> Iterator[tuple[str, tu
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    # PIL releases the GIL while decoding, so threads scale on the decoders.
+    # OpenCV and Pillow release the GIL while decoding, so threads scale on the decoders.
     n = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=n) as pool:
         yield from zip(paths, pool.map(decode_check, paths, chunksize=16))

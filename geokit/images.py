@@ -1,0 +1,407 @@
+"""Image decoding and resizing, the one path every dataset, engine and command uses.
+
+Training, evaluation, ``geokit index`` and ``geokit locate`` all read images through
+:func:`load_image` (via :func:`geokit.data.load_image` / ``CrossViewDataset.load_image``), so
+they see the same pixels. Two decoders:
+
+``opencv`` (default)
+    The released Sample4Geo path, bit for bit: OpenCV decode (EXIF orientation applied), RGB,
+    ``cv2.resize(..., INTER_LINEAR_EXACT)``. It is faster than the original because the file is
+    decoded straight to RGB (the original converts BGR to RGB on the full-size image).
+``pil``
+    geokit's behaviour before 0.x: Pillow decode, EXIF orientation applied, anti-aliased bilinear
+    resize (``Image.BILINEAR``). Slightly softer pixels; PSNR 33-43 dB against ``opencv``.
+
+Before anything is decoded the header is read and an image over ``max_pixels`` is refused with a
+:class:`GeokitError` naming the file (a few-hundred-byte PNG can declare 10^10 pixels), so it is
+skipped like any unreadable image under ``train.bad_images: skip``. 16-bit, palette, grey,
+1-bit, LA/RGBA (alpha dropped, not composited) and CMYK files all become 8-bit RGB; both decoders
+map 16-bit values by ``v >> 8``.
+
+``reduced_jpeg`` (off by default) decodes a JPEG at 1/2, 1/4 or 1/8 of its size inside the
+decoder (``IMREAD_REDUCED_*`` / Pillow ``draft``) when the result is still at least the target
+size, then resizes. About 2x faster for VIGOR panoramas (2048x1024 -> 384x768); the pixels are a
+box-filtered version of the full decode, not the paper's (BENCHMARKS.md, "Image loader").
+
+Options come from the run config's ``images:`` section (:mod:`geokit.config` applies it with
+:func:`configure` when it resolves a config), else from ``GEOKIT_IMAGES_DECODER``,
+``GEOKIT_IMAGES_MAX_PIXELS`` and ``GEOKIT_IMAGES_REDUCED_JPEG`` (for commands without a config:
+``geokit locate``, ``geokit index build --checkpoint``), else the defaults. :func:`configure`
+exports the env variables, so DataLoader workers started with ``spawn`` decode the same way.
+"""
+from __future__ import annotations
+
+import io
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from geokit.errors import GeokitError
+
+Size = tuple[int, int]  # (height, width)
+
+#: Pillow's own hard limit (2 x ``Image.MAX_IMAGE_PIXELS``), about 13,400 x 13,400: no image
+#: Pillow decoded before is refused by default.
+DEFAULT_MAX_PIXELS = 178_956_970
+#: The defaults when no GEOKIT_IMAGES_* variable is set (a config at these omits ``images:``).
+BUILTIN_IMAGE_OPTIONS: dict[str, Any] = {"decoder": "opencv", "max_pixels": DEFAULT_MAX_PIXELS,
+                                         "reduced_jpeg": False}
+ENV = {"decoder": "GEOKIT_IMAGES_DECODER", "max_pixels": "GEOKIT_IMAGES_MAX_PIXELS",
+       "reduced_jpeg": "GEOKIT_IMAGES_REDUCED_JPEG"}
+
+
+def _env_defaults() -> dict[str, Any]:
+    """Options the user (or the parent process) set in the environment, read once at import."""
+    out: dict[str, Any] = {}
+    for key, var in ENV.items():
+        raw = os.environ.get(var, "").strip()
+        if raw:
+            out[key] = raw
+    return out
+
+
+_ENV_DEFAULTS = _env_defaults()
+
+
+def _default(key: str, fallback: Any) -> Any:
+    return _ENV_DEFAULTS.get(key, fallback)
+
+
+class ImageOptions(BaseModel):
+    """``images:`` config section: how image files are decoded and resized."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    decoder: Literal["opencv", "pil"] = Field(
+        default_factory=lambda: _default("decoder", BUILTIN_IMAGE_OPTIONS["decoder"]),
+        description="opencv: the released Sample4Geo pixels (INTER_LINEAR_EXACT resize), fastest; "
+                    "pil: Pillow with anti-aliased bilinear resize (geokit's earlier behaviour)")
+    max_pixels: int = Field(
+        default_factory=lambda: _default("max_pixels", BUILTIN_IMAGE_OPTIONS["max_pixels"]), ge=1, le=2**40,
+        description="refuse images whose header declares more pixels (decompression bombs) "
+                    "before decoding them")
+    reduced_jpeg: bool = Field(
+        default_factory=lambda: _default("reduced_jpeg", BUILTIN_IMAGE_OPTIONS["reduced_jpeg"]),
+        description="decode JPEGs at 1/2, 1/4 or 1/8 size in the decoder when the target allows "
+                    "(about 2x faster on VIGOR panoramas; slightly different pixels)")
+
+
+_options: ImageOptions | None = None
+
+
+def current() -> ImageOptions:
+    """The options this process decodes with."""
+    global _options
+    if _options is None:
+        try:
+            _options = ImageOptions()
+        except ValidationError as exc:  # a bad GEOKIT_IMAGES_* value
+            err = exc.errors()[0]
+            var = ENV.get(str(err["loc"][0]) if err["loc"] else "", "GEOKIT_IMAGES_*")
+            raise GeokitError(f"environment variable {var}={os.environ.get(var, '')[:40]!r}: "
+                              f"{err['msg']}") from None
+    return _options
+
+
+def configure(options: ImageOptions | None) -> ImageOptions:
+    """Make ``options`` (None: the defaults) this process's image options, and export them as
+    ``GEOKIT_IMAGES_*`` so worker processes started later (spawn, subprocesses) use them too."""
+    global _options
+    _options = options if options is not None else ImageOptions()
+    os.environ[ENV["decoder"]] = _options.decoder
+    os.environ[ENV["max_pixels"]] = str(_options.max_pixels)
+    os.environ[ENV["reduced_jpeg"]] = "1" if _options.reduced_jpeg else "0"
+    return _options
+
+
+class ImageError(GeokitError):
+    """An image that cannot be used; ``reason`` is the message without the file name."""
+
+    def __init__(self, path: str | Path, reason: str, *, refused: bool = False):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"image {path} refused: {reason}" if refused
+                         else f"cannot decode image {path}: {reason}")
+
+
+# ------------------------------------------------------------------------------ headers
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header says: format, stored size (before EXIF orientation), EXIF orientation."""
+
+    format: str
+    width: int
+    height: int
+    orientation: int = 1
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+
+
+def _exif_orientation(data: bytes, start: int, end: int) -> int:
+    """Orientation tag (0x0112) of IFD0 in the TIFF block ``data[start:end]``; 1 if absent."""
+    try:
+        order = data[start:start + 2]
+        e = "<" if order == b"II" else ">" if order == b"MM" else None
+        if e is None:
+            return 1
+        ifd = start + struct.unpack_from(e + "I", data, start + 4)[0]
+        count = struct.unpack_from(e + "H", data, ifd)[0]
+        for k in range(min(count, 256)):
+            entry = ifd + 2 + 12 * k
+            if entry + 12 > end:
+                break
+            if struct.unpack_from(e + "H", data, entry)[0] == 0x0112:
+                value = struct.unpack_from(e + "H", data, entry + 8)[0]
+                return value if 1 <= value <= 8 else 1
+    except struct.error:
+        pass
+    return 1
+
+
+def _probe_jpeg(data: bytes) -> tuple[ImageInfo | None, bool]:
+    """(info, complete) of a JPEG; info None when no frame header is found."""
+    n, i = len(data), 2
+    width = height = 0
+    orientation = 1
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None, False
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # standalone markers
+            i += 2
+            continue
+        seglen = (data[i + 2] << 8) | data[i + 3]
+        if marker in _SOF and i + 9 <= n:
+            height, width = struct.unpack_from(">HH", data, i + 5)
+        elif marker == 0xE1 and data[i + 4:i + 10] == b"Exif\0\0":
+            orientation = _exif_orientation(data, i + 10, min(n, i + 2 + seglen))
+        elif marker == 0xDA:  # start of scan: the header is over
+            if not width:
+                return None, False
+            # Entropy-coded data never holds FF D9 (FF is stuffed), so an end-of-image marker
+            # after the scan starts exists exactly when the file is complete.
+            return ImageInfo("JPEG", width, height, orientation), data.rfind(b"\xff\xd9", i) >= 0
+        i += 2 + seglen
+    return None, False
+
+
+def probe(data: bytes, path: str | Path = "<bytes>") -> tuple[ImageInfo, bool]:
+    """Read the header of an encoded image: its :class:`ImageInfo` and whether the data looks
+    complete. Decodes nothing, so a decompression bomb costs nothing here."""
+    if data[:3] == b"\xff\xd8\xff":
+        info, complete = _probe_jpeg(data)
+        if info is None:
+            raise ImageError(path, f"a JPEG file without a valid frame header ({len(data):,} bytes; "
+                                   "truncated or corrupt)")
+        return info, complete
+    if data[:8] == _PNG_MAGIC:
+        if len(data) < 26 or data[12:16] != b"IHDR":
+            raise ImageError(path, f"a PNG file without its IHDR header ({len(data):,} bytes; "
+                                   "truncated or corrupt)")
+        width, height = struct.unpack_from(">II", data, 16)
+        return ImageInfo("PNG", width, height), True
+    return _probe_pil(data, path), True
+
+
+def _pil() -> Any:
+    from PIL import Image
+
+    if not getattr(_pil, "ready", False):
+        import warnings
+
+        # geokit enforces its own limit (max_pixels) from the header; Pillow's warning between
+        # its two thresholds would only repeat it.
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        _pil.ready = True  # type: ignore[attr-defined]
+    return Image
+
+
+def _probe_pil(data: bytes, path: str | Path) -> ImageInfo:
+    Image = _pil()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return ImageInfo(str(im.format), int(im.size[0]), int(im.size[1]))
+    except Image.DecompressionBombError as exc:
+        raise ImageError(path, f"{exc}; a decompression bomb or an unusually large image",
+                         refused=True) from None
+    except Exception:  # noqa: BLE001 - Pillow raises many types for unknown data
+        head = data[:8]
+        raise ImageError(path, "not an image format geokit can read (JPEG, PNG, BMP, TIFF, WebP, "
+                               f"GIF, ...); the file starts with {head!r} ({len(data):,} bytes)") from None
+
+
+def check_pixels(info: ImageInfo, path: str | Path, limit: int) -> None:
+    """Refuse an image whose header declares more than ``limit`` pixels (or zero)."""
+    if info.width <= 0 or info.height <= 0:
+        raise ImageError(path, f"its {info.format} header declares an empty image "
+                               f"({info.width}x{info.height})")
+    if info.pixels > limit:
+        raise ImageError(
+            path, f"its {info.format} header declares {info.width}x{info.height} = {info.pixels:,} "
+            f"pixels, over the limit of {limit:,} (images.max_pixels); a decompression bomb or an "
+            "unusually large image (raise images.max_pixels if you trust it)", refused=True)
+
+
+# ------------------------------------------------------------------------------ decoding
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """The file's bytes; a missing or unreadable file is a :class:`GeokitError` naming it."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise GeokitError(f"image not found: {path}") from None
+    except OSError as exc:
+        raise ImageError(path, f"cannot read the file: {exc.strerror or exc}") from None
+    if not data:
+        raise ImageError(path, "the file is empty (0 bytes)")
+    return data
+
+
+def _reduction(info: ImageInfo, size: Size) -> int:
+    """Largest JPEG scale denominator (2, 4, 8) that keeps the decode at least ``size``."""
+    th, tw = size
+    if info.orientation >= 5:  # stored transposed: compare with the stored axes
+        th, tw = tw, th
+    for f in (8, 4, 2):
+        if -(-info.width // f) >= tw and -(-info.height // f) >= th:
+            return f
+    return 1
+
+
+def _corrupt(path: str | Path, info: ImageInfo, data: bytes, decoder: str, why: str = "") -> ImageError:
+    return ImageError(path, f"the {info.format} data ({len(data):,} bytes, {info.width}x{info.height}) "
+                            f"is truncated or corrupt{' (' + why + ')' if why else ''}; {decoder} "
+                            "could not decode it")
+
+
+_cv2: Any = None
+
+
+def _opencv() -> Any:
+    global _cv2
+    if _cv2 is None:
+        import cv2
+
+        _cv2 = cv2
+    return _cv2
+
+
+def _decode_opencv(data: bytes, info: ImageInfo, size: Size | None, reduced: bool,
+                   path: str | Path, limit: int) -> np.ndarray:
+    """RGB uint8, EXIF orientation applied, resized with INTER_LINEAR_EXACT when ``size``."""
+    cv2 = _opencv()
+    rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10/5: RGB from the decoder
+    colour = rgb_flag if rgb_flag is not None else cv2.IMREAD_COLOR
+    buf = np.frombuffer(data, np.uint8)
+    img = None
+    if reduced and size is not None and info.format == "JPEG":
+        f = _reduction(info, size)
+        if f > 1:
+            base = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+                    8: cv2.IMREAD_REDUCED_GRAYSCALE_8}[f]
+            img = cv2.imdecode(buf, base | colour)
+            if img is not None and (img.ndim != 3 or img.shape[0] < size[0] or img.shape[1] < size[1]):
+                img = None  # an unexpected orientation or shape: decode at full size instead
+    if img is None:
+        img = cv2.imdecode(buf, colour)
+    if img is None:
+        if info.format in ("JPEG", "PNG"):
+            raise _corrupt(path, info, data, "OpenCV")
+        # Formats this OpenCV build cannot read (e.g. GIF): Pillow decodes, OpenCV resizes.
+        img, rgb = _decode_pil_array(data, path, info, limit), True
+    else:
+        rgb = rgb_flag is not None
+    if size is not None and img.shape[:2] != tuple(size):
+        img = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_LINEAR_EXACT)
+    if not rgb:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)  # after the resize: fewer pixels, same values
+    return img
+
+
+def _rgb_image(im: Any) -> Any:
+    """A Pillow image of any mode as 8-bit RGB (16-bit as ``v >> 8``, like OpenCV)."""
+    Image = _pil()
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        a = np.asarray(im)
+        a = np.clip(a, 0, 255) if im.mode == "F" else np.clip(a.astype(np.int64) >> 8, 0, 255)
+        return Image.fromarray(a.astype(np.uint8), "L").convert("RGB")
+    return im.convert("RGB")  # P, PA, L, LA, 1, RGBA, CMYK, YCbCr: alpha is dropped
+
+
+def _open_pil(data: bytes, path: str | Path, info: ImageInfo, draft: Size | None, limit: int) -> Any:
+    """Decoded Pillow RGB image, EXIF orientation applied; ``draft``: JPEG reduced decode target."""
+    from PIL import ImageOps
+
+    Image = _pil()
+    if Image.MAX_IMAGE_PIXELS is not None and limit > 2 * Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit // 2 + 1  # the user raised geokit's limit: Pillow's follows
+    try:
+        im = Image.open(io.BytesIO(data))
+        if draft is not None and im.format == "JPEG":
+            th, tw = draft
+            if info.orientation >= 5:
+                th, tw = tw, th
+            im.draft("RGB", (tw, th))
+        im.load()  # a truncated file fails here
+        im = ImageOps.exif_transpose(im)
+        return _rgb_image(im)
+    except GeokitError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(path, f"{exc}; raise images.max_pixels if you trust it", refused=True) from None
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
+        raise _corrupt(path, info, data, "Pillow", str(exc)) from None
+
+
+def _decode_pil_array(data: bytes, path: str | Path, info: ImageInfo, limit: int) -> np.ndarray:
+    return np.array(_open_pil(data, path, info, None, limit))
+
+
+def _decode_pil(data: bytes, info: ImageInfo, size: Size | None, reduced: bool,
+                path: str | Path, limit: int) -> np.ndarray:
+    im = _open_pil(data, path, info, size if reduced else None, limit)
+    if size is not None and im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), _pil().BILINEAR)
+    return np.array(im)  # a writable copy (torch.from_numpy warns on read-only arrays)
+
+
+def decode_bytes(data: bytes, size: Size | None = None, options: ImageOptions | None = None,
+                 path: str | Path = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes to RGB uint8 ``(H, W, 3)``, resized to ``size`` (height, width)
+    when given. The header is checked against ``max_pixels`` before anything is decoded."""
+    opts = options or current()
+    info, complete = probe(data, path)
+    check_pixels(info, path, opts.max_pixels)
+    if not complete:
+        raise _corrupt(path, info, data, opts.decoder, "no end-of-image marker")
+    if opts.decoder == "pil":
+        return _decode_pil(data, info, size, opts.reduced_jpeg, path, opts.max_pixels)
+    return _decode_opencv(data, info, size, opts.reduced_jpeg, path, opts.max_pixels)
+
+
+def load_image(path: str | Path, size: Size | None, options: ImageOptions | None = None) -> np.ndarray:
+    """Decode the image file ``path`` to RGB uint8 ``(H, W, 3)`` at ``size`` (height, width;
+    None: full size), with ``options`` (None: this process's, see :func:`current`).
+
+    EXIF orientation is applied. Every failure is a :class:`GeokitError` naming the file.
+    """
+    return decode_bytes(read_bytes(path), size, options, path)
