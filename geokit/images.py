@@ -263,8 +263,8 @@ def check_pixels(info: ImageInfo, path: str | Path, limit: int) -> None:
 def read_bytes(path: str | Path) -> bytes:
     """The file's bytes; a missing or unreadable file is a :class:`GeokitError` naming it."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        with open(path, "rb", buffering=0) as f:  # one read into one bytes object
+            data = f.readall()
     except FileNotFoundError:
         raise GeokitError(f"image not found: {path}") from None
     except OSError as exc:
