@@ -51,7 +51,7 @@ SIZES: dict[str, tuple[int, int, tuple[int, int]]] = {
     "University-1652": (512, 512, (384, 384)),
     "VIGOR pano, smoother": (2048, 1024, (384, 768)),  # less fine texture: fewer bits per pixel
 }
-TEXTURE = {"VIGOR pano, smoother": 0.06}
+SMOOTHER = {"VIGOR pano, smoother"}  # no fine texture, slightly blurred: about half the bits
 # dataset: (query size name, reference size name, geometry); U1652's views are both 512x512.
 PAIRS = {"VIGOR": ("VIGOR panorama", "VIGOR aerial", "panorama"),
          "CVUSA": ("CVUSA panorama", "CVUSA aerial", "panorama"),
@@ -60,30 +60,32 @@ PAIRS = {"VIGOR": ("VIGOR panorama", "VIGOR aerial", "panorama"),
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def photo(w: int, h: int, seed: int, texture: float = 0.25) -> np.ndarray:
+def photo(w: int, h: int, seed: int, smoother: bool = False) -> np.ndarray:
     """Photographic-like content: smooth colour fields at several scales, sensor-like texture,
     hard edges (buildings, roads), so JPEG and the resamplers have real work (not flat colour)."""
     rng = np.random.default_rng(seed)
     img = np.zeros((h, w, 3), np.float32)
-    for cell, weight in ((64, 0.5), (16, 0.3), (4, 0.15)):
+    for cell, weight in ((64, 0.5), (16, 0.3), (4, 0.0 if smoother else 0.15)):
         small = rng.random((h // cell + 2, w // cell + 2, 3)).astype(np.float32)
         img += weight * cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
-    img += texture * cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (0, 0), 0.8)
+    img += (0.0 if smoother else 0.25) * cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (0, 0), 0.8)
     for _ in range(12):  # edges
         x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
         x1, y1 = x0 + int(rng.integers(w // 20, w // 4)), y0 + int(rng.integers(h // 20, h // 4))
         img[y0:y1, x0:x1] = img[y0:y1, x0:x1] * 0.3 + float(rng.random()) * 0.7
+    if smoother:
+        img = cv2.GaussianBlur(img, (0, 0), 0.7)
     return np.clip(img / img.max() * 255, 0, 255).astype(np.uint8)
 
 
 def make_images(folder: Path, per_size: int) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for k, (name, (w, h, _)) in enumerate(SIZES.items()):
-        k = k if name not in TEXTURE else 0  # the same scenes, with less fine texture
+        k = k if name not in SMOOTHER else 0  # the same scenes as the VIGOR panoramas
         paths = []
         for i in range(per_size):
             p = folder / f"{name.replace(' ', '_')}_{i}.jpg"
-            rgb = photo(w, h, 100 * k + i, TEXTURE.get(name, 0.25))
+            rgb = photo(w, h, 100 * k + i, name in SMOOTHER)
             cv2.imwrite(str(p), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
                         [cv2.IMWRITE_JPEG_QUALITY, 90])
             paths.append(str(p))

@@ -88,6 +88,14 @@ def test_opencv_default_is_bitwise_the_original_path(tmp_path, src, size):
         assert np.array_equal(got, expected)
 
 
+def test_opencv_without_rgb_decoding_gives_the_same_pixels(tmp_path, monkeypatch):
+    """OpenCV < 4.10 has no IMREAD_COLOR_RGB: BGR decode, resize, then swap (same values)."""
+    path = save_jpeg(tmp_path / "a.jpg", photo(60, 120))
+    expected = original(path, (24, 48))
+    monkeypatch.delattr(cv2, "IMREAD_COLOR_RGB")
+    assert np.array_equal(images.load_image(path, (24, 48), OPENCV), expected)
+
+
 def test_default_options_and_data_load_image_use_opencv(tmp_path):
     assert ImageOptions().decoder == "opencv" and not ImageOptions().reduced_jpeg
     path = save_jpeg(tmp_path / "a.jpg", photo(60, 120))
