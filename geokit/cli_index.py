@@ -66,9 +66,10 @@ def build(checkpoint: str, references: str | None, config_path: str | None, over
 @click.option("--top-k", "top_k", type=click.IntRange(1), default=5, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--radius", type=float, default=100.0, show_default=True,
-              help="Candidates closer than this many metres agree (consensus).")
+              help="Candidates closer than this many metres to the top-1 tile support it (consensus).")
 @click.option("--sheet", type=click.Path(dir_okay=False), default=None,
-              help="Also write a PNG: each photo with its top-k tiles.")
+              help="Also write a PNG: each photo (file name, consensus) with its top-k tiles (rank, "
+              "score, lat/lon).")
 @click.option("--device", default="auto", show_default=True)
 def locate(photos: tuple[str, ...], index_path: str, checkpoint: str | None, view: str, top_k: int, fmt: str,
            radius: float, sheet: str | None, device: str) -> None:

@@ -7,14 +7,19 @@ Python API (load once, call many times)::
     loc = Localizer("tiles.index", "model.safetensors", view="query", device="cpu")
     for result in loc.locate(["photo1.jpg", "photo2.jpg"], k=5):
         print(result.photo, result.best.lat, result.best.lon, result.best.score)
-        if result.consensus:
-            print("agreed:", result.consensus.lat, result.consensus.lon, result.consensus.support)
+        if result.consensus:                       # other top-k tiles lie near the top-1
+            print("confirmed by", result.consensus.support, "tiles:", result.consensus.lat, result.consensus.lon)
 
 A photo is embedded as the ``query`` view (a street-level panorama, or a drone image for a
 University-1652 model) or as the ``reference`` view, resized to the size recorded in the
-checkpoint. The consensus location is the score-weighted centre of the largest group of
-top-k candidates that lie within ``consensus_radius_m`` of one of them, reported when the group
-has at least two members.
+checkpoint.
+
+The consensus says whether the top-k agree with the top-1 tile: it is reported when at least one
+other candidate lies within ``consensus_radius_m`` of the top-1 tile, and its location IS the
+top-1 tile's, so it is never less accurate than the top-1. ``support`` counts the candidates in
+that circle (the top-1 included): a confidence, not a different answer. (An earlier version
+averaged the largest group of candidates wherever it was; on the synthetic world that was far
+worse than the top-1 — BENCHMARKS.md, "locate: consensus vs top-1".)
 """
 from __future__ import annotations
 
@@ -48,13 +53,13 @@ class Candidate:
 
 @dataclass
 class Consensus:
-    """Where several top-k candidates agree."""
+    """The top-1 tile, confirmed by other top-k candidates near it."""
 
-    lat: float
+    lat: float  # the top-1 tile's location
     lon: float
-    support: int  # candidates in the group
-    spread_m: float  # the farthest member's distance from the centre
-    members: list[int]  # ranks of the members
+    support: int  # candidates within the radius of the top-1, the top-1 included (>= 2)
+    spread_m: float  # the farthest supporting candidate's distance from the top-1
+    members: list[int]  # ranks of the supporting candidates (1 first)
 
 
 @dataclass
@@ -81,31 +86,28 @@ def haversine_m(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Any:
     return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
 
 
-def consensus(candidates: Sequence[Candidate], radius_m: float) -> Consensus | None:
-    """The largest group of candidates within ``radius_m`` of one candidate (ties: the group
-    with the higher score sum), centred at the score-weighted mean on the sphere."""
+def consensus(candidates: Sequence[Candidate], radius_m: float, *, min_support: int = 2) -> Consensus | None:
+    """The top-1 candidate's location when at least ``min_support`` candidates (the top-1
+    included) lie within ``radius_m`` of it; None otherwise, or when the top-1 has no lat/lon.
+
+    Anchored on the top-1 by design: a centre of the largest agreeing group can sit on a cluster
+    of lower-ranked look-alikes far from the true place, so it was often worse than the top-1.
+    """
+    if not candidates:
+        return None
+    top = min(candidates, key=lambda c: c.rank)
+    if top.lat is None or top.lon is None:
+        return None
     geo = [c for c in candidates if c.lat is not None and c.lon is not None]
-    if len(geo) < 2:
+    lat = np.array([c.lat for c in geo], dtype=np.float64)
+    lon = np.array([c.lon for c in geo], dtype=np.float64)
+    d = np.atleast_1d(haversine_m(top.lat, top.lon, lat, lon))
+    near = np.flatnonzero(d <= radius_m)
+    if len(near) < max(min_support, 2):
         return None
-    lat = np.array([c.lat for c in geo])
-    lon = np.array([c.lon for c in geo])
-    score = np.array([c.score for c in geo])
-    d = haversine_m(lat[:, None], lon[:, None], lat[None, :], lon[None, :])
-    near = d <= radius_m
-    size = near.sum(1)
-    weight = (near * score[None, :]).sum(1)
-    best = max(range(len(geo)), key=lambda i: (size[i], weight[i], -i))
-    if size[best] < 2:
-        return None
-    members = np.flatnonzero(near[best])
-    w = np.clip(score[members], 0, None) + 1e-6
-    la, lo = np.radians(lat[members]), np.radians(lon[members])
-    xyz = np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], 1)
-    c = (w[:, None] * xyz).sum(0)
-    c_lat = math.degrees(math.atan2(c[2], math.hypot(c[0], c[1])))
-    c_lon = math.degrees(math.atan2(c[1], c[0]))
-    spread = float(haversine_m(c_lat, c_lon, lat[members], lon[members]).max())
-    return Consensus(c_lat, c_lon, int(len(members)), spread, [geo[i].rank for i in members])
+    order = sorted(near, key=lambda i: geo[i].rank)
+    return Consensus(float(top.lat), float(top.lon), int(len(near)), float(d[near].max()),
+                     [geo[i].rank for i in order])
 
 
 class Localizer:
@@ -116,7 +118,7 @@ class Localizer:
         index). A checkpoint whose encoder record or weights differ from the index's is refused.
     :param view: ``query`` (street-level panorama or drone image) or ``reference`` (a tile).
     :param device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
-    :param consensus_radius_m: candidates closer than this agree with each other.
+    :param consensus_radius_m: candidates closer than this to the top-1 tile support it.
     """
 
     def __init__(self, index: str | Path, checkpoint: str | Path | None = None, *, view: str = "query",
@@ -148,7 +150,7 @@ class Localizer:
                            show=False, view=self.view)
 
     def locate(self, photos: str | Path | Sequence[str | Path], k: int = 5) -> list[Location]:
-        """Top-``k`` tiles per photo, best first, with a consensus location where they agree."""
+        """Top-``k`` tiles per photo, best first, with a consensus where others lie near the top-1."""
         if isinstance(photos, (str, Path)):
             photos = [photos]
         photos = [str(p) for p in photos]
@@ -199,10 +201,10 @@ def format_results(results: Sequence[Location], fmt: str = "table") -> str:
             lines.append(f"  {cand.rank:>3}  {cand.score:7.4f}  {where}  {cand.path}")
         c = r.consensus
         if c:
-            lines.append(f"  consensus: {c.lat:.6f} {c.lon:.6f} ({c.support} of {len(r.candidates)} "
-                         f"candidates within {c.spread_m:.0f} m)")
+            lines.append(f"  consensus: {c.lat:.6f} {c.lon:.6f}, the top-1 ({c.support} of {len(r.candidates)} "
+                         f"candidates within {c.spread_m:.0f} m of it)")
         else:
-            lines.append("  consensus: none (the candidates do not agree)")
+            lines.append("  consensus: none (no other candidate near the top-1)")
     return "\n".join(lines)
 
 
@@ -210,29 +212,74 @@ def _num(x: float | None) -> str:
     return "" if x is None else f"{x:.6f}"
 
 
+def _short(text: str, font: Any, width: int) -> str:
+    """``text`` cut from the left with an ellipsis until it fits ``width`` pixels."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength("…" + text) > width:
+        text = text[1:]
+    return "…" + text
+
+
+def _tail(path: str) -> str:
+    """The file name with its folder (``ground/0001.png``): photo and tile names often repeat."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
 def contact_sheet(results: Sequence[Location], path: str | Path, *, thumb: int = 128) -> None:
-    """A PNG: one row per photo, the photo then its top-k tiles with rank and score."""
+    """A PNG readable without the table: one row per photo — the photo with its file name and
+    consensus, then its top-k tiles, each labelled with rank and score, lat/lon and file name;
+    the top-1 outlined thick, the candidates supporting the consensus in blue."""
     from PIL import Image, ImageDraw
 
     from geokit.checkpoint import atomic_write
+    from geokit.report import BLUE, GREY, INK, _font
 
     if not results:
         raise GeokitError("nothing to draw: no photos were located")
     cols = 1 + max(len(r.candidates) for r in results)
-    label = 14
-    sheet = Image.new("RGB", (cols * (thumb + 4) + 4, len(results) * (thumb + label + 6) + 4), "white")
+    font, small = _font(13), _font(11)
+    pad, head, label = 8, 40, 50  # label: three text lines under each picture
+    cell_w = thumb + pad
+    row_h = thumb + label + pad
+    sheet = Image.new("RGB", (pad + cols * cell_w, head + len(results) * row_h + pad), "white")
     draw = ImageDraw.Draw(sheet)
+    draw.text((pad, 6), "geokit locate: each photo, then its top-k tiles (rank, cosine score, lat/lon, file)",
+              fill=INK, font=font)
+    draw.text((pad, 22), "thick outline: top-1 tile;  blue: tiles within the consensus radius of the top-1 "
+              "(the consensus is the top-1's location)", fill=GREY, font=small)
+
+    def picture(img_path: str, x: int, y: int) -> None:
+        try:
+            with Image.open(img_path) as im:
+                im = im.convert("RGB")
+                f = thumb / max(im.width, im.height)  # fit the cell, enlarging small tiles too
+                im = im.resize((max(1, round(im.width * f)), max(1, round(im.height * f))), Image.BILINEAR)
+                sheet.paste(im, (x + (thumb - im.width) // 2, y + (thumb - im.height) // 2))
+        except OSError:
+            draw.rectangle([x, y, x + thumb, y + thumb], outline=(215, 50, 40))
+            draw.text((x + 6, y + thumb // 2 - 6), "cannot open", fill=(215, 50, 40), font=small)
+
     for row, r in enumerate(results):
-        y = 4 + row * (thumb + label + 6)
-        items = [(r.photo, "photo")] + [(c.path, f"#{c.rank} {c.score:.3f}") for c in r.candidates]
-        for col, (img_path, text) in enumerate(items):
-            x = 4 + col * (thumb + 4)
-            try:
-                with Image.open(img_path) as im:
-                    im = im.convert("RGB")
-                    im.thumbnail((thumb, thumb))
-                    sheet.paste(im, (x + (thumb - im.width) // 2, y + (thumb - im.height) // 2))
-            except OSError:
-                draw.rectangle([x, y, x + thumb, y + thumb], outline="red")
-            draw.text((x, y + thumb + 2), text, fill="black")
+        y = head + row * row_h
+        x = pad
+        picture(r.photo, x, y)
+        c = r.consensus
+        texts = [_tail(r.photo), f"consensus: {c.support} of {len(r.candidates)}" if c else "no consensus",
+                 f"{c.lat:.5f}, {c.lon:.5f}" if c else "(no tile near the top-1)"]
+        for i, t in enumerate(texts):
+            draw.text((x, y + thumb + 3 + 15 * i), _short(t, font if i == 0 else small, thumb),
+                      fill=INK if c or i < 2 else GREY, font=font if i == 0 else small)
+        members = set(c.members) if c else set()
+        for col, cand in enumerate(r.candidates, start=1):
+            x = pad + col * cell_w
+            picture(cand.path, x, y)
+            if cand.rank in members or cand.rank == 1:
+                draw.rectangle([x - 2, y - 2, x + thumb + 1, y + thumb + 1],
+                               outline=BLUE if cand.rank in members else INK, width=3 if cand.rank == 1 else 2)
+            where = f"{cand.lat:.5f}, {cand.lon:.5f}" if cand.lat is not None else "no lat/lon"
+            draw.text((x, y + thumb + 3), f"#{cand.rank}   {cand.score:.3f}", fill=INK, font=font)
+            draw.text((x, y + thumb + 18), _short(where, small, thumb), fill=INK, font=small)
+            draw.text((x, y + thumb + 33), _short(_tail(cand.path), small, thumb), fill=GREY, font=small)
     atomic_write(path, lambda p: sheet.save(p, format="PNG"))

@@ -18,6 +18,7 @@ import numpy as np
 from geokit.data import CrossViewDataset, EvalSet
 
 GREEN, RED, GREY, INK = (40, 170, 70), (215, 50, 40), (150, 150, 150), (30, 30, 30)
+BLUE, ORANGE, GRID = (40, 110, 210), (235, 140, 20), (225, 225, 225)
 EARTH_RADIUS_M = 6_371_008.8
 
 
@@ -99,44 +100,87 @@ def retrieval_sheet(dataset: CrossViewDataset, eval_set: EvalSet, query: np.ndar
 # ------------------------------------------------------------------------------ training curve
 
 
+def nice_ticks(lo: float, hi: float, most: int = 6) -> list[float]:
+    """Round tick values (1, 2, 2.5 or 5 times a power of ten) covering ``[lo, hi]``, at most
+    ``most`` of them inside the range."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return [lo]
+    raw = (hi - lo) / max(most - 1, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    out = []
+    v = first
+    while v <= hi + 1e-9 * step:
+        out.append(round(v, 12))
+        v += step
+    return out
+
+
+def _tick_label(v: float, ticks: Sequence[float]) -> str:
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else abs(v) or 1.0
+    digits = max(0, -math.floor(math.log10(step) + 1e-9)) if step < 1 else 0
+    if step < 1 and abs(step * 10 ** digits - round(step * 10 ** digits)) > 1e-6:
+        digits += 1  # 0.25 needs two decimals
+    return f"{v:.{digits}f}"
+
+
 def _panel(draw: Any, box: tuple[int, int, int, int], xs: Sequence[float], ys: Sequence[float],
-           title: str, colour: tuple[int, int, int], *, y_range: tuple[float, float] | None = None) -> None:
-    """A minimal line plot with axes, ticks and a title inside ``box``."""
+           title: str, colour: tuple[int, int, int], *, y_range: tuple[float, float] | None = None,
+           x_label: str = "epoch", y_label: str = "") -> None:
+    """A line plot with round ticks, a light grid, axis labels and a title inside ``box``."""
     font = _font(12)
     x0, y0, x1, y1 = box
-    left, bottom = x0 + 48, y1 - 28
-    draw.text((x0 + 48, y0), title, fill=INK, font=_font(14))
-    top = y0 + 24
-    draw.line((left, top, left, bottom, x1, bottom), fill=INK, width=1)
+    left, bottom, right = x0 + 56, y1 - 40, x1 - 12
+    draw.text((left, y0), title, fill=INK, font=_font(14))
+    top = y0 + 26
     if not xs:
+        draw.line((left, top, left, bottom, right, bottom), fill=INK, width=1)
         draw.text((left + 10, (top + bottom) // 2), "no data", fill=GREY, font=font)
         return
     lo, hi = y_range if y_range else (min(ys), max(ys))
     if hi - lo < 1e-9:
         lo, hi = lo - 1, hi + 1
+    if not y_range:  # a margin, then round limits
+        margin = 0.05 * (hi - lo)
+        lo, hi = lo - margin, hi + margin
+    yt = nice_ticks(lo, hi)
+    if y_range is None and len(yt) > 1:
+        step = yt[1] - yt[0]
+        lo, hi = min(lo, yt[0]), max(hi, yt[-1])
+        lo, hi = math.floor(lo / step) * step, math.ceil(hi / step) * step
+        yt = nice_ticks(lo, hi)
     xmin, xmax = min(xs), max(xs)
-    xspan = max(xmax - xmin, 1e-9)
+    if xmax - xmin < 1:
+        xmin, xmax = xmin - 0.5, xmax + 0.5
 
     def px(x: float, y: float) -> tuple[float, float]:
-        return (left + (x - xmin) / xspan * (x1 - left - 8) if xmax > xmin else (left + x1) / 2,
+        return (left + (x - xmin) / (xmax - xmin) * (right - left),
                 bottom - (y - lo) / (hi - lo) * (bottom - top))
 
-    for i in range(5):
-        v = lo + (hi - lo) * i / 4
+    for v in yt:
         _, yy = px(xmin, v)
-        draw.line((left - 4, yy, left, yy), fill=INK)
-        draw.text((x0, yy - 7), f"{v:.3g}", fill=INK, font=font)
-    ticks = sorted(set(int(round(x)) for x in np.linspace(xmin, xmax, min(len(xs), 8))))
-    for t in ticks:
+        draw.line((left, yy, right, yy), fill=GRID)
+        text = _tick_label(v, yt)
+        draw.text((left - 6 - font.getlength(text), yy - 7), text, fill=INK, font=font)
+    span = xmax - xmin  # epochs are integers: every one up to 10, then round steps
+    step = 1 if span <= 10 else int(math.ceil(nice_ticks(0, span, 8)[1]))
+    for t in range(int(math.ceil(xmin)), int(math.floor(xmax)) + 1):
+        if (t - int(math.ceil(xmin))) % step:
+            continue
         xx, _ = px(t, lo)
+        draw.line((xx, top, xx, bottom), fill=GRID)
         draw.line((xx, bottom, xx, bottom + 4), fill=INK)
-        draw.text((xx - 4, bottom + 6), str(t), fill=INK, font=font)
+        draw.text((xx - font.getlength(str(t)) / 2, bottom + 6), str(t), fill=INK, font=font)
+    draw.line((left, top, left, bottom, right, bottom), fill=INK, width=1)
     pts = [px(x, y) for x, y in zip(xs, ys)]
     if len(pts) > 1:
         draw.line(pts, fill=colour, width=2)
     for x, y in pts:
         draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
-    draw.text((x1 - 40, top - 14), "epoch ->", fill=GREY, font=font)
+    draw.text(((left + right) / 2 - font.getlength(x_label) / 2, bottom + 22), x_label, fill=INK, font=font)
+    if y_label:
+        draw.text((x0, top - 16), y_label, fill=GREY, font=font)
 
 
 def training_curve(history: Sequence[Mapping[str, Any]], path: str | Path, *,
@@ -150,11 +194,13 @@ def training_curve(history: Sequence[Mapping[str, Any]], path: str | Path, *,
     draw = ImageDraw.Draw(img)
     ep = [float(r["epoch"]) for r in history if "loss" in r]
     loss = [float(r["loss"]) for r in history if "loss" in r]
-    _panel(draw, (10, 10, 440, 330), ep, loss, "training loss", (40, 90, 200))
+    _panel(draw, (10, 10, 440, 330), ep, loss, "training loss (mean per epoch)", (40, 90, 200), y_label="loss")
     ev = [(float(r["epoch"]), float(r[metric])) for r in history if metric in r]
     hi = max([v for _, v in ev] + [1.0])
+    top = min(100.0, nice_ticks(0.0, hi * 1.1)[-1] if hi * 1.1 > 0 else 100.0)
+    top = top if top >= hi else min(100.0, hi * 1.1)
     _panel(draw, (460, 10, 890, 330), [e for e, _ in ev], [v for _, v in ev],
-           label or f"{metric} (%)", (200, 80, 40), y_range=(0.0, min(100.0, hi * 1.1)))
+           label or f"{metric} (%)", (200, 80, 40), y_range=(0.0, top), y_label="%")
     img.save(path)
     return path
 
@@ -164,9 +210,11 @@ def training_curve(history: Sequence[Mapping[str, Any]], path: str | Path, *,
 
 def location_map(eval_set: EvalSet, top1: np.ndarray, path: str | Path, *, size: int = 760,
                  background: Any = None, bounds: Mapping[str, float] | None = None,
-                 title: str | None = None) -> Path:
-    """A PNG map of the evaluation area: every reference (grey dot), every query's true location
-    (green when its top-1 is a true match) and a red line to the retrieved location otherwise.
+                 title: str | None = None, near_m: float = 50.0) -> Path:
+    """A PNG map of the evaluation area, readable on its own: every reference tile (grey dot),
+    every query at its true location — green when its top-1 is its own tile, orange when the
+    top-1 is another tile within ``near_m`` metres, red when farther, with a faint line to where
+    that top-1 lies — plus a legend, a scale bar, north, and the distribution of the top-1 errors.
 
     :param background: optional PIL image of a larger area, north up, covering ``bounds``
         (``north``/``south``/``west``/``east`` in degrees); the evaluation area is cut out of it.
@@ -186,46 +234,94 @@ def location_map(eval_set: EvalSet, top1: np.ndarray, path: str | Path, *, size:
     clat, clon = (north + south) / 2, (east + west) / 2
     n_, s_ = clat + span / 2, clat - span / 2
     w_, e_ = clon - span / 2 / kx, clon + span / 2 / kx
-    header = 44
+    header, side = 48, 250
 
     def px(lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return (lon - w_) / (e_ - w_) * size, header + (n_ - lat) / (n_ - s_) * size
 
-    img = Image.new("RGB", (size, size + header), "white")
+    img = Image.new("RGB", (size + side, size + header), "white")
     if background is not None and bounds is not None:
         bw, bh = background.size
         fx = lambda lon: (lon - bounds["west"]) / (bounds["east"] - bounds["west"]) * bw  # noqa: E731
         fy = lambda lat: (bounds["north"] - lat) / (bounds["north"] - bounds["south"]) * bh  # noqa: E731
         crop = background.convert("RGB").crop((fx(w_), fy(n_), fx(e_), fy(s_))).resize((size, size))
-        img.paste(Image.blend(crop, Image.new("RGB", crop.size, "white"), 0.45), (0, header))
-    draw = ImageDraw.Draw(img)
+        img.paste(Image.blend(crop, Image.new("RGB", crop.size, "white"), 0.6), (0, header))
     top1 = np.asarray(top1)
     hit = eval_set.reference_labels[top1] == eval_set.query_labels
     err = haversine_m(qg, rg[top1])
+    near = ~hit & (err <= near_m)
+    far = ~hit & ~near
     rx, ry = px(rg[:, 0], rg[:, 1])
-    for x, y in zip(rx, ry):
-        draw.ellipse((x - 1.5, y - 1.5, x + 1.5, y + 1.5), fill=GREY)
     qx, qy = px(qg[:, 0], qg[:, 1])
     tx, ty = px(rg[top1, 0], rg[top1, 1])
-    for i in np.flatnonzero(~hit):
-        draw.line((qx[i], qy[i], tx[i], ty[i]), fill=RED, width=1)
-        draw.ellipse((tx[i] - 2, ty[i] - 2, tx[i] + 2, ty[i] + 2), outline=RED)
-    for i in range(len(qg)):
-        c = GREEN if hit[i] else RED
-        draw.ellipse((qx[i] - 3, qy[i] - 3, qx[i] + 3, qy[i] + 3), fill=c)
-    # scale bar: a round number of metres near a fifth of the width
+    # translucent layer: lines from far misses to their retrieved tile
+    overlay = Image.new("RGBA", img.size, (0, 0, 0, 0))
+    od = ImageDraw.Draw(overlay)
+    for i in np.flatnonzero(far):
+        od.line((qx[i], qy[i], tx[i], ty[i]), fill=(*RED, 55), width=1)
+    img = Image.alpha_composite(img.convert("RGBA"), overlay).convert("RGB")
+    draw = ImageDraw.Draw(img)
+    for x, y in zip(rx, ry):
+        draw.ellipse((x - 1.2, y - 1.2, x + 1.2, y + 1.2), fill=GREY)
+    for mask, colour in ((hit, GREEN), (near, ORANGE), (far, RED)):
+        for i in np.flatnonzero(mask):
+            draw.ellipse((qx[i] - 3, qy[i] - 3, qx[i] + 3, qy[i] + 3), fill=colour, outline="white")
+    draw.rectangle((0, header, size - 1, header + size - 1), outline=GREY)
+
+    font, small, big = _font(13), _font(12), _font(15)
+    # header: what the map shows, and the numbers
+    draw.text((10, 6), title or f"{eval_set.name}: where each query photo's top-1 tile is", fill=INK, font=big)
+    draw.text((10, 27), f"{len(qg)} queries, {len(rg)} reference tiles:  top-1 is the true tile for "
+              f"{100 * hit.mean():.1f}%,  median error {np.median(err):.0f} m,  within 25 m "
+              f"{100 * (err <= 25).mean():.1f}%,  within 100 m {100 * (err <= 100).mean():.1f}%",
+              fill=INK, font=small)
+    # scale bar (a round number of metres near a fifth of the width) and north
     metres_per_px = span * 111_195.0 / size
     target = metres_per_px * size / 5
     bar_m = 10 ** math.floor(math.log10(target))
     bar_m = max(m for m in (bar_m, 2 * bar_m, 5 * bar_m) if m <= target)
     bar = bar_m / metres_per_px
-    draw.rectangle((10, size + header - 22, 10 + bar, size + header - 16), fill=INK)
-    draw.text((14 + bar, size + header - 28), f"{bar_m:.0f} m", fill=INK, font=_font(12))
-    font = _font(14)
-    draw.text((10, 4), title or f"{eval_set.name}: true location (dot) -> retrieved location (red line)",
-              fill=INK, font=font)
-    draw.text((10, 22), f"top-1 correct {100 * hit.mean():.1f}%   median error {np.median(err):.0f} m   "
-              f"within 25 m {100 * (err <= 25).mean():.1f}%   within 100 m {100 * (err <= 100).mean():.1f}%",
-              fill=INK, font=_font(12))
+    yb = size + header - 16
+    draw.rectangle((10, yb - 8, 24 + bar + font.getlength(f"{bar_m:.0f} m") + 8, yb + 8), fill="white")
+    draw.rectangle((14, yb - 3, 14 + bar, yb + 3), fill=INK)
+    draw.text((20 + bar, yb - 8), f"{bar_m:.0f} m", fill=INK, font=font)
+    xn, yn = size - 24, header + 12
+    draw.polygon([(xn, yn), (xn - 7, yn + 18), (xn + 7, yn + 18)], fill=INK)
+    draw.text((xn - 4, yn + 20), "N", fill=INK, font=font)
+
+    # legend and the error distribution, right of the map
+    x0, y = size + 14, header + 4
+    draw.text((x0, y), "legend", fill=INK, font=big)
+    y += 26
+
+    def dot(x: float, yy: float, colour: tuple[int, int, int], r: float = 4) -> None:
+        draw.ellipse((x - r, yy - r, x + r, yy + r), fill=colour, outline="white")
+
+    rows = [(GREY, 2, "reference tile", ""),
+            (GREEN, 4, "query, top-1 = its tile", f"{int(hit.sum())}"),
+            (ORANGE, 4, f"query, other tile <= {near_m:.0f} m", f"{int(near.sum())}"),
+            (RED, 4, f"query, top-1 > {near_m:.0f} m away", f"{int(far.sum())}")]
+    for colour, r, text, count in rows:
+        dot(x0 + 6, y + 8, colour, r)
+        draw.text((x0 + 18, y), text, fill=INK, font=small)
+        if count:
+            draw.text((size + side - 12 - small.getlength(count), y), count, fill=INK, font=small)
+        y += 20
+    draw.line((x0, y + 8, x0 + 12, y + 8), fill=(240, 170, 165), width=2)
+    draw.text((x0 + 18, y), "faint line: red query -> its top-1", fill=INK, font=small)
+    y += 40
+    draw.text((x0, y), "top-1 error (metres)", fill=INK, font=big)
+    y += 26
+    edges = [25, 50, 100, 250, 500]
+    labels = [f"{a}-{b} m" for a, b in zip([0, *edges], edges)] + [f"> {edges[-1]} m"]
+    counts = np.histogram(err, bins=[-1.0, *edges, np.inf])[0]
+    share = counts / max(len(err), 1)
+    bar_w = side - 134
+    for text, c, f in zip(labels, counts, share):
+        draw.text((x0, y), text, fill=INK, font=small)
+        draw.rectangle((x0 + 66, y + 2, x0 + 66 + max(1, f * bar_w), y + 13), fill=BLUE)
+        draw.text((x0 + 72 + bar_w, y), f"{100 * f:.0f}%", fill=INK, font=small)
+        y += 19
+    draw.text((x0, y + 4), f"share of the {len(err)} queries per band", fill=GREY, font=small)
     img.save(path)
     return path

@@ -46,7 +46,10 @@ def test_location_map_and_errors(evaluated, tmp_path: Path) -> None:
     lat, lon = es.query_gps[:, 0], es.query_gps[:, 1]
     bounds = {"north": lat.max() + 0.01, "south": lat.min() - 0.01, "west": lon.min() - 0.01, "east": lon.max() + 0.01}
     path = report.location_map(es, top1, tmp_path / "map.png", size=300, background=bg, bounds=bounds)
-    assert Image.open(path).size == (300, 344)
+    assert Image.open(path).size == (300 + 250, 348)  # the map, then its legend and error bands
+    px = np.asarray(Image.open(path).convert("RGB"))[48:348, :300].reshape(-1, 3)
+    for colour, present in ((report.GREEN, hit.any()), (report.RED, (~hit & (err > 50)).any())):
+        assert np.all(px == colour, axis=1).any() == present  # misses are marked in their own colour
     es.query_gps = None
     assert report.localisation_errors(es, top1) is None
     with pytest.raises(ValueError, match="GPS"):
@@ -55,3 +58,21 @@ def test_location_map_and_errors(evaluated, tmp_path: Path) -> None:
 
 def test_haversine_one_degree_of_latitude() -> None:
     assert abs(report.haversine_m(np.array([0.0, 0.0]), np.array([1.0, 0.0])) - 111_195) < 5
+
+
+@pytest.mark.parametrize("lo, hi, ticks", [
+    (0.0, 100.0, [0, 20, 40, 60, 80, 100]),
+    (0.0, 3.2, [0, 1, 2, 3]),
+    (0.3, 4.1, [1, 2, 3, 4]),
+    (2.05, 2.61, [2.2, 2.4, 2.6]),
+    (0.0, 0.5, [0, 0.1, 0.2, 0.3, 0.4, 0.5]),
+])
+def test_nice_ticks_are_round_numbers(lo, hi, ticks):
+    assert report.nice_ticks(lo, hi) == pytest.approx(ticks)
+
+
+def test_training_curve_has_a_grid_and_integer_epoch_ticks(tmp_path: Path) -> None:
+    hist = [{"epoch": e, "loss": 3.0 / e} for e in range(1, 4)]
+    img = np.asarray(Image.open(report.training_curve(hist, tmp_path / "a.png")).convert("RGB"))
+    grid = np.all(img == report.GRID, axis=2)
+    assert grid.sum(axis=1).max() > 200  # horizontal grid lines across the panel
