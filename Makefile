@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo test clean
+.PHONY: install demo test shell clean
 
 install: $(STAMP)
 
@@ -22,6 +22,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# an interactive shell with the venv active (geokit on PATH); `exit` leaves it
+shell: $(STAMP)
+	@echo "geokit is on PATH in this shell ($(VENV)/bin); type exit to leave"
+	@VIRTUAL_ENV="$(CURDIR)/$(VENV)" PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $${SHELL:-/bin/sh} -i
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -193,7 +193,7 @@ def progress(items: Iterable[T], *, total: int | None = None, desc: str = "", en
 
     ``enabled=None`` (the default): a tqdm bar when stderr is a terminal; otherwise (a log file,
     a pipe, a batch job) a plain line through the ``geokit`` logger every
-    :func:`progress_interval` seconds (``desc: 120/572 (21 %), 3.2/s, 2 min 10 s left``), so it
+    :func:`progress_interval` seconds (``desc: 120/572 (21 %), 3.2/s, 2 min 10 s left``; ``18.5 s each`` when slower than 1/s), so it
     lands in ``train.log`` too; nothing for loops shorter than that. ``True``: the bar;
     ``False``: silent (rank > 0, or a caller that reports progress itself).
     ``GEOKIT_PROGRESS=0`` silences both.
@@ -230,8 +230,9 @@ def _progress_lines(items: Iterable[T], total: int | None, desc: str) -> Iterato
             rate = done / max(now - start, 1e-9)
             where = f"{done}/{total} ({100 * done / total:.0f} %)" if total else f"{done}"
             left = f", {format_duration((total - done) / rate)} left" if total else ""
+            speed = f"{rate:.1f}/s" if rate >= 1 else f"{1 / rate:.1f} s each"
             ensure_console_logging()
-            log.info("%s: %s, %.3g/s%s", desc or "progress", where, rate, left)
+            log.info("%s: %s, %s%s", desc or "progress", where, speed, left)
             said = True
     if said:  # a loop that reported its progress also reports its end
         log.info("%s: %d done in %s", desc or "progress", done, format_duration(time.monotonic() - start))

@@ -63,7 +63,7 @@ def test_progress_prints_lines_with_rate_and_time_left_when_not_on_a_terminal(mo
     monkeypatch.setenv("GEOKIT_PROGRESS_EVERY", "0")
     monkeypatch.setattr(runtime, "show_progress", lambda: False)  # stderr is not a terminal
     assert list(runtime.progress(range(4), total=4, desc="test embed")) == [0, 1, 2, 3]
-    assert [re.sub(r", [\d.e+]+/s.*", "", x) for x in geokit_lines[:3]] == \
+    assert [re.sub(r", [\d.]+(/s| s each), .*", "", x) for x in geokit_lines[:3]] == \
         ["test embed: 1/4 (25 %)", "test embed: 2/4 (50 %)", "test embed: 3/4 (75 %)"]
     assert all(" left" in x for x in geokit_lines[:3])
     assert re.fullmatch(r"test embed: 4 done in \d+ s", geokit_lines[3]), geokit_lines
@@ -92,3 +92,45 @@ def test_training_logs_rate_and_time_left_every_log_every_steps(tmp_path, pairs_
     lines = [x for x in (tmp_path / "run" / "train.log").read_text().splitlines() if " step " in x]
     assert len(lines) == 3, lines  # 48 pairs, batches of 8: 6 steps
     assert re.search(r"epoch 1/1 step 2/6 loss [\d.]+ lr \S+  [\d.]+ pairs/s, training \d+ s left", lines[0]), lines
+
+
+# ------------------------------------------------------------------------------ docs
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def test_readme_says_how_to_get_geokit_on_path_and_make_shell_exists():
+    readme = (ROOT / "README.md").read_text()
+    assert "source .venv/bin/activate" in readme and ".venv/bin/geokit" in readme and "make shell" in readme
+    assert re.search(r"^shell: ", (ROOT / "Makefile").read_text(), re.M)
+
+
+def test_readme_documents_query_type_with_the_options_real_values():
+    from typing import get_args
+
+    from geokit_plugins.pairs import PairsOptions
+
+    readme = (ROOT / "README.md").read_text()
+    own = readme[readme.index("## Your own data"):readme.index("## Configuration reference")]
+    values = get_args(PairsOptions.model_fields["query_type"].annotation)
+    assert "query_type" in own and all(f"`{v}`" in own for v in values), values
+    assert PairsOptions.model_fields["query_type"].default == "panorama" and "default" in own
+
+
+def test_readme_references_csv_example_is_what_index_build_reads(tmp_path):
+    from PIL import Image
+
+    from geokit.index import read_references
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("`--references` is a CSV"):]
+    csv_text = block[block.index("```\n") + 4:]
+    csv_text = csv_text[:csv_text.index("```")]
+    assert csv_text.startswith("path,lat,lon\n")
+    for line in csv_text.splitlines()[1:]:
+        (tmp_path / line.split(",")[0]).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / line.split(",")[0])
+    (tmp_path / "tiles.csv").write_text(csv_text)
+    refs = read_references(tmp_path / "tiles.csv")
+    assert len(refs.paths) == 2 and abs(refs.latlon[0, 0] - 48.137154) < 1e-9
