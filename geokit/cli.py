@@ -132,13 +132,16 @@ def config_show(config_path: str, overrides: tuple[str, ...]) -> None:
 @SET
 @click.option("--output", type=click.Path(file_okay=False), required=True,
               help="Run folder; re-running on the same folder resumes.")
-def train_cmd(config_path: str, overrides: tuple[str, ...], output: str) -> None:
+@click.option("--force", is_flag=True,
+              help="Resume even though the saved config differs or is missing (the differences are "
+                   "logged). Raising only train.epochs needs no --force.")
+def train_cmd(config_path: str, overrides: tuple[str, ...], output: str, force: bool) -> None:
     """Train a model; writes config.yaml, metrics.jsonl and model.safetensors into OUTPUT."""
     from geokit import config
     from geokit.training import train
 
     cfg = config.load(config_path, overrides)
-    result = train(cfg, output)
+    result = train(cfg, output, force=force)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, only rank 0 reports
         click.echo(f"weights: {Path(output) / 'model.safetensors'}")
         if result.history:

@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import json
 import math
+import os
 import random
 import signal
 import threading
@@ -38,7 +39,7 @@ from geokit.data import BadPair, PairList, TrainSet
 from geokit.errors import GeokitError
 from geokit.evaluation import format_table, run_protocol
 from geokit.model import Parts, build, build_component, encode
-from geokit.registry import origin
+from geokit.registry import origin, short_repr
 from geokit.runtime import (
     TensorBoard, amp_setting, autocast, configure_threads, default_channels_last, default_embed_amp,
     default_workers, keep_freed_memory, log, progress, setup_logging, versions,
@@ -348,15 +349,20 @@ class _StopFlag:
 # ------------------------------------------------------------------------------ the engine
 
 
-def train(config: Config, output: str | Path, *, show: bool | None = None) -> TrainResult:
+def train(config: Config, output: str | Path, *, show: bool | None = None, force: bool = False) -> TrainResult:
     """Train as configured into ``output`` (resuming when it holds an unfinished run).
 
-    Under torchrun every rank calls this; each returns the same result.
+    Under torchrun every rank calls this; each returns the same result. One run per folder: a
+    second run on a folder in use is refused (an OS lock, released when the process ends, even
+    by a crash). Resuming with a config that differs from the saved one is refused, naming the
+    keys, unless only ``train.epochs`` was raised (the schedule is extended) or ``force`` is set.
     """
     world, device = D.setup(config.train.device, config.train.dist_timeout)
     clean = False
+    lock = None
     try:
-        result = _Engine(config, Path(output), world, device, show).run()
+        lock = _lock_output(Path(output)) if world.is_main else None
+        result = _Engine(config, Path(output), world, device, show, force).run()
         clean = True
         return result
     except TrainingInterrupted:
@@ -369,14 +375,117 @@ def train(config: Config, output: str | Path, *, show: bool | None = None) -> Tr
             raise D.comm_error(world, "a collective operation", exc) from None
         raise
     finally:
+        if lock is not None:
+            lock.close()  # releases the lock; the (empty) lock file may stay
         D.teardown(world, clean=clean)
 
 
+LOCK = ".geokit-train.lock"
+
+
+def _lock_output(output: Path) -> Any:
+    """Create ``output`` and take its run lock (``flock``: the kernel releases it when the
+    process ends, so a crashed run never blocks the next); checks the folder is writable."""
+    import fcntl
+
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        fh = open(output / LOCK, "a+")  # noqa: SIM115 - held for the whole run
+    except OSError as exc:
+        raise GeokitError(f"cannot write to the output folder {output}: {exc.strerror or exc}. "
+                          "Choose a writable --output.") from None
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        pid = fh.read().strip()[:20]
+        fh.close()
+        raise GeokitError(f"{output} is in use by another 'geokit train'{f' (process {pid})' if pid else ''}: "
+                          "one run per output folder. Wait for it to finish, stop it (it saves its "
+                          "state), or use another --output.") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def _clean_temp_files(output: Path) -> None:
+    """Temporary files of writes killed half-way (atomic_write names them ``.NAME.XXXX.tmp``);
+    safe to delete: we hold the folder's lock, and the files they were replacing are intact."""
+    stale = [p for p in output.glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d temporary file(s) left by an interrupted write: %s", len(stale),
+                 ", ".join(p.name for p in stale[:5]))
+
+
+def _check_writable(output: Path, need_bytes: int) -> None:
+    """Fail before the work when the folder is read-only or obviously too full for checkpoints."""
+    import shutil
+
+    probe = output / f".geokit-write-test.{os.getpid()}.tmp"
+    try:
+        with open(probe, "wb") as fh:
+            fh.write(b"0" * 4096)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise GeokitError(f"cannot write to the output folder {output}: {exc.strerror or exc}. "
+                          "Free some space or choose another --output.") from None
+    finally:
+        probe.unlink(missing_ok=True)
+    free = shutil.disk_usage(output).free
+    if free < need_bytes:
+        raise GeokitError(f"the output folder {output} has {free / 2**20:,.0f} MiB free, but the "
+                          f"checkpoints of this model need about {need_bytes / 2**20:,.0f} MiB "
+                          "(weights, optimizer state and a temporary copy while each is written). "
+                          "Free some space or choose another --output.")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``["train.lr: 0.001 -> 0.0005", ...]`` for the keys that matter for resuming."""
+    a, b = _flat(_comparable(old)), _flat(_comparable(new))
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key, "<unset>") != b.get(key, "<unset>"):
+            out.append(f"{key}: {short_repr(a.get(key, '<unset>'))} -> {short_repr(b.get(key, '<unset>'))}")
+    return out
+
+
+def max_full_batches(pair_reference: np.ndarray, batch_size: int) -> int:
+    """The most full batches an epoch can have when no reference may appear twice in a batch:
+    the largest B with sum_r min(count_r, B) >= B * batch_size (a pair set with few references
+    cannot fill many batches, whatever the sampler)."""
+    counts = np.sort(np.bincount(np.asarray(pair_reference, dtype=np.int64)))
+    counts = counts[counts > 0]
+    lo, hi = 0, int(counts.sum()) // batch_size
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if int(np.minimum(counts, mid).sum()) >= mid * batch_size:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 class _Engine:
-    def __init__(self, config: Config, output: Path, world: D.World, device: Any, show: bool | None) -> None:
+    def __init__(self, config: Config, output: Path, world: D.World, device: Any, show: bool | None,
+                 force: bool = False) -> None:
         self.config, self.output, self.world, self.device = config, output, world, device
         self.show = show if world.is_main else False
         self.state_path = output / STATE
+        self.force = force
 
     # ---------------------------------------------------------------- set-up
     def run(self) -> TrainResult:
@@ -386,13 +495,9 @@ class _Engine:
         tc = config.train
         output.mkdir(parents=True, exist_ok=True)
         setup_logging(output / "train.log", rank=world.rank)
-        cfg_dict = config.to_dict()
-        if (output / "config.yaml").exists() and (self.state_path.exists() or (output / WEIGHTS).exists()):
-            old = read_yaml(output / "config.yaml")
-            if _comparable(old) != _comparable(cfg_dict):
-                raise GeokitError(
-                    f"{output} holds a run with a different config (see {output / 'config.yaml'}); "
-                    "use another --output, or delete the folder to start over")
+        if world.is_main:
+            _clean_temp_files(output)
+        self.extended_from = self._check_resume_config(config.to_dict())
         if world.is_main:
             atomic_write_text(output / "config.yaml", config.to_yaml())
 
@@ -424,10 +529,28 @@ class _Engine:
             encoder.to(memory_format=torch.channels_last)
         params = [p for m in (encoder, loss_fn) for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+        if world.is_main:  # weights + two AdamW moments + the record copy, twice while replacing
+            n_bytes = sum(p.numel() * p.element_size() for m in (encoder, loss_fn) for p in m.parameters())
+            _check_writable(output, 2 * 4 * n_bytes + (64 << 20))
         # fp16 needs a loss scaler; initial scale 2^10 as the released code (its CPU version works too)
         self.scaler = torch.amp.GradScaler(device.type, init_scale=2.0**10, enabled=self.amp == "float16")
 
         self.steps_per_epoch = max(len(train_set) // tc.batch_size, 1)
+        fillable = max_full_batches(train_set.pair_reference, tc.batch_size)
+        if fillable < self.steps_per_epoch:
+            # Suspicious data: many pairs share few references, and one batch may hold a
+            # reference only once. Say so, and plan the schedule for the steps that can run.
+            log.warning("only %d batches of %d pairs with distinct references can be formed from %d training "
+                        "pairs with %d references (at most %d pairs per epoch; the rest are left out of every "
+                        "epoch): many pairs share a reference. The lr schedule and warm-up are planned for "
+                        "%d steps per epoch. Lower train.batch_size or check the dataset.",
+                        fillable, tc.batch_size, len(train_set), len(train_set.reference_paths),
+                        fillable * tc.batch_size, max(fillable, 1))
+            if fillable == 0:
+                raise GeokitError(f"dataset '{ds.name}': no batch of train.batch_size={tc.batch_size} pairs with "
+                                  f"distinct references can be formed ({len(train_set.reference_paths)} references "
+                                  f"for {len(train_set)} pairs); lower train.batch_size")
+            self.steps_per_epoch = fillable
         self.total_steps = tc.epochs * self.steps_per_epoch
         self.warmup_steps = int(round(tc.warmup_epochs * self.steps_per_epoch))
         self.step = 0
@@ -440,6 +563,13 @@ class _Engine:
             log.info("%s already finished %d epochs; nothing to do", output, tc.epochs)
             return TrainResult(output, 0, self.history, parts)
 
+        if resume is not None and self.extended_from is not None:
+            old_total = self.extended_from * self.steps_per_epoch
+            log.info("train.epochs raised from %d to %d: the cosine schedule is recomputed for %d steps "
+                     "(warm-up unchanged); at step %d the lr continues at %.3g instead of %.3g on the old "
+                     "schedule", self.extended_from, tc.epochs, self.total_steps, self.step,
+                     lr_at(self.step, self.total_steps, self.warmup_steps, tc.lr),
+                     lr_at(self.step, old_total, self.warmup_steps, tc.lr))
         if resume is None:
             log.info("geokit train -> %s\n%s\nversions: %s", output, config.to_yaml().rstrip(),
                      json.dumps(versions()))
@@ -487,6 +617,46 @@ class _Engine:
         return TrainResult(output, epochs_run, self.history, parts)
 
     # ---------------------------------------------------------------- resume state
+    def _check_resume_config(self, new: dict[str, Any]) -> int | None:
+        """Refuse to resume with another config (naming the keys) unless forced; only raising
+        ``train.epochs`` is allowed. Returns the saved epochs when they were raised."""
+        output, saved = self.output, self.output / "config.yaml"
+        has_run = self.state_path.exists() or (output / WEIGHTS).exists()
+        if not has_run:
+            return None
+        if not saved.exists():
+            if self.force:
+                log.warning("%s holds a run without its config.yaml; resuming with this config (--force)", output)
+                return None
+            raise GeokitError(f"{output} holds a run ({STATE if self.state_path.exists() else WEIGHTS}) but "
+                              "no config.yaml, so it cannot be checked that this config is the same. "
+                              "Use another --output, delete the folder to start over, or pass --force "
+                              "to resume with this config anyway.")
+        try:
+            old = read_yaml(saved)
+        except GeokitError as exc:
+            if not self.force:
+                raise GeokitError(f"{exc}. The run's saved config is unreadable; pass --force to resume "
+                                  "with this config anyway.") from None
+            log.warning("%s; resuming with this config (--force)", exc)
+            return None
+        diffs = config_differences(old, new)
+        if not diffs:
+            return None
+        old_epochs = old.get("train", {}).get("epochs") if isinstance(old.get("train"), dict) else None
+        new_epochs = new["train"]["epochs"]
+        if diffs == [d for d in diffs if d.startswith("train.epochs:")] and isinstance(old_epochs, int) \
+                and new_epochs > old_epochs:
+            return old_epochs
+        shown = "; ".join(diffs[:12]) + (f"; and {len(diffs) - 12} more" if len(diffs) > 12 else "")
+        if self.force:
+            log.warning("resuming %s with a different config (--force): %s", output, shown)
+            return None
+        raise GeokitError(f"{output} holds a run with a different config ({saved}): {shown}. "
+                          "Resuming would mix two runs. Use another --output, delete the folder to start "
+                          "over, or pass --force to resume with the new values (raising only train.epochs "
+                          "needs no --force: the schedule is extended).")
+
     def _load_state(self) -> dict[str, Any]:
         import torch
 
@@ -767,10 +937,28 @@ def _append_history(output: Path, row: dict[str, Any]) -> None:
 
 
 def _read_history(output: Path) -> list[dict[str, Any]]:
+    """``metrics.jsonl`` rows; a line that is not a JSON object (a file cut short by a copy or
+    a full disk) is skipped with a warning: the resume state, not this log, is authoritative."""
     path = output / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows, bad = [], []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+            rows.append(row)
+        else:
+            bad.append(n)
+    if bad:
+        log.warning("%s: ignored %d unreadable line(s) (line %s): cut short by a crash or a copy? "
+                    "Those epochs' rows are rewritten when they are run again", path, len(bad),
+                    ", ".join(map(str, bad[:5])))
+    return rows
 
 
 def read_steps(output: str | Path) -> list[dict[str, Any]]:

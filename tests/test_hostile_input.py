@@ -214,3 +214,142 @@ def test_a_plugin_can_be_disabled_by_name(install, monkeypatch):
     assert "badcmd" not in mgr.broken and {"badcmd", "cvusa"} <= set(mgr.disabled)
     assert "cvusa" not in geokit.registry.get_registry("dataset")
     assert "pairs" in geokit.registry.get_registry("dataset")
+
+
+# --------------------------------------------------------------- 5/6. one run per folder, faults
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, pairs_root):
+    """A finished 1-epoch run; tests copy it before changing it."""
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = tmp / "run.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(pairs_root, train={"epochs": 1})))
+    out = tmp / "out"
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "--output", str(out)])
+    assert res.exit_code == 0, res.output
+    return cfg, out
+
+
+def _copy(run, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(run, out)
+    return out
+
+
+def _train(cfg, out, *extra):
+    return CliRunner().invoke(cli, ["train", "--config", str(cfg), "--output", str(out), *extra])
+
+
+def test_a_folder_in_use_is_refused_and_a_stale_lock_is_not(finished_run, tmp_path):
+    import fcntl
+
+    from geokit.training import LOCK
+
+    cfg, run = finished_run
+    out = _copy(run, tmp_path)
+    with open(out / LOCK, "w") as fh:  # another process holding the folder
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fh.write("4242\n")
+        fh.flush()
+        res = _train(cfg, out)
+        assert res.exit_code == 2 and "in use by another 'geokit train' (process 4242)" in res.output
+    # the holder died (the kernel released its lock): the file alone blocks nothing
+    assert (out / LOCK).exists() and _train(cfg, out).exit_code == 0
+
+
+def test_resume_refusals_name_the_differing_keys_and_force_overrides(finished_run, tmp_path):
+    cfg, run = finished_run
+    out = _copy(run, tmp_path)
+    res = _train(cfg, out, "--set", "train.lr=2e-3", "--set", "loss.temperature=0.1")
+    assert res.exit_code == 2
+    assert "loss.temperature: 0.07 -> 0.1" in res.output and "train.lr: 0.001 -> 0.002" in res.output
+    (out / "config.yaml").unlink()
+    res = _train(cfg, out)
+    assert res.exit_code == 2 and "no config.yaml" in res.output and "--force" in res.output
+    res = _train(cfg, out, "--force")
+    assert res.exit_code == 0, res.output
+    assert (out / "config.yaml").exists()
+
+
+def test_raising_epochs_extends_a_finished_run(finished_run, tmp_path):
+    from geokit.training import lr_at
+
+    cfg, run = finished_run
+    out = _copy(run, tmp_path)
+    res = _train(cfg, out, "--set", "train.epochs=2")
+    assert res.exit_code == 0, res.output
+    rows = [yaml.safe_load(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    log = (out / "train.log").read_text()
+    assert "train.epochs raised from 1 to 2: the cosine schedule is recomputed for 12 steps" in log
+    # 48 pairs / 8 = 6 steps per epoch, warm-up 3 steps: at step 6 of 12 the new cosine is a third
+    # of the way down: 1e-3 * (1 + cos(pi / 3)) / 2 = 7.5e-4 (the old schedule had reached 0)
+    assert abs(lr_at(6, 12, 3, 1e-3) - 7.5e-4) < 1e-12
+    assert "at step 6 the lr continues at 0.00075 instead of 0 on the old schedule" in log
+    assert _train(cfg, out, "--set", "train.epochs=1").exit_code == 2  # lowering is a change
+
+
+def test_leftover_temp_files_and_a_truncated_metrics_file_are_handled(finished_run, tmp_path):
+    cfg, run = finished_run
+    out = _copy(run, tmp_path)
+    (out / ".state.safetensors.k1ll3d.tmp").write_bytes(b"half a checkpoint")
+    with open(out / "metrics.jsonl", "a") as fh:
+        fh.write('{"epoch": 2, "lo')
+    res = _train(cfg, out)
+    assert res.exit_code == 0, res.output
+    assert not list(out.glob(".*.tmp"))
+    assert "ignored 1 unreadable line(s) (line 2)" in (out / "train.log").read_text()
+
+
+def test_files_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    from geokit.checkpoint import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "b.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.txt").stat().st_mode) == 0o600
+
+
+def test_a_full_or_read_only_folder_is_detected_before_the_work(tmp_path, pairs_root, monkeypatch):
+    import os
+    import shutil
+
+    from geokit import training
+
+    cfg = config.load(None, [f"{k}={v}" for k, v in {
+        "encoder.name": "convnext", "encoder.model": "convnext_atto", "encoder.pretrained": "false",
+        "loss.name": "infonce", "sampler.name": "random", "dataset.name": "pairs",
+        "dataset.root": str(pairs_root), "dataset.query_size": "[32, 128]",
+        "dataset.reference_size": "[32, 32]", "train.batch_size": 8, "train.workers": 0}.items()])
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=10 << 20))
+    with pytest.raises(GeokitError, match="has 10 MiB free, but the checkpoints of this model need about"):
+        training.train(cfg, tmp_path / "full")
+    assert not (tmp_path / "full" / "metrics.jsonl").exists()
+    monkeypatch.undo()
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        with pytest.raises(GeokitError, match="cannot write to the output folder"):
+            training.train(cfg, ro / "run")
+
+
+def test_pairs_that_cannot_all_be_batched_are_reported():
+    from geokit.training import max_full_batches
+
+    # 13 pairs on 4 references, batches of 4 distinct references: only 1 full batch
+    assert max_full_batches(np.array([0] * 10 + [1, 2, 3]), 4) == 1
+    assert max_full_batches(np.array([0, 0, 1, 1, 2, 2, 3, 3]), 4) == 2
+    assert max_full_batches(np.array([0] * 16000 + list(range(1, 100))), 32) == 3
+    assert max_full_batches(np.array([0, 0, 0]), 2) == 0
