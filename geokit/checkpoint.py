@@ -85,9 +85,56 @@ def read_record(path: str | Path) -> dict[str, Any]:
     if RECORD_KEY not in meta:
         raise GeokitError(f"{path} has no geokit record in its metadata: not a geokit checkpoint")
     try:
-        return json.loads(meta[RECORD_KEY])
-    except json.JSONDecodeError as exc:
-        raise GeokitError(f"{path}: the geokit record is not valid JSON ({exc})") from None
+        record = json.loads(meta[RECORD_KEY])
+    except (ValueError, RecursionError) as exc:
+        raise GeokitError(f"{path}: the geokit record is not valid JSON ({str(exc)[:200]})") from None
+    if not isinstance(record, dict):
+        raise GeokitError(f"{path}: the geokit record is not a JSON object")
+    validate_record(record, str(path))
+    return record
+
+
+# A record is read from a file that may come from anyone: what it says is checked against these
+# bounds before anything is allocated from it (a 12000x12000 input size would cost gigabytes per
+# image; std 0 would divide by zero and score NaN).
+MAX_INPUT_SIDE = 4096
+MAX_EMBEDDING_DIM = 65536
+
+
+def validate_record(record: Mapping[str, Any], source: str) -> None:
+    """Check the keys of a checkpoint record that decide sizes and arithmetic (those present):
+    ``query_size``/``reference_size`` two integers in [1, MAX_INPUT_SIDE]; ``mean``/``std``
+    three finite numbers (std > 0); ``embedding_dim`` an integer in [1, MAX_EMBEDDING_DIM];
+    ``encoder`` a mapping with a name. One paragraph naming the key on failure."""
+    from geokit.registry import short_repr
+
+    def bad(key: str, want: str) -> GeokitError:
+        return GeokitError(f"{source}: the checkpoint record's '{key}' is {short_repr(record[key])}; "
+                           f"expected {want}. The file is damaged or was not written by geokit.")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_num(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+    for key in ("query_size", "reference_size"):
+        v = record.get(key)
+        if key in record and not (isinstance(v, (list, tuple)) and len(v) == 2
+                                  and all(is_int(x) and 1 <= x <= MAX_INPUT_SIDE for x in v)):
+            raise bad(key, f"[height, width], each an integer from 1 to {MAX_INPUT_SIDE}")
+    for key, positive in (("mean", False), ("std", True)):
+        v = record.get(key)
+        if key in record and not (isinstance(v, (list, tuple)) and len(v) == 3
+                                  and all(is_num(x) and abs(x) <= 1e3 and (x > 1e-6 if positive else True)
+                                          for x in v)):
+            raise bad(key, "three finite numbers" + (" greater than 0" if positive else ""))
+    v = record.get("embedding_dim")
+    if "embedding_dim" in record and not (is_int(v) and 1 <= v <= MAX_EMBEDDING_DIM):
+        raise bad("embedding_dim", f"an integer from 1 to {MAX_EMBEDDING_DIM}")
+    v = record.get("encoder")
+    if "encoder" in record and not (isinstance(v, Mapping) and isinstance(v.get("name"), str)):
+        raise bad("encoder", "the encoder's config section (a mapping with a 'name')")
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -71,12 +71,19 @@ def build(checkpoint: str, references: str | None, config_path: str | None, over
               help="Also write a PNG: each photo (file name, consensus) with its top-k tiles (rank, "
               "score, lat/lon).")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--tiles-root", type=click.Path(file_okay=False), default=None,
+              help="The folder holding the index's tiles (default: the one the index records); "
+                   "an index naming files outside it is refused.")
+@click.option("--allow-outside-paths", is_flag=True,
+              help="Trust the index's tile paths wherever they point.")
 def locate(photos: tuple[str, ...], index_path: str, checkpoint: str | None, view: str, top_k: int, fmt: str,
-           radius: float, sheet: str | None, device: str) -> None:
+           radius: float, sheet: str | None, device: str, tiles_root: str | None = None,
+           allow_outside_paths: bool = False) -> None:
     """Find where PHOTO... were taken: top-k tiles with lat/lon, score and a consensus."""
     from geokit.locate import Localizer, contact_sheet, format_results
 
-    loc = Localizer(index_path, checkpoint, view=view, device=device, consensus_radius_m=radius)
+    loc = Localizer(index_path, checkpoint, view=view, device=device, consensus_radius_m=radius,
+                    tiles_root=tiles_root, allow_outside=allow_outside_paths)
     results = loc.locate(list(photos), k=top_k)
     click.echo(format_results(results, fmt))
     if sheet:

@@ -24,6 +24,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -114,6 +115,8 @@ def fingerprint(tensors: Mapping[str, Any]) -> str:
 class GeoIndex:
     """Embeddings of geo-tagged reference tiles, searchable, with their paths and lat/lon."""
 
+    tiles_root: str | None = None  # the gallery folder its tile paths were checked against (load)
+
     def __init__(self, meta: dict[str, Any], paths: list[str], latlon: np.ndarray, *,
                  vectors: np.ndarray | None = None, faiss_index: Any = None, source: str = ""):
         self.meta = meta
@@ -192,8 +195,15 @@ class GeoIndex:
         atomic_write(path, lambda p: save_file(tensors, str(p), metadata={META_KEY: json.dumps(meta)}))
 
     @classmethod
-    def load(cls, path: str | Path) -> GeoIndex:
-        """Read an index file; a missing, foreign, corrupt or truncated file is a GeokitError."""
+    def load(cls, path: str | Path, *, tiles_root: str | Path | None = None,
+             allow_outside: bool = False) -> GeoIndex:
+        """Read an index file; a missing, foreign, corrupt or truncated file is a GeokitError.
+
+        The stored tile paths must lie inside one gallery folder (``tiles_root``; default: the
+        folder of the references the index was built from, as it records): an index that names
+        files elsewhere (``..`` escapes, absolute paths to other places, the whole filesystem)
+        is refused, so reading tiles (``locate --sheet``) never reads outside the gallery unless
+        ``allow_outside`` says so."""
         from safetensors import safe_open
 
         path = Path(path)
@@ -242,7 +252,21 @@ class GeoIndex:
         if not (n == len(paths) == len(latlon) == meta.get("count")):
             raise GeokitError(f"{path}: inconsistent index ({n} vectors, {len(paths)} paths, "
                               f"{len(latlon)} locations, count {meta.get('count')}); {hint}")
-        return cls(meta, paths, latlon, vectors=vectors, faiss_index=faiss_index, source=str(path))
+        if not isinstance(meta.get("dim"), int) or (vectors is not None and vectors.ndim != 2) \
+                or (faiss_index is not None and faiss_index.d != meta.get("dim")) \
+                or (vectors is not None and vectors.shape[1] != meta.get("dim")):
+            raise GeokitError(f"{path}: inconsistent index (dimension {short_dim(vectors, faiss_index)} "
+                              f"vs recorded {meta.get('dim')!s:.20}); {hint}")
+        record = meta.get("encoder_record")
+        if record is not None:
+            from geokit.checkpoint import validate_record
+
+            if not isinstance(record, dict):
+                raise GeokitError(f"{path}: index metadata is damaged (encoder_record); {hint}")
+            validate_record(record, f"{path} (the encoder record it keeps)")
+        index = cls(meta, paths, latlon, vectors=vectors, faiss_index=faiss_index, source=str(path))
+        index.tiles_root = check_tile_paths(paths, meta, path, tiles_root, allow_outside)
+        return index
 
     # --------------------------------------------------------------------------- checkpoints
 
@@ -263,6 +287,58 @@ class GeoIndex:
                               f"{self.source or ''} but different weights (fingerprint "
                               f"{weights_fingerprint[:12]} vs {want[:12]}); its embeddings would not be "
                               f"comparable. Use {self.meta.get('checkpoint')} or rebuild the index.")
+
+
+def short_dim(vectors: Any, faiss_index: Any) -> str:
+    if vectors is not None:
+        return "x".join(str(d) for d in vectors.shape)
+    return str(getattr(faiss_index, "d", "?"))
+
+
+def recorded_tiles_root(meta: Mapping[str, Any], paths: Sequence[str]) -> str | None:
+    """The gallery folder an index records: its references CSV's folder, the references folder,
+    else the folder all its tiles share."""
+    src = meta.get("references")
+    if isinstance(src, str) and src and " (" not in src:
+        return os.path.dirname(os.path.abspath(src)) if src.lower().endswith(".csv") else os.path.abspath(src)
+    absolute = [p for p in paths if os.path.isabs(p)]
+    if not absolute or len(absolute) != len(paths):
+        return None
+    try:
+        return os.path.commonpath(absolute) if len(absolute) > 1 else os.path.dirname(absolute[0])
+    except ValueError:
+        return None
+
+
+def check_tile_paths(paths: Sequence[str], meta: Mapping[str, Any], source: Any,
+                     tiles_root: str | Path | None = None, allow_outside: bool = False) -> str | None:
+    """The gallery root; refuses stored paths outside it (see :meth:`GeoIndex.load`)."""
+    user = tiles_root is not None
+    root = os.path.abspath(os.fspath(tiles_root)) if user else recorded_tiles_root(meta, paths)
+    if allow_outside:
+        return root
+    how = ("Pass --tiles-root FOLDER to name the folder that holds its tiles, or "
+           "--allow-outside-paths if you trust this index file")
+    for n, p in enumerate(paths):
+        if "\x00" in p:
+            raise GeokitError(f"{source}: tile path {n + 1} contains a NUL byte; the index is damaged")
+    if root is None:  # relative paths (read from the working folder): none may climb out of it
+        for n, p in enumerate(paths):
+            norm = os.path.normpath(p)
+            if os.path.isabs(p) or norm == ".." or norm.startswith(".." + os.sep):
+                raise GeokitError(f"{source}: tile path {n + 1} ({p[:200]}) leaves the folder its "
+                                  f"relative tile paths are read from; geokit does not read it. {how}.")
+        return None
+    if os.path.dirname(root) == root:  # "/": an index naming files all over the filesystem
+        raise GeokitError(f"{source}: its tiles are not in one gallery folder (they share only {root}). "
+                          f"{how}.")
+    prefix = root.rstrip(os.sep) + os.sep
+    for n, p in enumerate(paths):
+        full = os.path.normpath(os.path.join(root, p))
+        if not full.startswith(prefix):
+            raise GeokitError(f"{source}: tile path {n + 1} ({p[:200]}) is outside the gallery folder "
+                              f"{root}; geokit does not read files outside it. {how}.")
+    return root
 
 
 # ------------------------------------------------------------------------------ building

@@ -122,11 +122,18 @@ class Localizer:
     """
 
     def __init__(self, index: str | Path, checkpoint: str | Path | None = None, *, view: str = "query",
-                 device: str = "auto", batch_size: int = 16, consensus_radius_m: float = 100.0):
+                 device: str = "auto", batch_size: int = 16, consensus_radius_m: float = 100.0,
+                 tiles_root: str | Path | None = None, allow_outside: bool = False):
         from geokit.index import GeoIndex, load_encoder
         from geokit.runtime import select_device
 
-        self.index = GeoIndex.load(index)
+        if view not in ("query", "reference"):
+            raise GeokitError(f"view must be 'query' or 'reference', not {str(view)[:40]!r}")
+        if not (batch_size >= 1 and math.isfinite(consensus_radius_m) and consensus_radius_m >= 0):
+            raise GeokitError(f"batch_size must be ≥ 1 and the consensus radius a finite number ≥ 0 "
+                              f"(got {batch_size}, {consensus_radius_m})")
+        # tile paths checked against the gallery folder (see GeoIndex.load)
+        self.index = GeoIndex.load(index, tiles_root=tiles_root, allow_outside=allow_outside)
         if checkpoint is None:
             checkpoint = self.index.meta.get("checkpoint")
             if not checkpoint or not Path(checkpoint).is_file():
@@ -156,7 +163,15 @@ class Localizer:
         photos = [str(p) for p in photos]
         if not photos:
             return []
-        scores, ids = self.index.search(self.embed(photos), k)
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise GeokitError(f"k (--top-k) must be a whole number ≥ 1, not {str(k)[:40]}")
+        k = int(min(k, len(self.index)))  # more than the index holds would only allocate
+        emb = self.embed(photos)
+        if not np.isfinite(emb).all():  # never a NaN score with exit status 0
+            bad = photos[int(np.flatnonzero(~np.isfinite(emb).all(1))[0])]
+            raise GeokitError(f"the embedding of {bad} is not finite: the checkpoint's weights or "
+                              "normalisation are damaged")
+        scores, ids = self.index.search(emb, k)
         out = []
         for photo, srow, irow in zip(photos, scores, ids):
             cands = []

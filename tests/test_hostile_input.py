@@ -461,3 +461,85 @@ def test_packing_many_pairs_of_one_reference_is_fast():
     batches = pack_batches(np.random.default_rng(0).permutation(len(ref)), train, 32)
     assert time.perf_counter() - t0 < 10  # the queue it replaced: minutes (quadratic)
     assert len(batches) == 3 and all(len(set(ref[b].tolist())) == 32 for b in batches)
+
+
+# --------------------------------------------------------------- 1. checkpoint and index records
+
+GOOD_RECORD = {"encoder": {"name": "convnext", "model": "convnext_atto", "pretrained": False},
+               "embedding_dim": 320, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+               "query_size": [32, 128], "reference_size": [32, 32]}
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"query_size": [12000, 12000]}, "query_size"),  # would allocate gigabytes per photo
+    ({"reference_size": [0, 32]}, "reference_size"),
+    ({"std": [0, 0.2, 0.2]}, "std"),  # NaN scores
+    ({"mean": [float("nan"), 0, 0]}, "mean"),
+    ({"embedding_dim": 10**9}, "embedding_dim"),
+    ({"encoder": "convnext"}, "encoder"),
+])
+def test_hostile_checkpoint_records_are_refused_before_anything_is_built(tmp_path, change, key):
+    import torch
+
+    from geokit.checkpoint import save_weights
+    from geokit.index import load_encoder
+
+    path = tmp_path / "evil.safetensors"
+    save_weights(path, {"encoder.x": torch.zeros(1)}, {**GOOD_RECORD, **change})
+    with pytest.raises(GeokitError, match=f"the checkpoint record's '{key}' is") as err:
+        load_encoder(path)
+    assert len(str(err.value)) < 500
+
+
+def test_a_deeply_nested_record_is_a_clear_error(tmp_path):
+    from safetensors.numpy import save_file
+
+    from geokit.checkpoint import read_record
+
+    path = tmp_path / "deep.safetensors"
+    save_file({"x": np.zeros(1, np.float32)}, str(path), metadata={"geokit": "[" * 100000 + "]" * 100000})
+    with pytest.raises(GeokitError, match="not valid JSON"):
+        read_record(path)
+
+
+def _index_with_paths(tmp_path, paths, references=None):
+    from geokit.index import IndexSpec, build_index
+
+    x = np.eye(4, dtype=np.float32)[: len(paths)]
+    meta = {"references": references} if references else {}
+    ix = build_index(lambda pos: x[pos], len(paths), 4, IndexSpec("flat"), paths=paths,
+                     latlon=np.zeros((len(paths), 2)), meta=meta)
+    ix.save(tmp_path / "x.index")
+    return tmp_path / "x.index"
+
+
+def test_index_tile_paths_stay_inside_the_gallery(tmp_path):
+    from geokit.index import GeoIndex
+
+    gallery = tmp_path / "tiles"
+    csv_path = str(gallery / "references.csv")
+    ok = _index_with_paths(tmp_path, [str(gallery / "a.png"), str(gallery / "sub" / "b.png")], csv_path)
+    assert GeoIndex.load(ok).tiles_root == str(gallery)
+    for bad in (["/etc/passwd"], [str(gallery / ".." / ".." / "secret.png")]):
+        path = _index_with_paths(tmp_path, [str(gallery / "a.png"), *bad], csv_path)
+        with pytest.raises(GeokitError, match=r"tile path 2 .* is outside the gallery folder .*--allow-outside"):
+            GeoIndex.load(path)
+        assert len(GeoIndex.load(path, allow_outside=True)) == 2  # the user says so
+    spread = _index_with_paths(tmp_path, ["/etc/a.png", "/home/b.png"], "some.cfg (dataset test)")
+    with pytest.raises(GeokitError, match="not in one gallery folder"):
+        GeoIndex.load(spread)
+    with pytest.raises(GeokitError, match="outside the gallery folder"):
+        GeoIndex.load(spread, tiles_root="/etc")
+    climbing = _index_with_paths(tmp_path, ["t/a.png", "../../b.png"])
+    with pytest.raises(GeokitError, match="tile path 2 .* leaves the folder"):
+        GeoIndex.load(climbing)
+
+
+def test_locate_bounds_top_k_before_allocating(tmp_path):
+    from geokit.locate import Localizer
+
+    loc = Localizer.__new__(Localizer)  # only the argument checks of locate(), no model needed
+    with pytest.raises(GeokitError, match="whole number ≥ 1"):
+        loc.locate(["a.jpg"], k=0)
+    with pytest.raises(GeokitError, match="view must be 'query' or 'reference'"):
+        Localizer(tmp_path / "none.index", view="sideways")
