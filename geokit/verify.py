@@ -265,12 +265,14 @@ def verify_dataset(ds: Any, *, sample: int = 200, full: bool = False, seed: int 
                                     "('dss' warm-starts with 'random')")
             note_paths(tr.query_paths, q_view)
             note_paths(tr.reference_paths, r_view)
+        eval_sets = []
         for split in getattr(ds, "splits", ("test",)):
             try:
                 es = ds.eval_set(split)
             except GeokitError as exc:
                 probs.add(Problem("error", str(exc), category=f"{split} set"))
                 continue
+            eval_sets.append(es)
             report.counts[f"{split} queries"] = len(es.query_paths)
             report.counts[f"{split} references"] = len(es.reference_paths)
             if len(es.query_paths) == 0 or len(es.reference_paths) == 0:
@@ -283,6 +285,10 @@ def verify_dataset(ds: Any, *, sample: int = 200, full: bool = False, seed: int 
                 probs.add(Problem("error", str(exc), category=f"{split} set"))
             note_paths(es.query_paths, q_view)
             note_paths(es.reference_paths, r_view)
+
+        if not any(p.category == "suspicious data" for p in probs):  # the loader may report them itself
+            for p in suspicious_data(tr, eval_sets):
+                probs.add(p)
 
     known_fn = getattr(ds, "known_sizes", None)
     report.known = dict(known_fn()) if callable(known_fn) else {}
@@ -335,6 +341,34 @@ def verify_dataset(ds: Any, *, sample: int = 200, full: bool = False, seed: int 
     report.full = full or len(chosen) == len(present)
     report.image_sizes = dict(sizes)
     return report
+
+
+def suspicious_data(train: Any, eval_sets: Sequence[Any]) -> list[Problem]:
+    """Legal but suspicious data, as warnings: duplicated training pairs, a query that is its own
+    reference, many evaluation queries sharing one reference."""
+    out: list[Problem] = []
+    if train is not None and len(train):
+        refs = np.asarray(train.pair_reference)
+        q = list(train.query_paths)
+        pairs = Counter(zip(q, refs.tolist()))
+        dup = sum(n - 1 for n in pairs.values() if n > 1)
+        if dup:
+            example = next(k for k, n in pairs.items() if n > 1)[0]
+            out.append(Problem("warning", f"{dup:,} training pairs repeat another pair (same query and "
+                               f"reference, e.g. {example}): they count twice", category="suspicious data"))
+        same = [i for i in range(len(q)) if q[i] == train.reference_paths[refs[i]]]
+        if same:
+            out.append(Problem("warning", f"{len(same):,} training pairs have the query image as their "
+                               f"reference (e.g. {q[same[0]]}): a trivial match", category="suspicious data"))
+    for es in eval_sets:
+        labels = np.asarray(es.query_labels)
+        if len(labels) >= 10 and labels.ndim == 1:
+            counts = np.unique(labels, return_counts=True)[1]
+            if counts.max() >= max(10, len(labels) // 10):
+                out.append(Problem("warning", f"{int(counts.max()):,} of the {len(labels):,} {es.name} queries "
+                                   "share one reference: recall says little about them; is that intended?",
+                                   category="suspicious data"))
+    return out
 
 
 def decode_check(path: str) -> tuple[int, int] | str:

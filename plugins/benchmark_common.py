@@ -39,6 +39,8 @@ class BenchmarkOptions(BaseModel):
                               "(one directory listing per folder)")
     skip_missing: bool = Field(False, description="skip pairs whose image is missing (a warning) "
                                "instead of stopping; the original CVACT loader skipped silently")
+    allow_outside_root: bool = Field(False, description="accept listed image paths that are absolute or "
+                                     "climb out of root with '..' (refused by default: paths stay in root)")
 
 
 class FileIndex:
@@ -128,11 +130,23 @@ class BenchmarkDataset(CrossViewDataset):
         file = str(file)  # callers pass root-relative names
         if path not in self._sources:
             self._sources[path] = _where(file, line)
+        if not self.options.allow_outside_root and not self.inside_root(path):
+            problem(f"path {str(path)[:200]} is absolute or leaves the dataset root {self.root}; listed paths "
+                    "are relative to the root (set dataset.allow_outside_root=true to accept it)",
+                    file=file, line=line, category="path outside root", path=path)
+            return False
         if self.files.exists(path):
             return True
         problem(f"image not found: {path}{self.files.why_missing(path)}", file=file, line=line,
                 category="missing image", path=path, warning=self.options.skip_missing)
         return False
+
+    def inside_root(self, path: str | Path) -> bool:
+        """Whether ``path`` lies in the dataset root (lexically: '..' and absolute paths that
+        lead elsewhere do not; symbolic links inside the root are followed as usual)."""
+        if not hasattr(self, "_root_prefix"):
+            self._root_prefix = os.path.abspath(self.root).rstrip(os.sep) + os.sep
+        return os.path.abspath(path).startswith(self._root_prefix)
 
     def cached(self, key: str, build: Any) -> Any:
         if key not in self._cache:

@@ -10,8 +10,11 @@ losses that take per-pair data (e.g. ``loss.weight_column: weight``).
 from __future__ import annotations
 
 import csv
-import math
+import io
 import logging
+import math
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -23,6 +26,7 @@ import geokit
 from geokit.augment import PairAugment
 from geokit.data import CrossViewDataset, EvalSet, TrainSet
 from geokit.errors import GeokitError
+from geokit.verify import collecting_active, problem
 
 
 class PairsOptions(BaseModel):
@@ -34,6 +38,8 @@ class PairsOptions(BaseModel):
     query_type: Literal["panorama", "image"] = Field(
         "panorama", description="panorama: north-aligned 360° view (tile rotations become rolls); image: a photo")
     augment: bool = Field(True, description="Sample4Geo training augmentation")
+    allow_outside_root: bool = Field(False, description="accept CSV image paths that are absolute or "
+                                     "climb out of root with '..' (refused by default: paths stay in root)")
 
 
 @dataclass
@@ -44,14 +50,36 @@ class PairRows:
     reference: list[str]
     gps: np.ndarray | None  # (n, 2) per row
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # numeric extra columns, per row
+    lines: list[int] | None = None  # the CSV line of each row
 
 
-def read_pairs_csv(path: Path, root: Path) -> PairRows:
-    """Parse and check one split file; every problem names the file and line."""
+def _decoded(path: Path) -> str:
+    """The file as text; not UTF-8 is an error naming the line (the CSV must be UTF-8)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise GeokitError(f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                          f"{exc.start}); save the CSV as UTF-8 (e.g. from a spreadsheet: 'CSV UTF-8')") from None
+
+
+def outside_root(rel: str) -> bool:
+    """Whether a CSV path is absolute or climbs out of the dataset root (lexically)."""
+    norm = os.path.normpath(rel)
+    return os.path.isabs(rel) or os.path.isabs(norm) or norm == ".." or norm.startswith(".." + os.sep) \
+        or bool(re.match(r"^[A-Za-z]:[\\/]", rel))
+
+
+def read_pairs_csv(path: Path, root: Path, allow_outside_root: bool = False) -> PairRows:
+    """Parse and check one split file; every problem names the file and line.
+
+    Under ``geokit datasets verify`` row problems are collected (the row is skipped) instead of
+    stopping at the first."""
     if not path.is_file():
         raise GeokitError(f"dataset 'pairs': {path} not found (expected a CSV with a header row "
                           "and columns query,reference[,lat,lon])")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
+    with io.StringIO(_decoded(path), newline="") as fh:
         reader = csv.DictReader(fh)
         fields = [f.strip() for f in (reader.fieldnames or [])]
         reader.fieldnames = fields
@@ -62,34 +90,58 @@ def read_pairs_csv(path: Path, root: Path) -> PairRows:
         has_gps = "lat" in fields or "lon" in fields
         if has_gps and not ("lat" in fields and "lon" in fields):
             raise GeokitError(f"{path}: has only one of the columns lat/lon; give both or neither")
-        query, reference, gps = [], [], []
+        query, reference, gps, lines = [], [], [], []
+        seen: dict[tuple[str, str], int] = {}
         extra_names = [f for f in fields if f and f not in ("query", "reference", "lat", "lon")]
         extra: dict[str, list[float] | None] = {f: [] for f in extra_names}
-        for n, row in enumerate(reader, start=2):
+        for row in reader:
+            n = reader.line_num  # the CSV line this row ends on (quoted fields may span lines)
+            q, r = (row.get("query") or "").strip(), (row.get("reference") or "").strip()
+            if not q or not r:
+                problem("empty query or reference path", file=path, line=n, category="malformed row")
+                continue
+            escapes = [p for p in (q, r) if outside_root(p)]
+            if escapes and not allow_outside_root:
+                problem(f"path {escapes[0][:200]} is absolute or leaves the dataset root {root}; paths are "
+                        "relative to the root (set dataset.allow_outside_root=true to accept it)",
+                        file=path, line=n, category="path outside root", path=escapes[0])
+                continue
+            missing = [p for p in (q, r) if not (root / p).is_file()]
+            if missing:
+                problem(f"image not found: {root / missing[0]}", file=path, line=n, category="missing image",
+                        path=str(root / missing[0]))
+                continue
+            if has_gps:
+                lat = _coord(row.get("lat"), "lat", 90, path, n)
+                lon = _coord(row.get("lon"), "lon", 180, path, n)
+                if lat is None or lon is None:
+                    continue
+                gps.append((lat, lon))
+            if (q, r) in seen:
+                problem(f"duplicate row: the same query and reference as line {seen[(q, r)]} (counted twice "
+                        "in training and evaluation)", file=path, line=n, category="suspicious data", warning=True)
+            seen.setdefault((q, r), n)
+            if os.path.normpath(q) == os.path.normpath(r):
+                problem(f"the query is its own reference ({q[:200]}): a trivial match", file=path, line=n,
+                        category="suspicious data", warning=True)
             for f in extra_names:  # a column stays per-pair data while every value is a number
                 values, number = extra[f], _number(row.get(f))
                 if values is not None and number is None:
                     extra[f] = None
                 elif values is not None:
                     values.append(number)
-            q, r = (row.get("query") or "").strip(), (row.get("reference") or "").strip()
-            if not q or not r:
-                raise GeokitError(f"{path} line {n}: empty query or reference path")
-            for p in (q, r):
-                if not (root / p).is_file():
-                    raise GeokitError(f"{path} line {n}: image not found: {root / p}")
             query.append(str(root / q))
             reference.append(str(root / r))
-            if has_gps:
-                gps.append((_coord(row.get("lat"), "lat", 90, path, n), _coord(row.get("lon"), "lon", 180, path, n)))
-    if not query:
+            lines.append(n)
+    if not query and not collecting_active():
         raise GeokitError(f"{path}: no rows after the header")
     skipped = [f for f, v in extra.items() if v is None]
     if skipped:
         logging.getLogger("geokit").info("%s: columns %s are not all numbers; they are not per-pair data",
                                          path, ", ".join(skipped))
     columns = {f: np.asarray(v, dtype=np.float64) for f, v in extra.items() if v is not None}
-    return PairRows(query, reference, np.asarray(gps, dtype=np.float64) if has_gps else None, columns)
+    return PairRows(query, reference, np.asarray(gps, dtype=np.float64).reshape(-1, 2) if has_gps else None,
+                    columns, lines)
 
 
 def _number(raw: str | None) -> float | None:
@@ -100,14 +152,21 @@ def _number(raw: str | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _coord(raw: str | None, name: str, bound: float, path: Path, line: int) -> float:
+def _coord(raw: str | None, name: str, bound: float, path: Path, line: int) -> float | None:
     try:
         value = float((raw or "").strip())
     except ValueError:
-        raise GeokitError(f"{path} line {line}: {name} {raw!r} is not a number") from None
+        problem(f"{name} {(raw or '')[:40]!r} is not a number", file=path, line=line, category="malformed row")
+        return None
     if not math.isfinite(value) or abs(value) > bound:
-        raise GeokitError(f"{path} line {line}: {name} {value} is outside [-{bound:g}, {bound:g}]")
+        problem(f"{name} {value} is outside [-{bound:g}, {bound:g}]", file=path, line=line,
+                category="malformed row")
+        return None
     return value
+
+
+def _line(lines: list[int] | None, row: int) -> int:
+    return lines[row] if lines else row + 2
 
 
 def unique_references(rows: PairRows, path: Path) -> tuple[list[str], np.ndarray, np.ndarray | None]:
@@ -126,10 +185,25 @@ def unique_references(rows: PairRows, path: Path) -> tuple[list[str], np.ndarray
         bad = np.flatnonzero(np.abs(rows.gps - gps[pair_ref]).max(1) > 1e-9)
         if len(bad):
             i = int(bad[0])
-            raise GeokitError(f"{path} line {i + 2}: reference {rows.reference[i]} has lat/lon "
-                              f"{tuple(rows.gps[i])} here but {tuple(gps[pair_ref[i]])} on line "
-                              f"{first_row[pair_ref[i]] + 2}")
+            here, there = rows.gps[i].tolist(), gps[pair_ref[i]].tolist()
+            raise GeokitError(f"{path} line {_line(rows.lines, i)}: reference {rows.reference[i]} has lat/lon "
+                              f"({here[0]}, {here[1]}) here but ({there[0]}, {there[1]}) on line "
+                              f"{_line(rows.lines, first_row[pair_ref[i]])}")
     return list(index), pair_ref, gps
+
+
+def report_shared_references(pair_ref: np.ndarray, path: Path, split: str,
+                             lines: list[int] | None = None) -> None:
+    """Warn when many evaluation queries share one reference: recall then says little (one good
+    tile answers them all), and it usually means a wrong reference column."""
+    if len(pair_ref) < 10:
+        return
+    counts = np.bincount(pair_ref)
+    top = int(counts.argmax())
+    if counts[top] >= max(10, len(pair_ref) // 10):
+        problem(f"{counts[top]:,} of the {len(pair_ref):,} {split} queries share one reference (the one of "
+                f"line {_line(lines, int(np.flatnonzero(pair_ref == top)[0]))}): is the reference column right?",
+                file=path, category="suspicious data", warning=True)
 
 
 class PairsDataset(CrossViewDataset):
@@ -150,7 +224,7 @@ class PairsDataset(CrossViewDataset):
 
     def _rows(self, split: str) -> tuple[PairRows, Path]:
         path = self.root / f"{split}.csv"
-        return read_pairs_csv(path, self.root), path
+        return read_pairs_csv(path, self.root, self.options.allow_outside_root), path
 
     def train_set(self) -> TrainSet:
         rows, path = self._rows("train")
@@ -161,6 +235,7 @@ class PairsDataset(CrossViewDataset):
         split = self.check_split(split)
         rows, path = self._rows(split)
         refs, pair_ref, gps = unique_references(rows, path)
+        report_shared_references(pair_ref, path, split, rows.lines)
         return EvalSet(rows.query, refs, query_labels=pair_ref, reference_labels=np.arange(len(refs)),
                        query_gps=rows.gps, reference_gps=gps, name=split)
 

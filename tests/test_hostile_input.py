@@ -543,3 +543,117 @@ def test_locate_bounds_top_k_before_allocating(tmp_path):
         loc.locate(["a.jpg"], k=0)
     with pytest.raises(GeokitError, match="view must be 'query' or 'reference'"):
         Localizer(tmp_path / "none.index", view="sideways")
+
+
+# --------------------------------------------------------------- 3/4. paths stay in roots; suspicious data
+
+def _pairs(root, **opts):
+    from geokit.registry import create
+
+    return create("dataset", "pairs", {"root": str(root), "query_size": [32, 128],
+                                       "reference_size": [32, 32], **opts})
+
+
+def _verify(root, *extra):
+    import json
+
+    from geokit.cli_datasets import datasets
+
+    cli.add_command(datasets)  # as geokit's main() does
+    res = CliRunner().invoke(cli, ["datasets", "verify", "pairs", "--root", str(root), "--json", *extra])
+    return res, json.loads(res.output)
+
+
+@pytest.fixture
+def small_pairs(tmp_path):
+    from geokit.testing import make_pairs_dataset
+
+    return make_pairs_dataset(tmp_path / "data", n_train=6, n_test=4)
+
+
+def test_csv_paths_that_leave_the_root_are_refused_naming_the_line(small_pairs, tmp_path):
+    import shutil
+
+    outside = tmp_path / "secret.png"
+    shutil.copy(small_pairs / "train" / "r0000.png", outside)
+    lines = (small_pairs / "train.csv").read_text().splitlines()
+    lines[2] = lines[2].replace("train/q0001.png", "../secret.png")
+    lines[4] = lines[4].replace("train/r0003.png", str(outside))
+    (small_pairs / "train.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(GeokitError, match=r"train.csv line 3: path ../secret.png is absolute or leaves the dataset root"):
+        _pairs(small_pairs).train_set()
+    assert len(_pairs(small_pairs, allow_outside_root=True).train_set()) == 6  # the user says so
+    res, report = _verify(small_pairs)
+    assert res.exit_code == 1
+    bad = [(p["line"], p["category"]) for p in report["problems"] if p["severity"] == "error"]
+    assert bad == [(3, "path outside root"), (5, "path outside root")]
+
+
+def test_benchmark_listed_paths_stay_in_the_root(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_datasets_layouts import make_cvusa  # noqa: E402
+
+    from geokit.registry import create
+    from geokit.verify import Problems, collecting
+
+    make_cvusa(tmp_path / "cvusa")
+    split = tmp_path / "cvusa" / "splits" / "train-19zl.csv"
+    lines = split.read_text().splitlines()
+    lines[1] = lines[1].replace("streetview/", "../../streetview/", 1)
+    split.write_text("\n".join(lines) + "\n")
+    ds = create("dataset", "cvusa", {"root": str(tmp_path / "cvusa"), "query_size": [8, 32],
+                                     "reference_size": [8, 8]})
+    with pytest.raises(GeokitError, match="train-19zl.csv line 2: path .* leaves the dataset root"):
+        ds.train_set()
+    with collecting(Problems()) as probs:
+        create("dataset", "cvusa", {"root": str(tmp_path / "cvusa"), "query_size": [8, 32],
+                                    "reference_size": [8, 8]}).train_set()
+    assert [p.category for p in probs] == ["path outside root"]
+
+
+def test_a_csv_that_is_not_utf8_is_one_clear_error(small_pairs):
+    data = (small_pairs / "test.csv").read_bytes().replace(b"test/q0002.png", b"test/q\xe90002.png")
+    (small_pairs / "test.csv").write_bytes(data)
+    with pytest.raises(GeokitError, match=r"test.csv line 4: not UTF-8 text \(byte 0xe9"):
+        _pairs(small_pairs).eval_set()
+    from geokit.cli_datasets import datasets
+
+    cli.add_command(datasets)
+    res = CliRunner().invoke(cli, ["datasets", "verify", "pairs", "--root", str(small_pairs)])
+    assert res.exit_code == 1 and "not UTF-8" in res.output and "Traceback" not in res.output
+
+
+def test_suspicious_rows_are_reported(small_pairs, caplog):
+    lines = (small_pairs / "train.csv").read_text().splitlines()
+    q, r = lines[1].split(",")[:2]
+    lines.append(lines[1])  # line 8 duplicates line 2
+    lines.append(lines[2].replace(lines[2].split(",")[0], lines[2].split(",")[1], 1))  # query == reference
+    (small_pairs / "train.csv").write_text("\n".join(lines) + "\n")
+    test = (small_pairs / "test.csv").read_text().splitlines()
+    ref = test[1].split(",")[1]
+    rows = [f"{t.split(',')[0]},{ref}," + ",".join(test[1].split(",")[2:]) for t in test[1:]] * 3
+    (small_pairs / "test.csv").write_text("\n".join([test[0], *rows]) + "\n")  # 12 queries, one reference
+    res, report = _verify(small_pairs)
+    warns = {(p["line"], p["message"].split(":")[0].split(" (")[0]) for p in report["problems"]
+             if p["category"] == "suspicious data"}
+    assert (8, "duplicate row") in warns and (9, "the query is its own reference") in warns
+    assert any("12 of the 12 test queries share one reference" in p["message"] for p in report["problems"])
+    assert res.exit_code == 0  # legal: warnings only
+    _pairs(small_pairs).train_set()  # outside verify: logged, not fatal
+    assert "duplicate row" in caplog.text
+
+
+def test_verify_reports_suspicious_data_of_any_dataset():
+    from geokit.data import EvalSet, TrainSet
+    from geokit.verify import suspicious_data
+
+    tr = TrainSet(["a", "b", "a", "r1"], ["r0", "r1"], np.array([0, 1, 0, 1]))
+    es = EvalSet([f"q{i}" for i in range(20)], ["r0", "r1"], query_labels=np.r_[np.zeros(15, int), np.ones(5, int)],
+                 reference_labels=np.arange(2), name="test")
+    found = [p.message for p in suspicious_data(tr, [es])]
+    assert found[0].startswith("1 training pairs repeat another pair")
+    assert found[1].startswith("1 training pairs have the query image as their reference")
+    assert found[2].startswith("15 of the 20 test queries share one reference")
