@@ -204,7 +204,7 @@ def test_a_plugin_can_be_disabled_by_name(install, monkeypatch):
     from geokit.cli import main
 
     install(_EP("badcmd", _plugin("badcmd", geokit_register_commands=_boom)))
-    monkeypatch.delenv(gp.DISABLE_NAMES_ENV, raising=False)
+    monkeypatch.setenv(gp.DISABLE_NAMES_ENV, "")  # restored (removed) after the test
     with pytest.raises(SystemExit):
         main(["--disable-plugin", "badcmd", "--disable-plugin=cvusa", "plugins"])
     import os
