@@ -78,6 +78,16 @@ class IndexSpec:
         if self.type in ("ivf", "ivfpq") and n < self.nlist_for(n):
             raise GeokitError(f"{self.type}: {n} references are fewer than nlist={self.nlist_for(n)}; "
                               "use --type flat or a smaller --nlist")
+        # faiss's k-means refuses fewer training vectors than centroids (a C++ error otherwise)
+        train = self.train_size_for(n, dim)
+        if self.type in ("ivf", "ivfpq") and train < self.nlist_for(n):
+            raise GeokitError(f"{self.type}: a training sample of {train} vectors is smaller than nlist="
+                              f"{self.nlist_for(n)}; raise IndexSpec.train_size or lower --nlist")
+        if self.type == "ivfpq" and not (1 <= self.nbits <= 16 and train >= 2 ** self.nbits):
+            raise GeokitError(f"ivfpq: nbits={self.nbits} needs 1 ≤ nbits ≤ 16 and at least {2 ** min(self.nbits, 16):,} "
+                              f"training vectors (faiss trains {2 ** min(self.nbits, 16):,} centroids per "
+                              f"sub-quantiser), but {train} are available; lower --nbits (e.g. "
+                              f"{max(1, int(math.log2(max(train, 2))))}) or use --type ivf/flat")
 
     def nlist_for(self, n: int) -> int:
         return int(self.nlist or max(1, min(65536, round(4 * math.sqrt(max(n, 1))))))

@@ -657,3 +657,15 @@ def test_verify_reports_suspicious_data_of_any_dataset():
     assert found[0].startswith("1 training pairs repeat another pair")
     assert found[1].startswith("1 training pairs have the query image as their reference")
     assert found[2].startswith("15 of the 20 test queries share one reference")
+
+
+def test_faiss_too_small_training_sets_are_one_paragraph():
+    from geokit.index import IndexSpec, build_index
+
+    x = np.eye(100, 32, dtype=np.float32)
+    x[:, 0] = 1
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    for spec, msg in ((IndexSpec("ivfpq", nlist=4, m=8), "at least 256 training vectors"),
+                      (IndexSpec("ivf", nlist=4, train_size=2), "training sample of 2 vectors is smaller than nlist=4")):
+        with pytest.raises(GeokitError, match=msg):
+            build_index(lambda p: x[p], 100, 32, spec, paths=[str(i) for i in range(100)], latlon=np.zeros((100, 2)))
