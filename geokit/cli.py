@@ -1,6 +1,7 @@
 """The ``geokit`` command line (click). Heavy modules are imported inside commands."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -43,6 +44,16 @@ class GeokitGroup(click.Group):
             if isinstance(exc, TrainingInterrupted):
                 raise Interrupted(str(exc)) from None
             raise UserError(str(exc)) from None
+        except OSError as exc:  # a full disk, a read-only folder: the user's to fix, no traceback
+            if exc.errno not in _DISK_ERRORS:
+                raise
+            where = f" {exc.filename}" if exc.filename else ""
+            raise UserError(f"cannot write or read{where}: {exc.strerror or exc}. Files written "
+                            "atomically (checkpoints, indexes, metrics) are intact; free some space or "
+                            "fix the permissions and re-run.") from None
+
+
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 DISABLE = "--disable-plugin"

@@ -107,13 +107,13 @@ class _Strict(BaseModel):
 class TrainConfig(_Strict):
     """``train:`` section."""
 
-    epochs: int = Field(40, ge=1)
+    epochs: int = Field(40, ge=1, le=100_000)
     batch_size: int = Field(128, ge=2, description="pairs per global batch, across all ranks")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
-    warmup_epochs: float = Field(1.0, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0, le=100_000)
     clip_value: float | None = Field(100.0, gt=0, description="gradient value clipping; null: off")
-    workers: int | None = Field(None, ge=0, description="DataLoader workers; null: 0 on CPU, 4 on GPU")
+    workers: int | None = Field(None, ge=0, le=1024, description="DataLoader workers; null: 0 on CPU, 4 on GPU")
     amp: bool | None = Field(None, description="mixed precision; null: on for CUDA, off on CPU")
     amp_dtype: Literal["float16", "bfloat16"] | None = Field(
         None, description="autocast dtype when amp is on: float16 (with a loss scaler, initial scale 2^10, "
@@ -121,7 +121,7 @@ class TrainConfig(_Strict):
         "else float16")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:[0-9]{1,3})?)$",
                         description="auto, cpu, cuda, cuda:N")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; null: all cores")
+    threads: int | None = Field(None, ge=1, le=65536, description="torch CPU threads; null: all cores")
     log_every: int = Field(20, ge=1, description="steps between progress log lines")
     eval_every: int = Field(0, ge=0, description="evaluate every N epochs during training (0: off); "
                             "on eval.split, else the dataset's 'val' split when it has one; "
@@ -133,7 +133,7 @@ class TrainConfig(_Strict):
     bad_images: Literal["error", "skip"] = Field("error", description="an unreadable training image: "
                                                  "stop with an error naming it, or skip its pair and count it")
     channels_last: bool | None = Field(None, description="channels_last memory format; null: on for CUDA")
-    dist_timeout: float = Field(1800.0, gt=0, description="seconds a rank waits for the others (DDP) "
+    dist_timeout: float = Field(1800.0, gt=0, le=10**7, description="seconds a rank waits for the others (DDP) "
                                 "before it fails with an error instead of hanging")
 
 

@@ -19,12 +19,18 @@ log = logging.getLogger("geokit")
 def select_device(name: str = "auto") -> Any:
     import torch
 
+    from geokit.errors import GeokitError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise GeokitError(f"unknown device {str(name)[:40]!r}: use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from geokit.errors import GeokitError
         raise GeokitError(f"train.device={name} but CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise GeokitError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 

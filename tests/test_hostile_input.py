@@ -669,3 +669,20 @@ def test_faiss_too_small_training_sets_are_one_paragraph():
                       (IndexSpec("ivf", nlist=4, train_size=2), "training sample of 2 vectors is smaller than nlist=4")):
         with pytest.raises(GeokitError, match=msg):
             build_index(lambda p: x[p], 100, 32, spec, paths=[str(i) for i in range(100)], latlon=np.zeros((100, 2)))
+
+
+def test_unknown_devices_and_disk_errors_are_one_paragraph(tmp_path, monkeypatch):
+    from geokit.runtime import select_device
+
+    with pytest.raises(GeokitError, match="unknown device 'banana'"):
+        select_device("banana")
+    with pytest.raises(GeokitError, match="config key 'train.dist_timeout'"):
+        config.load(write(tmp_path, tiny_config(tmp_path)), ["train.dist_timeout=1e300"])
+
+    def full(*a, **k):
+        import errno
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "m.json"))
+
+    monkeypatch.setattr("geokit.config.load", full)
+    res = CliRunner().invoke(cli, ["config", "show", "--config", "x.yaml"])
+    assert res.exit_code == 2 and "No space left on device" in res.output and "Traceback" not in res.output
