@@ -287,7 +287,9 @@ class GeoIndex:
         diff = [k for k in RECORD_KEYS if k in mine and json.dumps(mine[k], sort_keys=True)
                 != json.dumps(record.get(k), sort_keys=True)]
         if diff:
-            shown = "; ".join(f"{k}: index {mine[k]!r} vs {record.get(k)!r}" for k in diff[:3])
+            from geokit.registry import short_repr
+
+            shown = "; ".join(f"{k}: index {short_repr(mine[k])} vs {short_repr(record.get(k))}" for k in diff[:3])
             raise GeokitError(f"{source} does not match the encoder that built index {self.source or ''}"
                               f" ({shown}). Use the checkpoint the index was built with "
                               f"({self.meta.get('checkpoint')}) or rebuild the index.")
