@@ -664,16 +664,22 @@ class _Engine:
         if state.get("format") != STATE_FORMAT:
             raise GeokitError(f"{self.state_path} was written by another geokit version (format "
                               f"{state.get('format')}, expected {STATE_FORMAT}); delete it to start over")
-        self.parts.encoder.load_state_dict(state["encoder"])
-        self.parts.loss.load_state_dict(state["loss"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state["scaler"] and self.scaler.is_enabled():  # empty when saved by a run without fp16
-            self.scaler.load_state_dict(state["scaler"])
-        self.sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(tuple(state["numpy_rng"]))
-        random.setstate(state["python_rng"])
-        self.step = int(state["step"])
+        try:  # a state from another model (e.g. resumed with --force after changing it) or damaged
+            self.parts.encoder.load_state_dict(state["encoder"])
+            self.parts.loss.load_state_dict(state["loss"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state["scaler"] and self.scaler.is_enabled():  # empty when saved by a run without fp16
+                self.scaler.load_state_dict(state["scaler"])
+            self.sampler.load_state_dict(state["sampler"])
+            torch.set_rng_state(state["torch_rng"])
+            np.random.set_state(tuple(state["numpy_rng"]))
+            random.setstate(state["python_rng"])
+            self.step = int(state["step"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise GeokitError(f"the resume state {self.state_path} does not fit this run's model, optimizer "
+                              f"or sampler ({type(exc).__name__}: {text}). Use another --output, or delete "
+                              "the state to start over.") from None
         done = int(state["epoch"]) if state["epoch_done"] else int(state["epoch"]) - 1
         self.history = [r for r in _read_history(self.output) if int(r.get("epoch", 0)) <= done]
         where = (f"after epoch {state['epoch']}" if state["epoch_done"] else
