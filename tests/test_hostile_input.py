@@ -271,6 +271,8 @@ def test_resume_refusals_name_the_differing_keys_and_force_overrides(finished_ru
     res = _train(cfg, out, "--force")
     assert res.exit_code == 0, res.output
     assert (out / "config.yaml").exists()
+    res = _train(cfg, out, "--force", "--set", "train.epochs=2", "--set", "encoder.model=convnext_femto")
+    assert res.exit_code == 2 and "does not fit this run's model" in res.output, res.output
 
 
 def test_raising_epochs_extends_a_finished_run(finished_run, tmp_path):
