@@ -65,7 +65,10 @@ def _yaml(text: str, source: str = "YAML") -> Any:
     if len(text) > MAX_YAML_BYTES:
         raise GeokitError(f"{source}: {len(text):,} characters, more than the {MAX_YAML_BYTES:,} "
                           "a config may have")
-    data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except (ValueError, OverflowError, RecursionError) as exc:  # e.g. a 5000-digit int, 2001-13-45
+        raise yaml.YAMLError(f"a value cannot be read: {_short(str(exc), 120)}") from None
     _check_expanded(data, source)
     return data
 
@@ -262,6 +265,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             raise GeokitError(f"--set {key}: {raw.strip()[:40]} is not a finite number")
         node = data
         parts = key.split(".")
+        if len(parts) > MAX_YAML_DEPTH:
+            raise GeokitError(f"--set {_short(key, 80)}: more than {MAX_YAML_DEPTH} levels")
         for i, part in enumerate(parts[:-1]):
             nxt = node.get(part)
             if nxt is None:

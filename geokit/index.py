@@ -267,6 +267,13 @@ class GeoIndex:
                 or (vectors is not None and vectors.shape[1] != meta.get("dim")):
             raise GeokitError(f"{path}: inconsistent index (dimension {short_dim(vectors, faiss_index)} "
                               f"vs recorded {meta.get('dim')!s:.20}); {hint}")
+        params = meta.get("params", {})
+        bad = [k for k in ("nprobe", "ef_search", "ef_construction", "hnsw_m")
+               if k in (params if isinstance(params, dict) else {})
+               and not (isinstance(params[k], int) and 1 <= params[k] <= 1 << 16)]
+        if not isinstance(params, dict) or bad:  # search would allocate what these say
+            raise GeokitError(f"{path}: index metadata is damaged (search parameter "
+                              f"{', '.join(bad) or 'params'} out of range); {hint}")
         record = meta.get("encoder_record")
         if record is not None:
             from geokit.checkpoint import validate_record

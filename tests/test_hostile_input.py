@@ -54,6 +54,10 @@ def test_yaml_nesting_and_recursion_are_bounded(tmp_path):
         config.read_yaml(write(tmp_path, "a: " + "[" * 5000 + "]" * 5000))
     with pytest.raises(GeokitError, match="refers to the value that contains it"):
         config.read_yaml(write(tmp_path, "a: &a [1, *a]\n"))
+    with pytest.raises(GeokitError, match="invalid YAML .* a value cannot be read"):
+        config.read_yaml(write(tmp_path, "seed: 1" + "0" * 5000))  # beyond Python's int parsing limit
+    with pytest.raises(GeokitError, match="more than 64 levels"):
+        config.apply_overrides({}, [".".join(["a"] * 100_000) + "=1"])
     (tmp_path / "bin.yaml").write_bytes(b"seed: \xff\xfe\n")
     with pytest.raises(GeokitError, match="not UTF-8"):
         config.read_yaml(tmp_path / "bin.yaml")
@@ -535,6 +539,23 @@ def test_index_tile_paths_stay_inside_the_gallery(tmp_path):
     climbing = _index_with_paths(tmp_path, ["t/a.png", "../../b.png"])
     with pytest.raises(GeokitError, match="tile path 2 .* leaves the folder"):
         GeoIndex.load(climbing)
+
+
+def test_index_search_parameters_are_bounded(tmp_path):
+    import json
+
+    from safetensors.numpy import load_file, save_file
+    from safetensors import safe_open
+
+    from geokit.index import META_KEY, GeoIndex
+
+    path = _index_with_paths(tmp_path, ["t/a.png", "t/b.png"])
+    with safe_open(str(path), framework="numpy") as fh:
+        meta = json.loads(fh.metadata()[META_KEY])
+    meta["params"] = {"ef_search": 10**12}
+    save_file(load_file(str(path)), str(path), metadata={META_KEY: json.dumps(meta)})
+    with pytest.raises(GeokitError, match="search parameter ef_search out of range"):
+        GeoIndex.load(path)
 
 
 def test_locate_bounds_top_k_before_allocating(tmp_path):
