@@ -396,13 +396,16 @@ def _lock_output(output: Path) -> Any:
                           "Choose a writable --output.") from None
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         fh.seek(0)
         pid = fh.read().strip()[:20]
         fh.close()
         raise GeokitError(f"{output} is in use by another 'geokit train'{f' (process {pid})' if pid else ''}: "
                           "one run per output folder. Wait for it to finish, stop it (it saves its "
                           "state), or use another --output.") from None
+    except OSError as exc:  # a file system without locks (some network mounts): run unlocked
+        log.warning("cannot lock %s (%s): nothing stops a second run on this folder", output,
+                    exc.strerror or exc)
     fh.seek(0)
     fh.truncate()
     fh.write(f"{os.getpid()}\n")
@@ -529,9 +532,13 @@ class _Engine:
             encoder.to(memory_format=torch.channels_last)
         params = [p for m in (encoder, loss_fn) for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-        if world.is_main:  # weights + two AdamW moments + the record copy, twice while replacing
+        if world.is_main:
+            # The state holds the weights and two AdamW moments (3x), model.safetensors the weights
+            # (1x); while the state is rewritten the old one and its temporary copy coexist: 7x at
+            # the peak, less what the files of a resumed run already occupy.
             n_bytes = sum(p.numel() * p.element_size() for m in (encoder, loss_fn) for p in m.parameters())
-            _check_writable(output, 2 * 4 * n_bytes + (64 << 20))
+            have = sum(f.stat().st_size for f in (self.state_path, output / WEIGHTS) if f.exists())
+            _check_writable(output, max(7 * n_bytes - have, 4 * n_bytes) + (64 << 20))
         # fp16 needs a loss scaler; initial scale 2^10 as the released code (its CPU version works too)
         self.scaler = torch.amp.GradScaler(device.type, init_scale=2.0**10, enabled=self.amp == "float16")
 
