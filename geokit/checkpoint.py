@@ -104,7 +104,7 @@ MAX_EMBEDDING_DIM = 65536
 def validate_record(record: Mapping[str, Any], source: str) -> None:
     """Check the keys of a checkpoint record that decide sizes and arithmetic (those present):
     ``query_size``/``reference_size`` two integers in [1, MAX_INPUT_SIDE]; ``mean``/``std``
-    three finite numbers (std > 0); ``embedding_dim`` an integer in [1, MAX_EMBEDDING_DIM];
+    three finite numbers (std > 0), or one such triple per view; ``embedding_dim`` an integer in [1, MAX_EMBEDDING_DIM];
     ``encoder`` a mapping with a name. One paragraph naming the key on failure."""
     from geokit.registry import short_repr
 
@@ -123,12 +123,16 @@ def validate_record(record: Mapping[str, Any], source: str) -> None:
         if key in record and not (isinstance(v, (list, tuple)) and len(v) == 2
                                   and all(is_int(x) and 1 <= x <= MAX_INPUT_SIDE for x in v)):
             raise bad(key, f"[height, width], each an integer from 1 to {MAX_INPUT_SIDE}")
+    def triple(v: Any, positive: bool) -> bool:
+        return isinstance(v, (list, tuple)) and len(v) == 3 and all(
+            is_num(x) and abs(x) <= 1e3 and (x > 1e-6 if positive else True) for x in v)
+
     for key, positive in (("mean", False), ("std", True)):
         v = record.get(key)
-        if key in record and not (isinstance(v, (list, tuple)) and len(v) == 3
-                                  and all(is_num(x) and abs(x) <= 1e3 and (x > 1e-6 if positive else True)
-                                          for x in v)):
-            raise bad(key, "three finite numbers" + (" greater than 0" if positive else ""))
+        per_view = isinstance(v, Mapping) and set(v) == {"query", "reference"}
+        if key in record and not (triple(v, positive) or per_view and all(triple(x, positive) for x in v.values())):
+            raise bad(key, "three finite numbers" + (" greater than 0" if positive else "")
+                      + ", or {'query': [...], 'reference': [...]} of them")
     v = record.get("embedding_dim")
     if "embedding_dim" in record and not (is_int(v) and 1 <= v <= MAX_EMBEDDING_DIM):
         raise bad("embedding_dim", f"an integer from 1 to {MAX_EMBEDDING_DIM}")

@@ -215,7 +215,7 @@ def test_view_reaches_the_encoder_on_every_path(tmp_path, two_branch_plugin):
     from geokit.locate import Localizer
 
     es = res.parts.dataset.eval_set()
-    refs = References(list(es.reference_paths), np.asarray(es.reference_gps), "test")
+    refs = References(list(es.reference_paths), np.asarray(es.reference_gps), str(root / "test.csv"))
     build_from_checkpoint(tmp_path / "run" / "model.safetensors", refs, tmp_path / "x.index", IndexSpec(),
                           show=False)
     loc = Localizer(tmp_path / "x.index", tmp_path / "run" / "model.safetensors")
