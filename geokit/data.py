@@ -231,13 +231,10 @@ def load_image(path: str | Path, size: Size) -> np.ndarray:
 
 
 def to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 HWC -> normalised float CHW."""
-    import torch
+    """uint8 HWC -> normalised float CHW (a table look-up, :func:`geokit.images.to_tensor`)."""
+    from geokit.images import to_tensor as _to_tensor
 
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return t.sub_(m).div_(s)
+    return _to_tensor(image, mean, std)
 
 
 @dataclass

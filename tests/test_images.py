@@ -326,3 +326,24 @@ def test_truncated_jpeg_is_refused_even_where_opencv_would_fill_it(tmp_path, mon
     monkeypatch.setattr(cv2, "imdecode", lambda buf, flags: np.full((64, 64, 3), 128, np.uint8))
     with pytest.raises(GeokitError, match=r"cut.jpg: the JPEG data .* truncated or corrupt \(no end-of-image"):
         images.load_image(tmp_path / "cut.jpg", (16, 16), OPENCV)
+
+
+def test_to_tensor_is_the_float_formula_bit_for_bit():
+    import torch
+
+    from geokit.data import to_tensor
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    img = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    img[0, :3] = [[0, 0, 0], [255, 255, 255], [128, 1, 254]]
+    for view in (img, img[:, ::-1], np.rot90(img)):
+        expected = torch.from_numpy(np.ascontiguousarray(view)).permute(2, 0, 1).float().div(255.0)
+        expected = (expected - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+        got = to_tensor(view, mean, std)
+        assert got.dtype == torch.float32 and got.shape == expected.shape
+        assert torch.equal(got, expected)
+    grey = img[..., :1]
+    assert torch.equal(to_tensor(grey, (0.5,), (0.25,)), (torch.from_numpy(
+        np.ascontiguousarray(grey)).permute(2, 0, 1).float() / 255.0 - 0.5) / 0.25)
+    floats = img.astype(np.float32)  # not uint8: the direct formula
+    assert torch.allclose(to_tensor(floats, mean, std), to_tensor(img, mean, std))
