@@ -286,7 +286,17 @@ class CheckedSampler:
         except TypeError:
             raise GeokitError(f"{self._label} is broken: batches() returned {type(out).__name__}, "
                               "not a list of index arrays") from None
-        return [self.check(b, n, f"batch {k} of epoch {ctx.epoch}") for k, b in enumerate(out)]
+        checked = [self.check(b, n, f"batch {k} of epoch {ctx.epoch}") for k, b in enumerate(out)]
+        placed = len(np.unique(np.concatenate(checked))) if checked else 0
+        if placed < 0.9 * n and ctx.rank == 0:  # suspicious data, said once per epoch, never silent
+            import logging
+
+            logging.getLogger("geokit").warning(
+                "epoch %d: %s placed %d of the %d training pairs in its %d batches (%d left out): with "
+                "%d references for %d pairs, many pairs share a reference and a batch holds each "
+                "reference once. Lower train.batch_size or check the dataset.", ctx.epoch,
+                self._label, placed, n, len(checked), n - placed, len(ctx.train.reference_paths), n)
+        return checked
 
     def check(self, batch: object, n: int, where: str, limit: int | None = None) -> np.ndarray:
         """``batch`` as int64 pair indices, or an error naming the plugin and what is wrong."""

@@ -709,3 +709,38 @@ def test_unknown_devices_and_disk_errors_are_one_paragraph(tmp_path, monkeypatch
     monkeypatch.setattr("geokit.config.load", full)
     res = CliRunner().invoke(cli, ["config", "show", "--config", "x.yaml"])
     assert res.exit_code == 2 and "No space left on device" in res.output and "Traceback" not in res.output
+
+
+def test_a_sampler_that_leaves_most_pairs_out_is_reported(caplog):
+    from geokit.data import TrainSet
+    from geokit.registry import create
+    from geokit.sampling import CheckedSampler, EpochContext
+    from geokit.training import max_full_batches
+
+    # the audit's case: 1,000 pairs on 5 references and 31 pairs of their own; batches of 32
+    ref = np.r_[np.repeat(np.arange(5), 200), np.arange(5, 36)]
+    train = TrainSet([f"q{i}" for i in range(len(ref))], [f"r{j}" for j in range(36)], ref)
+    assert max_full_batches(ref, 32) == 1  # 5 + 31 distinct references fill one batch, never two
+    ctx = EpochContext(epoch=1, epochs=1, batch_size=32, seed=0, train=train)
+    batches = CheckedSampler(create("sampler", "random"), "sampler 'random'").batches(ctx)
+    assert sum(len(b) for b in batches) == 32
+    assert "epoch 1: sampler 'random' placed 32 of the 1031 training pairs in its 1 batches (999 left out)" \
+        in caplog.text
+
+
+def test_training_on_pairs_that_cannot_all_be_batched_says_so_and_plans_the_schedule(tmp_path):
+    from geokit.testing import make_pairs_dataset
+
+    root = make_pairs_dataset(tmp_path / "d", n_train=16, n_test=4)
+    lines = (root / "train.csv").read_text().splitlines()
+    first = lines[1].split(",")
+    # rows 2-12 look at the first row's reference (same tile, same lat/lon): 16 pairs, 5 references
+    lines[2:13] = [",".join([ln.split(",")[0], *first[1:]]) for ln in lines[2:13]]
+    (root / "train.csv").write_text("\n".join(lines) + "\n")
+    cfg = write(tmp_path, tiny_config(root, train={"epochs": 1, "batch_size": 4, "warmup_epochs": 1}))
+    res = _train(cfg, tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "only 1 batches of 4 pairs with distinct references can be formed from 16 training pairs with 5 " \
+           "references" in log and "planned for 1 steps per epoch" in log
+    assert "placed 4 of the 16 training pairs" in log
