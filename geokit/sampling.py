@@ -288,7 +288,8 @@ class CheckedSampler:
                               "not a list of index arrays") from None
         checked = [self.check(b, n, f"batch {k} of epoch {ctx.epoch}") for k, b in enumerate(out)]
         placed = len(np.unique(np.concatenate(checked))) if checked else 0
-        if placed < 0.9 * n and ctx.rank == 0:  # suspicious data, said once per epoch, never silent
+        full = (n // ctx.batch_size) * ctx.batch_size  # what full batches can hold (a partial last one may drop)
+        if placed < 0.9 * full and ctx.rank == 0:  # suspicious data, said once per epoch, never silent
             import logging
 
             logging.getLogger("geokit").warning(
