@@ -7,6 +7,7 @@ or a collected entry (the row is skipped) under ``geokit datasets verify``.
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -177,12 +178,17 @@ def _where(file: str, line: int | str | None) -> str:
 def read_text_lines(path: Path, display: str) -> list[tuple[int, str]]:
     """Non-blank lines with their 1-based numbers; errors name the file."""
     try:
-        with open(path, encoding="utf-8-sig", errors="strict") as fh:
-            return [(n, s.strip()) for n, s in enumerate(fh, start=1) if s.strip()]
-    except UnicodeDecodeError as exc:
-        raise GeokitError(f"{display}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise GeokitError(f"{display}: cannot read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise GeokitError(f"{display} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}: "
+                          f"{exc.reason}); save the file as UTF-8") from None
+    lines = io.StringIO(text, newline=None)  # the line breaks open() would see (\n, \r\n, \r)
+    return [(n, s.strip()) for n, s in enumerate(lines, start=1) if s.strip()]
 
 
 def parse_float(raw: str, what: str, file: str, line: int | str, bound: float | None = None) -> float | None:

@@ -744,3 +744,14 @@ def test_training_on_pairs_that_cannot_all_be_batched_says_so_and_plans_the_sche
     assert "only 1 batches of 4 pairs with distinct references can be formed from 16 training pairs with 5 " \
            "references" in log and "planned for 1 steps per epoch" in log
     assert "placed 4 of the 16 training pairs" in log
+
+
+def test_benchmark_text_files_that_are_not_utf8_name_the_line(tmp_path):
+    from geokit_plugins.benchmark_common import read_text_lines
+
+    path = tmp_path / "splits.txt"
+    path.write_bytes(b"a.jpg\r\nb.jpg\r\n\r\nc\xff.jpg\r\n")
+    with pytest.raises(GeokitError, match=r"splits.txt line 4: not UTF-8 text \(byte 0xff"):
+        read_text_lines(path, "splits.txt")
+    path.write_bytes(b"a.jpg\r\nb.jpg\r\n\r\nc.jpg\x0c\r\n")
+    assert read_text_lines(path, "splits.txt") == [(1, "a.jpg"), (2, "b.jpg"), (4, "c.jpg")]
