@@ -122,7 +122,11 @@ def configure(options: ImageOptions | None) -> ImageOptions:
 class ImageError(GeokitError):
     """An image that cannot be used; ``reason`` is the message without the file name."""
 
-    def __init__(self, path: str | Path, reason: str, *, refused: bool = False):
+    def __init__(self, path: str | Path, reason: str | None = None, *, refused: bool = False):
+        if reason is None:  # rebuilt from its message alone (unpickling, DataLoader workers)
+            super().__init__(str(path))
+            self.path, self.reason = "", str(path)
+            return
         self.path, self.reason = str(path), reason
         super().__init__(f"image {path} refused: {reason}" if refused
                          else f"cannot decode image {path}: {reason}")
@@ -299,6 +303,11 @@ def _opencv() -> Any:
     if _cv2 is None:
         import cv2
 
+        if "OPENCV_LOG_LEVEL" not in os.environ:  # geokit reports broken files itself, once
+            try:
+                cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+            except AttributeError:
+                pass
         _cv2 = cv2
     return _cv2
 

@@ -347,3 +347,14 @@ def test_to_tensor_is_the_float_formula_bit_for_bit():
         np.ascontiguousarray(grey)).permute(2, 0, 1).float() / 255.0 - 0.5) / 0.25)
     floats = img.astype(np.float32)  # not uint8: the direct formula
     assert torch.allclose(to_tensor(floats, mean, std), to_tensor(img, mean, std))
+
+
+def test_image_errors_survive_pickling_and_worker_reraise(tmp_path):
+    import pickle
+
+    (tmp_path / "bomb.png").write_bytes(bomb_png(50_000, 50_000))
+    with pytest.raises(images.ImageError) as exc:
+        images.load_image(tmp_path / "bomb.png", (8, 8))
+    again = pickle.loads(pickle.dumps(exc.value))
+    assert isinstance(again, GeokitError) and str(again) == str(exc.value)
+    assert str(type(exc.value)("a message")) == "a message"  # torch's ExceptionWrapper.reraise
