@@ -197,8 +197,9 @@ def training_curve(history: Sequence[Mapping[str, Any]], path: str | Path, *,
     _panel(draw, (10, 10, 440, 330), ep, loss, "training loss (mean per epoch)", (40, 90, 200), y_label="loss")
     ev = [(float(r["epoch"]), float(r[metric])) for r in history if metric in r]
     hi = max([v for _, v in ev] + [1.0])
-    top = min(100.0, nice_ticks(0.0, hi * 1.1)[-1] if hi * 1.1 > 0 else 100.0)
-    top = top if top >= hi else min(100.0, hi * 1.1)
+    ticks = nice_ticks(0.0, hi * 1.1)
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else 10.0
+    top = min(100.0, math.ceil(hi * 1.05 / step) * step)  # a round top above the best value
     _panel(draw, (460, 10, 890, 330), [e for e, _ in ev], [v for _, v in ev],
            label or f"{metric} (%)", (200, 80, 40), y_range=(0.0, top), y_label="%")
     img.save(path)
