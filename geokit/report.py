@@ -76,12 +76,14 @@ def retrieval_sheet(dataset: CrossViewDataset, eval_set: EvalSet, query: np.ndar
     draw = ImageDraw.Draw(sheet)
     font, small = _font(14), _font(11)
     draw.text((pad, 8), f"{dataset.query_view} query  ->  top-{k} {dataset.reference_view} "
-              f"({eval_set.name}, green = true match)", fill=INK, font=font)
+              f"({eval_set.name}; green = true match"
+              + ("; #rank, metres from the query's true location)" if eval_set.query_gps is not None
+                 and eval_set.reference_gps is not None else ")"), fill=INK, font=font)
     for row, qi in enumerate(indices):
         y = head + row * (cell + label + pad)
         q = Image.fromarray(dataset.load_image(eval_set.query_paths[qi], dataset.query_size))
         sheet.paste(q.resize((qcell_w, cell), Image.BILINEAR), (pad, y))
-        draw.text((pad, y + cell + 2), f"query {qi}", fill=INK, font=small)
+        draw.text((pad, y + cell + 2), f"query {qi}: {Path(eval_set.query_paths[qi]).name}", fill=INK, font=small)
         for j, ri in enumerate(top[qi]):
             x = pad + qcell_w + pad + j * (cell + pad)
             r = Image.fromarray(dataset.load_image(eval_set.reference_paths[ri], dataset.reference_size))
