@@ -205,8 +205,8 @@ def progress(items: Iterable[T], *, total: int | None = None, desc: str = "", en
     ``GEOKIT_PROGRESS=0`` silences both.
     """
     if enabled is None:
-        if os.environ.get("GEOKIT_PROGRESS", "1") == "0":
-            enabled = False
+        if os.environ.get("GEOKIT_PROGRESS", "1") == "0" or os.environ.get("RANK", "0") != "0":
+            enabled = False  # off, or not rank 0 under torchrun (rank 0 speaks for all)
         elif show_progress():
             enabled = True
         else:

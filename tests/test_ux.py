@@ -73,6 +73,9 @@ def test_progress_prints_lines_with_rate_and_time_left_when_not_on_a_terminal(mo
     assert geokit_lines == []
     monkeypatch.setenv("GEOKIT_PROGRESS_EVERY", "0")
     assert list(runtime.progress(range(4), total=4, desc="off", enabled=False)) == [0, 1, 2, 3]
+    monkeypatch.setenv("RANK", "1")  # under torchrun only rank 0 reports
+    assert list(runtime.progress(range(4), total=4, desc="off")) == [0, 1, 2, 3]
+    monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("GEOKIT_PROGRESS", "0")
     assert list(runtime.progress(range(4), total=4, desc="off")) == [0, 1, 2, 3]
     assert geokit_lines == []
