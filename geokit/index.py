@@ -506,7 +506,7 @@ def dataset_references(config_path: str | Path, overrides: Sequence[str] = (), s
     from geokit import config
     from geokit.registry import create
 
-    cfg = config.load(config_path, list(overrides))
+    cfg = config.load(config_path, list(overrides), require=("dataset",))
     ds = create("dataset", cfg.names["dataset"], cfg.dataset)
     ds.name = cfg.names["dataset"]
     es = ds.eval_set(ds.check_split(split or cfg.eval.split))

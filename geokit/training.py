@@ -42,7 +42,7 @@ from geokit.model import Parts, build, build_component, encode
 from geokit.registry import origin, short_repr
 from geokit.runtime import (
     TensorBoard, amp_setting, autocast, configure_threads, default_channels_last, default_embed_amp,
-    default_workers, keep_freed_memory, log, progress, setup_logging, versions,
+    default_workers, keep_freed_memory, log, progress, setup_logging, show_progress, versions,
 )
 from geokit.sampling import CheckedSampler, EpochContext, StepContext, TrainEmbeddings, is_step_level, rank_slice
 
@@ -817,7 +817,9 @@ class _Engine:
         else:
             self.batch_keys.set(epoch, [rank_slice(b, world.rank, world.world_size) for b in batches[start:]])
             source, total = self.loader, len(self.batch_keys)
-        items = iter(progress(source, total=total, desc=f"epoch {epoch}/{tc.epochs}", enabled=self.show))
+        # a bar on a terminal; elsewhere the step log lines (rate, time left) say it already
+        bar = self.show if self.show is not None else show_progress()
+        items = iter(progress(source, total=total, desc=f"epoch {epoch}/{tc.epochs}", enabled=bar))
         while True:
             try:
                 q, r, idx, bad = next(items)
