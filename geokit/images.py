@@ -24,10 +24,12 @@ size, then resizes. About 2x faster for VIGOR panoramas (2048x1024 -> 384x768); 
 box-filtered version of the full decode, not the paper's (BENCHMARKS.md, "Image loader").
 
 Options come from the run config's ``images:`` section (:mod:`geokit.config` applies it with
-:func:`configure` when it resolves a config), else from ``GEOKIT_IMAGES_DECODER``,
-``GEOKIT_IMAGES_MAX_PIXELS`` and ``GEOKIT_IMAGES_REDUCED_JPEG`` (for commands without a config:
-``geokit locate``, ``geokit index build --checkpoint``), else the defaults. :func:`configure`
-exports the env variables, so DataLoader workers started with ``spawn`` decode the same way.
+:func:`configure` when it resolves a config; a config writes it only when it differs from the
+defaults), else from ``GEOKIT_IMAGES_DECODER``, ``GEOKIT_IMAGES_MAX_PIXELS`` and
+``GEOKIT_IMAGES_REDUCED_JPEG``, else the defaults. ``geokit locate`` and ``geokit index build``
+load a checkpoint and decode as it was trained (:func:`apply_record`: its recorded options,
+except those set in the environment). :func:`configure` exports the env variables, so
+DataLoader workers started with ``spawn`` decode the same way.
 """
 from __future__ import annotations
 
@@ -130,6 +132,25 @@ class ImageError(GeokitError):
         self.path, self.reason = str(path), reason
         super().__init__(f"image {path} refused: {reason}" if refused
                          else f"cannot decode image {path}: {reason}")
+
+
+def apply_record(record: Any, source: str = "checkpoint") -> ImageOptions:
+    """Decode as the checkpoint was trained: the ``images`` options in its record's config (a
+    config writes them only when they differ from the defaults) become this process's, except
+    those the user set with ``GEOKIT_IMAGES_*``. For ``geokit locate`` and ``geokit index build``,
+    which run from a checkpoint without a config."""
+    config = record.get("config") if isinstance(record, dict) else None
+    recorded = config.get("images") if isinstance(config, dict) else None
+    if not isinstance(recorded, dict) or not recorded:
+        return current()
+    fields = {k: v for k, v in recorded.items() if k not in _ENV_DEFAULTS}
+    try:
+        options = ImageOptions(**{**current().model_dump(), **fields})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise GeokitError(f"{source}: the record's config.images.{where} is invalid: {err['msg']}") from None
+    return configure(options)
 
 
 # ------------------------------------------------------------------------------ headers

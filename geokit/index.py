@@ -575,6 +575,9 @@ def load_encoder(checkpoint: str | Path, device: Any = None) -> Encoder:
     if device is not None:
         module.to(device)
     module.eval()
+    from geokit.images import apply_record
+
+    apply_record(record, str(checkpoint))  # decode images as the encoder was trained to see them
     return Encoder(module, record, fingerprint(enc), str(checkpoint))
 
 

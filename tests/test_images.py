@@ -358,3 +358,37 @@ def test_image_errors_survive_pickling_and_worker_reraise(tmp_path):
     again = pickle.loads(pickle.dumps(exc.value))
     assert isinstance(again, GeokitError) and str(again) == str(exc.value)
     assert str(type(exc.value)("a message")) == "a message"  # torch's ExceptionWrapper.reraise
+
+
+def test_a_checkpoint_decodes_as_it_was_trained(tmp_path, monkeypatch):
+    """locate / index build run from a checkpoint: its record's images options apply."""
+    import torch  # noqa: F401
+
+    from geokit.checkpoint import save_weights
+    from geokit.index import load_encoder
+    from geokit.model import BuildContext, build_component, without_initial_weights
+
+    options = {"model": "convnext_atto", "pretrained": False}
+    module = build_component("encoder", "convnext", without_initial_weights(options),
+                             BuildContext("encoder", dataset_name="pairs", query_size=(32, 128),
+                                          reference_size=(32, 32)))
+    record = {"encoder": {"name": "convnext", **options}, "embedding_dim": int(module.embedding_dim),
+              "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "query_size": [32, 128],
+              "reference_size": [32, 32], "config": {"images": {"decoder": "pil", "reduced_jpeg": True}}}
+    tensors = {f"encoder.{k}": v for k, v in module.state_dict().items()}
+    save_weights(tmp_path / "pil.safetensors", tensors, record)
+    images.configure(None)
+    load_encoder(tmp_path / "pil.safetensors")
+    assert images.current() == ImageOptions(decoder="pil", reduced_jpeg=True)
+    # A record without images (defaults, or from before the option) leaves the process as it is.
+    save_weights(tmp_path / "plain.safetensors", tensors, {k: v for k, v in record.items() if k != "config"})
+    images.configure(None)
+    load_encoder(tmp_path / "plain.safetensors")
+    assert images.current() == ImageOptions()
+    # What the user set in the environment wins over the record.
+    monkeypatch.setattr(images, "_ENV_DEFAULTS", {"decoder": "opencv"})
+    images.configure(None)
+    assert images.apply_record(record).decoder == "opencv" and images.current().reduced_jpeg
+    monkeypatch.setattr(images, "_ENV_DEFAULTS", {})
+    with pytest.raises(GeokitError, match="ck.safetensors: the record's config.images.decoder"):
+        images.apply_record({"config": {"images": {"decoder": "magick"}}}, "ck.safetensors")
