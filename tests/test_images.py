@@ -24,7 +24,7 @@ PIL_ = ImageOptions(decoder="pil", reduced_jpeg=False)
 @pytest.fixture(autouse=True)
 def _restore_options():
     """Tests that configure the process's options leave it (and its env) as they found it."""
-    saved_env = {v: os.environ.get(v) for v in images.ENV.values()}
+    saved_env = {v: os.environ.get(v) for v in [*images.ENV.values(), images.SOURCE_ENV]}
     saved = images._options
     yield
     images._options = saved
@@ -386,9 +386,26 @@ def test_a_checkpoint_decodes_as_it_was_trained(tmp_path, monkeypatch):
     load_encoder(tmp_path / "plain.safetensors")
     assert images.current() == ImageOptions()
     # What the user set in the environment wins over the record.
-    monkeypatch.setattr(images, "_ENV_DEFAULTS", {"decoder": "opencv"})
+    monkeypatch.setattr(images, "_USER_ENV", {"decoder": "opencv"})
     images.configure(None)
     assert images.apply_record(record).decoder == "opencv" and images.current().reduced_jpeg
-    monkeypatch.setattr(images, "_ENV_DEFAULTS", {})
+    monkeypatch.setattr(images, "_USER_ENV", {})
     with pytest.raises(GeokitError, match="ck.safetensors: the record's config.images.decoder"):
         images.apply_record({"config": {"images": {"decoder": "magick"}}}, "ck.safetensors")
+
+
+def test_variables_exported_by_a_parent_do_not_count_as_the_users(tmp_path):
+    """A process started after a config was resolved (a subprocess 'geokit locate') still
+    follows its checkpoint's record: the inherited variables are marked as geokit's own."""
+    import subprocess
+    import sys
+
+    images.configure(ImageOptions())
+    code = ("from geokit import images; "
+            "print(images._USER_ENV, images.apply_record({'config': {'images': {'decoder': 'pil'}}}).decoder)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["{}", "pil"]
+    env = {**os.environ, "GEOKIT_IMAGES_DECODER": "opencv"}
+    env.pop(images.SOURCE_ENV)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.split()[-1] == "opencv"
