@@ -6,11 +6,13 @@ they see the same pixels. Two decoders:
 
 ``opencv`` (default)
     The released Sample4Geo path, bit for bit: OpenCV decode (EXIF orientation applied), RGB,
-    ``cv2.resize(..., INTER_LINEAR_EXACT)``. It is faster than the original because the file is
-    decoded straight to RGB (the original converts BGR to RGB on the full-size image).
+    ``cv2.resize(..., INTER_LINEAR_EXACT)``. Slightly faster than the original (1.02-1.09x per
+    image): the file is decoded straight to RGB, where the original converts BGR to RGB on the
+    full-size image.
 ``pil``
-    geokit's behaviour before 0.x: Pillow decode, EXIF orientation applied, anti-aliased bilinear
-    resize (``Image.BILINEAR``). Slightly softer pixels; PSNR 33-43 dB against ``opencv``.
+    geokit's earlier loader: Pillow decode (now with EXIF orientation), anti-aliased bilinear
+    resize (``Image.BILINEAR``). Slightly softer pixels; PSNR 35-48 dB against ``opencv``; about
+    2x slower.
 
 Before anything is decoded the header is read and an image over ``max_pixels`` is refused with a
 :class:`GeokitError` naming the file (a few-hundred-byte PNG can declare 10^10 pixels), so it is
@@ -20,8 +22,9 @@ map 16-bit values by ``v >> 8``.
 
 ``reduced_jpeg`` (off by default) decodes a JPEG at 1/2, 1/4 or 1/8 of its size inside the
 decoder (``IMREAD_REDUCED_*`` / Pillow ``draft``) when the result is still at least the target
-size, then resizes. About 2x faster for VIGOR panoramas (2048x1024 -> 384x768); the pixels are a
-box-filtered version of the full decode, not the paper's (BENCHMARKS.md, "Image loader").
+size, then resizes. 1.3-1.5x faster for VIGOR and CVACT images (entropy decoding is not
+reduced); the pixels are a box-filtered version of the full decode (PSNR 41-49 dB), not the
+paper's (BENCHMARKS.md, "Image loader").
 
 Options come from the run config's ``images:`` section (:mod:`geokit.config` applies it with
 :func:`configure` when it resolves a config; a config writes it only when it differs from the
