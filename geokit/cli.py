@@ -170,7 +170,8 @@ def train_cmd(config_path: str, overrides: tuple[str, ...], output: str, force: 
               help="Write query/reference embeddings and labels (safetensors).")
 def evaluate_cmd(config_path: str, overrides: tuple[str, ...], checkpoint: str | None,
                  output: str | None, save_embeddings: str | None) -> None:
-    """Evaluate on the dataset's protocol and print a table."""
+    """Evaluate on the dataset's protocol and print a table (under torchrun: every rank embeds its
+    share, rank 0 prints and writes)."""
     from geokit import config
     from geokit.checkpoint import atomic_write_text
     from geokit.evaluation import evaluate, format_table
@@ -178,6 +179,8 @@ def evaluate_cmd(config_path: str, overrides: tuple[str, ...], checkpoint: str |
     # only encoder and dataset are used; with a checkpoint its record supplies the encoder
     cfg = config.load(config_path, overrides, require=("dataset",) if checkpoint else ("encoder", "dataset"))
     res = evaluate(cfg, checkpoint, save_embeddings=save_embeddings)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports and writes
+        return
     click.echo(format_table(res.metrics, f"{cfg.names['dataset']} / {res.eval_set.name}"))
     if output:
         atomic_write_text(output, json.dumps(res.metrics, indent=2) + "\n")

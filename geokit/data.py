@@ -271,7 +271,8 @@ class ImageList:
     """A torch-style dataset of images of one view (evaluation / embedding).
 
     ``transforms`` run in evaluation mode with a generator seeded from (``seed``, position),
-    so a random choice (e.g. a field-of-view window) is the same on every run."""
+    so a random choice (e.g. a field-of-view window) is the same on every run. ``offset`` is
+    the position of ``paths[0]`` in the full list when this is one rank's share of it."""
 
     dataset: CrossViewDataset
     paths: Sequence[str]
@@ -280,6 +281,7 @@ class ImageList:
     view: str = "query"
     transforms: Sequence[Any] = ()
     seed: int = 0
+    offset: int = 0
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -287,7 +289,7 @@ class ImageList:
     def __getitem__(self, i: int) -> torch.Tensor:
         image = self.dataset.load_image(self.paths[i], self.size)
         if self.transforms:
-            rng = np.random.default_rng([self.seed, int(i), _VIEW_STREAM.get(self.view, 0)])
+            rng = np.random.default_rng([self.seed, self.offset + int(i), _VIEW_STREAM.get(self.view, 0)])
             image = apply_transforms(image, self.transforms, view=self.view, training=False, rng=rng)
         return to_tensor(image, self.norm.mean, self.norm.std)
 

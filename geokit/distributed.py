@@ -1,6 +1,7 @@
-"""torch.distributed for the training engine: process-group set-up and tear-down, and the
-collectives the engine needs (an all-gather that carries gradients, row gathers, a shared
-stop flag).
+"""torch.distributed for training, evaluation and index building: process-group set-up and
+tear-down, the collectives the training engine needs (an all-gather that carries gradients, row
+gathers, a shared stop flag) and :func:`embed_sharded`, the one way a job embeds images over
+several ranks.
 
 ``torchrun --nproc_per_node=N -m geokit train ...`` sets ``RANK``, ``WORLD_SIZE`` and
 ``LOCAL_RANK``; :func:`setup` reads them. Without them (a plain ``geokit train``) everything here
@@ -127,12 +128,15 @@ def is_comm_error(exc: BaseException) -> bool:
         "timed out", "Timed out", "ProcessGroup"))
 
 
-def comm_error(world: World, what: str, exc: BaseException) -> DistributedError:
+RESUME_ADVICE = "The last checkpoint is intact: re-run the same command to resume."
+
+
+def comm_error(world: World, what: str, exc: BaseException, advice: str = RESUME_ADVICE,
+               timeout_key: str = "train.dist_timeout") -> DistributedError:
     first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     return DistributedError(
         f"rank {world.rank} of {world.world_size}: {what} failed ({first}). Another rank most "
-        f"likely died or hung (timeout {world.timeout_s:g} s, train.dist_timeout); see its log. "
-        "The last checkpoint is intact: re-run the same command to resume.")
+        f"likely died or hung (timeout {world.timeout_s:g} s, {timeout_key}); see its log. {advice}")
 
 
 def barrier(world: World) -> None:
@@ -230,3 +234,29 @@ def gather_numpy_rows(world: World, rows: np.ndarray, device: Any) -> np.ndarray
     if len(t) == 0:
         t = t.reshape(0, rows.shape[1] if rows.ndim == 2 else 0)
     return all_gather_rows(t, sizes).cpu().numpy()
+
+
+# ------------------------------------------------------------------------------ sharded embedding
+
+
+def embed_sharded(world: World, encoder: Any, dataset: Any, paths: Any, size: Any, norm: Any, *,
+                  device: Any = None, show: bool | None = None, **kwargs: Any) -> np.ndarray:
+    """:func:`geokit.embedding.embed_paths` over every rank: each rank embeds its contiguous share
+    of ``paths`` (:func:`geokit.sampling.rank_slice`) and the rows are all-gathered in rank
+    order, so every rank returns the ``(N, D)`` rows one process would compute (each image is
+    embedded alone of its batch in inference mode; rows agree to float tolerance; the shares
+    pass their ``offset``, so random evaluation transforms make the same choice per image). Progress is
+    shown on rank 0 only. Every rank must call it with the same ``paths``; a rank that died or
+    hangs makes the others fail after the process-group timeout instead of waiting for ever
+    (the caller turns that into :func:`comm_error`). Without a process group it is
+    ``embed_paths``. Other keyword arguments go to ``embed_paths`` unchanged."""
+    from geokit.embedding import embed_paths
+    from geokit.sampling import rank_slice
+
+    if not world.distributed:
+        return embed_paths(encoder, dataset, paths, size, norm, device=device, show=show, **kwargs)
+    device = device or next(encoder.parameters()).device
+    idx = rank_slice(np.arange(len(paths)), world.rank, world.world_size)
+    rows = embed_paths(encoder, dataset, [paths[int(i)] for i in idx], size, norm, device=device,
+                       show=show if world.is_main else False, offset=int(idx[0]) if len(idx) else 0, **kwargs)
+    return gather_numpy_rows(world, rows, device)

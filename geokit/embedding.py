@@ -16,16 +16,18 @@ from geokit.runtime import autocast, progress
 def embed_paths(encoder: Any, dataset: CrossViewDataset, paths: Sequence[str], size: Size,
                 norm: Normalisation, *, batch_size: int = 128, device: Any = None, amp: bool = False,
                 workers: int = 0, desc: str = "embed", show: bool | None = None, view: str = "query",
-                transforms: Sequence[Any] = (), seed: int = 0) -> np.ndarray:
+                transforms: Sequence[Any] = (), seed: int = 0, offset: int = 0) -> np.ndarray:
     """Embed ``paths`` (resized to ``size``, then ``transforms`` in evaluation mode) with
-    ``encoder`` as ``view``; returns ``(N, D)`` float32, unit rows."""
+    ``encoder`` as ``view``; returns ``(N, D)`` float32, unit rows. ``offset``: the position of
+    ``paths[0]`` in the full list (:func:`geokit.distributed.embed_sharded`), which seeds the
+    transforms' random choices per image."""
     import torch
     from torch.utils.data import DataLoader
 
     from geokit.model import encode
 
     device = device or next(encoder.parameters()).device
-    images = ImageList(dataset, paths, size, norm, view=view, transforms=transforms, seed=seed)
+    images = ImageList(dataset, paths, size, norm, view=view, transforms=transforms, seed=seed, offset=offset)
     loader = DataLoader(images, batch_size=batch_size, shuffle=False,
                         num_workers=workers, pin_memory=device.type == "cuda")
     was_training = encoder.training

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from geokit import distributed as D
 from geokit.config import Config
 from geokit.data import EvalSet
-from geokit.embedding import embed_paths
 from geokit.errors import GeokitError
 from geokit.metrics import retrieval_metrics
 from geokit.model import INITIAL_WEIGHT_OPTIONS, Parts, build
@@ -22,7 +22,7 @@ METRIC_ORDER = ("R@1", "R@5", "R@10", "R@1%", "hit_rate", "hit_rate_strict", "AP
 
 @dataclass
 class EvalResult:
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # empty on ranks other than 0 under torchrun
     eval_set: EvalSet
     query: np.ndarray  # (Q, D) unit rows (after re-ranking)
     reference: np.ndarray  # (R, D) unit rows (after re-ranking)
@@ -97,20 +97,24 @@ def protocol_metrics(es: EvalSet, query: np.ndarray, reference: np.ndarray, *, m
     return out
 
 
-def embed_view(parts: Parts, es: EvalSet, view: str, **kw: Any) -> np.ndarray:
+def embed_view(parts: Parts, es: EvalSet, view: str, *, world: D.World = D.SINGLE, **kw: Any) -> np.ndarray:
     """Embed the query or reference side of ``es`` (transforms in evaluation mode, per-view
-    normalisation and branch)."""
+    normalisation and branch), split over the ranks of ``world``."""
     ds = parts.dataset
     paths = es.query_paths if view == "query" else es.reference_paths
     size = ds.query_size if view == "query" else ds.reference_size
     name = ds.query_view if view == "query" else ds.reference_view
-    return embed_paths(parts.encoder, ds, paths, size, parts.norm_for(view), desc=f"{es.name} {name}",
-                       view=view, transforms=parts.transforms, seed=parts.config.seed, **kw)
+    return D.embed_sharded(world, parts.encoder, ds, paths, size, parts.norm_for(view), desc=f"{es.name} {name}",
+                           view=view, transforms=parts.transforms, seed=parts.config.seed, **kw)
 
 
 def run_protocol(parts: Parts, split: str | None = None, *, device: Any = None,
-                 show: bool | None = None) -> EvalResult:
-    """Evaluate the built ``parts`` on ``split`` of their dataset: embed, re-rank, metrics."""
+                 show: bool | None = None, world: D.World = D.SINGLE) -> EvalResult:
+    """Evaluate the built ``parts`` on ``split`` of their dataset: embed, re-rank, metrics.
+
+    With a distributed ``world`` every rank must call it: each embeds its share, all get the
+    gathered embeddings, and rank 0 alone re-ranks and computes the metrics (the others return
+    the embeddings and no metrics)."""
     cfg = parts.config
     device = device or select_device(cfg.train.device)
     ds = parts.dataset
@@ -119,8 +123,10 @@ def run_protocol(parts: Parts, split: str | None = None, *, device: Any = None,
     workers = cfg.train.workers if cfg.train.workers is not None else default_workers(device)
     parts.encoder.to(device)
     common = dict(batch_size=cfg.eval.batch_size, device=device, amp=amp, workers=workers, show=show)
-    q = embed_view(parts, es, "query", **common)
-    r = embed_view(parts, es, "reference", **common)
+    q = embed_view(parts, es, "query", world=world, **common)
+    r = embed_view(parts, es, "reference", world=world, **common)
+    if not world.is_main:
+        return EvalResult({}, es, q, r)
     q, r = apply_rerankers(build_listed(cfg, "reranker", parts.context), q, r)
     metrics = protocol_metrics(es, q, r, metrics=build_listed(cfg, "metric", parts.context),
                                chunk_size=cfg.eval.chunk_size, bf16_screen=cfg.eval.bf16_screen)
@@ -134,6 +140,10 @@ def evaluate(config: Config, checkpoint: str | Path | None = None, *,
     The config needs only ``dataset`` and, without a checkpoint, ``encoder`` (loss and sampler
     sections are not used). With a checkpoint, its record supplies the encoder and the per-view
     input sizes (see :func:`apply_checkpoint_record`).
+
+    Under torchrun every rank calls this and embeds its share; rank 0 computes the metrics and
+    writes ``save_embeddings`` (the other ranks return empty metrics). A rank that dies or hangs
+    makes the others fail after ``train.dist_timeout`` seconds.
     """
     from geokit.runtime import ensure_console_logging
 
@@ -148,15 +158,28 @@ def evaluate(config: Config, checkpoint: str | Path | None = None, *,
     if config.dataset is None:
         raise GeokitError("evaluate: the config has no 'dataset' section (with at least 'name')")
     configure_threads(config.train.threads)
-    seed_everything(config.seed)  # a random-init encoder is the same on every call
-    parts = build(config, for_checkpoint=checkpoint is not None)
-    if checkpoint is not None:
-        parts.load(checkpoint)
-        log.info("loaded weights from %s", checkpoint)
-    result = run_protocol(parts, show=show)
-    if save_embeddings is not None:
-        write_embeddings(save_embeddings, result)
-    return result
+    world, device = D.setup(config.train.device, config.train.dist_timeout)
+    clean = False
+    try:
+        seed_everything(config.seed)  # a random-init encoder is the same on every call (and rank)
+        parts = build(config, for_checkpoint=checkpoint is not None)
+        if checkpoint is not None:
+            parts.load(checkpoint)
+            if world.is_main:
+                log.info("loaded weights from %s", checkpoint)
+        result = run_protocol(parts, device=device, show=show if world.is_main else False, world=world)
+        if save_embeddings is not None and world.is_main:
+            write_embeddings(save_embeddings, result)
+        clean = True
+        return result
+    except GeokitError:
+        raise
+    except Exception as exc:
+        if world.distributed and D.is_comm_error(exc):
+            raise D.comm_error(world, "distributed evaluation", exc, "Re-run the command.") from None
+        raise
+    finally:
+        D.teardown(world, clean=clean)
 
 
 def _json(value: Any) -> Any:

@@ -723,19 +723,14 @@ class _Engine:
     def _embed_train(self) -> TrainEmbeddings:
         """The training set in evaluation mode, for similarity mining: every rank embeds its
         share of the images and the rows are all-gathered, so all ranks mine the same batches."""
-        from geokit.embedding import embed_paths
-
         ds, tr, world = self.parts.dataset, self.train_set, self.world
         amp = self.config.train.amp if self.config.train.amp is not None else default_embed_amp(self.device)
         kw = dict(batch_size=self.config.eval.batch_size, device=self.device, amp=amp,
                   workers=self.workers, show=self.show)
 
         def part(paths: Any, size: Any, view: str, desc: str) -> np.ndarray:
-            idx = rank_slice(np.arange(len(paths)), world.rank, world.world_size)
-            rows = embed_paths(self.parts.encoder, ds, [paths[i] for i in idx], size, self.parts.norm_for(view),
-                               desc=desc, view=view, transforms=self.parts.transforms,
-                               seed=self.config.seed, **kw)
-            return D.gather_numpy_rows(world, rows, self.device)
+            return D.embed_sharded(world, self.parts.encoder, ds, paths, size, self.parts.norm_for(view), desc=desc,
+                                   view=view, transforms=self.parts.transforms, seed=self.config.seed, **kw)
 
         return TrainEmbeddings(part(tr.query_paths, ds.query_size, "query", "mine queries"),
                                part(tr.reference_paths, ds.reference_size, "reference", "mine references"))
@@ -750,16 +745,12 @@ class _Engine:
         return TrainEmbeddings(self._embed_subset(q_paths, "query"), self._embed_subset(r_paths, "reference"))
 
     def _embed_subset(self, paths: list[str], view: str) -> np.ndarray:
-        from geokit.embedding import embed_paths
-
         ds, world = self.parts.dataset, self.world
         amp = self.config.train.amp if self.config.train.amp is not None else default_embed_amp(self.device)
-        mine = rank_slice(np.arange(len(paths)), world.rank, world.world_size)
-        rows = embed_paths(self.parts.encoder, ds, [paths[i] for i in mine], ds.query_size if view == "query"
-                           else ds.reference_size, self.parts.norm_for(view), batch_size=self.config.eval.batch_size,
-                           device=self.device, amp=amp, workers=0, show=False, view=view,
-                           transforms=self.parts.transforms, seed=self.config.seed)
-        return D.gather_numpy_rows(world, rows, self.device)
+        return D.embed_sharded(world, self.parts.encoder, ds, paths, ds.query_size if view == "query"
+                               else ds.reference_size, self.parts.norm_for(view), batch_size=self.config.eval.batch_size,
+                               device=self.device, amp=amp, workers=0, show=False, view=view,
+                               transforms=self.parts.transforms, seed=self.config.seed)
 
     def _step_batches(self, epoch: int, start: int, handed: list[np.ndarray]) -> Any:
         """A step-level sampler's epoch: ask for each batch right before its step (the model is
