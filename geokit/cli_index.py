@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from pathlib import Path
+
 from geokit.errors import GeokitError
 
 
@@ -33,13 +35,21 @@ def index() -> None:
 @click.option("--ef-construction", type=int, default=80, show_default=True, help="hnsw: build effort.")
 @click.option("--ef-search", type=int, default=64, show_default=True, help="hnsw: search effort. Raise it for big galleries: recall@1 measured 0.999 at 100k vectors but 0.77 at 1M, where 256 gave 0.96 (BENCHMARKS.md).")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Images per embedding batch.")
-@click.option("--chunk", type=int, default=1024, show_default=True, help="Images embedded per streaming step.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--chunk", type=click.IntRange(1), default=1024, show_default=True,
+              help="Images embedded per streaming step (split over the ranks under torchrun).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N (torchrun: cuda:LOCAL_RANK).")
+@click.option("--dist-timeout", type=click.FloatRange(min=0, min_open=True), default=1800.0, show_default=True,
+              help="torchrun: seconds a rank waits for the others before it fails instead of hanging.")
 def build(checkpoint: str, references: str | None, config_path: str | None, overrides: tuple[str, ...],
           split: str | None, output: str, index_type: str, dtype: str, nlist: int | None, nprobe: int,
           pq_m: int | None, nbits: int, hnsw_m: int, ef_construction: int, ef_search: int,
-          batch_size: int, chunk: int, device: str) -> None:
-    """Embed reference tiles with a checkpoint and save a searchable index."""
+          batch_size: int, chunk: int, device: str, dist_timeout: float) -> None:
+    """Embed reference tiles with a checkpoint and save a searchable index.
+
+    The embeddings stream through a spool file next to OUTPUT, so the gallery need not fit in
+    memory (README: "Several GPUs and big galleries"). Under torchrun
+    (``torchrun --nproc_per_node=N -m geokit index build ...``) every rank embeds its share and
+    rank 0 writes the index."""
     import numpy as np
 
     from geokit.index import IndexSpec, build_from_checkpoint, dataset_references, read_references
@@ -49,10 +59,13 @@ def build(checkpoint: str, references: str | None, config_path: str | None, over
     refs = read_references(references) if references else dataset_references(config_path, overrides, split)
     spec = IndexSpec(type=index_type, dtype=dtype, nlist=nlist, nprobe=nprobe, m=pq_m, nbits=nbits,
                      hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search)
-    ix = build_from_checkpoint(checkpoint, refs, output, spec, batch_size=batch_size, chunk=chunk, device=device)
-    located = int((~np.isnan(ix.latlon).any(1)).sum())
-    click.echo(f"index: {output} ({ix.type}, {len(ix)} tiles, {located} with lat/lon, "
-               f"{ix.size_bytes() / 2**20:.1f} MiB of vectors)")
+    info = build_from_checkpoint(checkpoint, refs, output, spec, batch_size=batch_size, chunk=chunk, device=device,
+                                 load=False, dist_timeout=dist_timeout)
+    if info is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
+    located = int((~np.isnan(refs.latlon).any(1)).sum())
+    click.echo(f"index: {output} ({info['type']}, {info['count']} tiles, {located} with lat/lon, "
+               f"{Path(output).stat().st_size / 2**20:.1f} MiB)")
 
 
 @click.command("locate")

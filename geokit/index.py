@@ -14,9 +14,13 @@ An index file is one safetensors file (no pickle), written atomically:
   payload, so a corrupt or truncated file is a clear :class:`GeokitError`, never a crash or
   silently wrong results.
 
-Building streams: references are embedded ``chunk`` at a time and added to the index, so memory
-is the index itself plus one chunk (``ivf``/``ivfpq`` first embed a training sample, kept for
-reuse, of at most ``train_size`` vectors).
+Building streams. :func:`build_index` (in memory) embeds ``chunk`` references at a time and adds
+them to the index, so memory is the index itself plus one chunk (``ivf``/``ivfpq`` first embed a
+training sample, kept for reuse, of at most ``train_size`` vectors). ``geokit index build``
+(:func:`build_from_checkpoint`) goes further for galleries larger than memory: the embeddings
+stream to a spool file on disk (under torchrun every rank embeds its share of each chunk and
+rank 0 writes), then :func:`write_index_from_spool` writes the same file from it, reading the
+spool piece by piece (a flat index never sits in memory; a faiss index is trained on a sample).
 """
 from __future__ import annotations
 
@@ -427,6 +431,186 @@ def build_index(embed: Callable[[np.ndarray], np.ndarray], n: int, dim: int, spe
     return GeoIndex(info, list(paths), latlon, faiss_index=index)
 
 
+# ------------------------------------------------------------------------------ streaming build
+
+# Dtype codes of the safetensors format, for the file written piece by piece.
+_ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.float64): "F64",
+              np.dtype(np.uint8): "U8"}
+_COPY_BLOCK = 1 << 22  # bytes copied at a time from a spool into the index file (4 MiB)
+
+
+@dataclass
+class Spool:
+    """Embeddings streamed to a raw file on disk, row after row, with the CRC-32 of its bytes."""
+
+    path: Path
+    n: int
+    dim: int
+    dtype: np.dtype
+    crc: int = 0
+
+    def rows(self) -> np.ndarray:
+        """The rows, memory-mapped (read-only): pages come from disk as they are touched."""
+        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.n, self.dim))
+
+
+def spool_embeddings(embed: Callable[[np.ndarray], np.ndarray], n: int, dim: int, path: str | Path, *,
+                     dtype: Any = np.float32, chunk: int = 1024, write: bool = True,
+                     show: bool | None = None) -> Spool:
+    """Call ``embed(positions)`` ``chunk`` positions at a time, in order, and append the rows
+    (cast to ``dtype``) to the raw file ``path``. Memory: one chunk.
+
+    Under torchrun every rank calls this with the same arguments (``embed`` being
+    :func:`geokit.distributed.embed_sharded`, which splits each chunk over the ranks and gathers
+    it); only the rank with ``write`` true writes, the others only embed their shares."""
+    from geokit.runtime import progress
+
+    dtype = np.dtype(dtype)
+    spool = Spool(Path(path), n, dim, dtype)
+    starts = range(0, n, chunk)
+    fh = open(spool.path, "wb") if write else None
+    try:
+        for s in progress(starts, total=len(starts), desc="index: embed", enabled=show):
+            rows = embed(np.arange(s, min(s + chunk, n)))
+            if rows.shape != (min(s + chunk, n) - s, dim):
+                raise GeokitError(f"embedding gave rows of shape {rows.shape}, expected "
+                                  f"({min(s + chunk, n) - s}, {dim})")
+            if fh is not None:
+                data = np.ascontiguousarray(rows, dtype=dtype)
+                spool.crc = zlib.crc32(memoryview(data).cast("B"), spool.crc)
+                fh.write(memoryview(data).cast("B"))
+    finally:
+        if fh is not None:
+            fh.close()
+    return spool
+
+
+def _safetensors_header(entries: Sequence[tuple[str, np.dtype, tuple[int, ...], int]],
+                        metadata: Mapping[str, str]) -> bytes:
+    header: dict[str, Any] = {"__metadata__": dict(metadata)}
+    pos = 0
+    for name, dtype, shape, nbytes in entries:
+        header[name] = {"dtype": _ST_DTYPES[np.dtype(dtype)], "shape": list(shape), "data_offsets": [pos, pos + nbytes]}
+        pos += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # as safetensors does: the data starts 8-byte aligned
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def _file_crc(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(_COPY_BLOCK):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def write_index_from_spool(spool: Spool, spec: IndexSpec, output: str | Path, *, paths: Sequence[str],
+                           latlon: np.ndarray, meta: Mapping[str, Any] | None = None, chunk: int = 65536,
+                           show: bool | None = None) -> dict[str, Any]:
+    """Turn spooled embeddings into the index file ``output`` (the layout :meth:`GeoIndex.save`
+    writes, byte for byte the same tensors), without holding the vectors in memory.
+
+    Memory ceiling: ``flat``: one copy block (4 MiB) plus the paths and lat/lon, whatever the
+    gallery size; ``ivf``/``ivfpq``: the faiss index itself (ivf: N·(4·D+8) bytes, ivfpq:
+    N·(m·nbits/8+8)) plus the training sample (≤ ``train_size`` rows of 4·D bytes) plus one
+    ``chunk`` of rows; ``hnsw``: the index (N·(4·D + 8·hnsw_m) bytes or so) plus one chunk.
+    Disk: the spool and the output file exist together until the spool is removed by the caller.
+    Returns the index metadata written."""
+    from geokit.checkpoint import atomic_write
+    from geokit.runtime import progress
+
+    n, dim = spool.n, spool.dim
+    spec.check(n, dim)
+    if n == 0:
+        raise GeokitError("no references to index")
+    for p in paths:
+        if "\n" in p:
+            raise GeokitError(f"reference path contains a line break: {p!r}")
+    if len(paths) != n or len(latlon) != n:
+        raise GeokitError(f"{n} embeddings but {len(paths)} paths and {len(latlon)} locations")
+    info: dict[str, Any] = {"format": FORMAT, "type": spec.type, "count": n, "dim": dim,
+                            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(meta or {})}
+    small = {"latlon": np.ascontiguousarray(latlon, dtype=np.float64).reshape(-1, 2),
+             "paths": np.frombuffer("\n".join(paths).encode("utf-8"), dtype=np.uint8).copy()}
+    faiss_file: Path | None = None
+    try:
+        if spec.type == "flat":
+            want = np.dtype(np.float16 if spec.dtype == "float16" else np.float32)
+            if spool.dtype != want:
+                raise GeokitError(f"spool holds {spool.dtype} rows but the index stores {want}")
+            info["params"] = {"dtype": spec.dtype}
+            big_name, big_dtype, big_shape, big_file, big_crc = "vectors", want, (n, dim), spool.path, spool.crc
+        else:
+            index, params = _faiss_from_rows(spool.rows(), spec, chunk, show)
+            info["params"] = params
+            import faiss
+
+            faiss_file = spool.path.with_name(spool.path.name + ".faiss")
+            faiss.write_index(index, str(faiss_file))
+            del index  # the memory ceiling is one faiss index, not the index and its serialised copy
+            size = faiss_file.stat().st_size
+            big_name, big_dtype, big_shape, big_file, big_crc = "faiss", np.dtype(np.uint8), (size,), faiss_file, \
+                _file_crc(faiss_file)
+        big_bytes = int(np.prod(big_shape)) * big_dtype.itemsize
+        if big_file.stat().st_size != big_bytes:
+            raise GeokitError(f"{big_file} holds {big_file.stat().st_size} bytes, expected {big_bytes}")
+        info["checksums"] = {**{k: _crc(v) for k, v in small.items()}, big_name: big_crc}
+        entries = [(k, v.dtype, v.shape, v.nbytes) for k, v in small.items()] + [(big_name, big_dtype, big_shape, big_bytes)]
+        header = _safetensors_header(entries, {META_KEY: json.dumps(info)})
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as out:
+                out.write(header)
+                for v in small.values():
+                    out.write(memoryview(v).cast("B"))
+                with open(big_file, "rb") as src:
+                    blocks = range(0, big_bytes, _COPY_BLOCK)
+                    for _ in progress(blocks, total=len(blocks), desc="index: write", enabled=show):
+                        out.write(src.read(_COPY_BLOCK))
+
+        atomic_write(output, write)
+    finally:
+        if faiss_file is not None:
+            faiss_file.unlink(missing_ok=True)
+    return info
+
+
+def _faiss_from_rows(rows: np.ndarray, spec: IndexSpec, chunk: int, show: bool | None) -> tuple[Any, dict[str, Any]]:
+    """A faiss index of ``rows`` (memory-mapped), trained on the same sample as :func:`build_index`."""
+    import faiss
+
+    from geokit.runtime import progress
+
+    n, dim = rows.shape
+    metric = faiss.METRIC_INNER_PRODUCT
+    if spec.type == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, spec.hnsw_m, metric)
+        index.hnsw.efConstruction = spec.ef_construction
+        params: dict[str, Any] = {"hnsw_m": spec.hnsw_m, "ef_construction": spec.ef_construction,
+                                  "ef_search": spec.ef_search}
+    else:
+        nlist = spec.nlist_for(n)
+        quantizer = faiss.IndexFlatIP(dim)
+        if spec.type == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
+            params = {"nlist": nlist, "nprobe": spec.nprobe}
+        else:
+            m = spec.m_for(dim)
+            index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, spec.nbits, metric)
+            params = {"nlist": nlist, "nprobe": spec.nprobe, "m": m, "nbits": spec.nbits}
+        n_train = spec.train_size_for(n, dim)
+        sample = np.sort(np.random.default_rng(spec.seed).choice(n, n_train, replace=False))
+        train = np.ascontiguousarray(rows[sample], dtype=np.float32)
+        index.train(train)
+        del train
+        params["train_size"] = n_train
+    starts = range(0, n, chunk)
+    for s in progress(starts, total=len(starts), desc="index: add", enabled=show):
+        index.add(np.ascontiguousarray(rows[s:s + chunk], dtype=np.float32))
+    return index, params
+
+
 # ------------------------------------------------------------------------------ reference lists
 
 
@@ -591,26 +775,73 @@ def encoder_meta(encoder: Encoder) -> dict[str, Any]:
 
 def build_from_checkpoint(checkpoint: str | Path, references: References, output: str | Path,
                           spec: IndexSpec, *, batch_size: int = 64, chunk: int = 1024, device: str = "auto",
-                          show: bool | None = None) -> GeoIndex:
+                          show: bool | None = None, load: bool = True, dist_timeout: float = 1800.0,
+                          ) -> GeoIndex | dict[str, Any] | None:
     """``geokit index build``: embed ``references`` with the checkpoint's encoder (reference view)
-    and save the index at ``output``."""
+    and save the index at ``output``.
+
+    The embeddings stream to a spool file next to ``output`` (``chunk`` images at a time), then
+    the index file is written from it (:func:`write_index_from_spool` states the memory ceiling),
+    so galleries larger than memory can be indexed. Under torchrun every rank embeds its share
+    of each chunk and rank 0 writes; a rank that dies or hangs makes the others fail after
+    ``dist_timeout`` seconds. Returns the loaded index (``load``) or its metadata on rank 0,
+    ``None`` on the other ranks."""
+    import os
+    import tempfile
+
+    from geokit import distributed as D
     from geokit.data import CrossViewDataset
-    from geokit.embedding import embed_paths
-    from geokit.runtime import select_device
 
-    dev = select_device(device)
-    enc = load_encoder(checkpoint, dev)
-    dataset = references.dataset or CrossViewDataset()
-    size = enc.size("reference")
+    world, dev = D.setup(device, dist_timeout)
+    clean = False
+    output = Path(output)
+    spool_path: Path | None = None
+    try:
+        enc = load_encoder(checkpoint, dev)
+        dataset = references.dataset or CrossViewDataset()
+        size = enc.size("reference")
+        dim = int(enc.record["embedding_dim"])
+        n = len(references.paths)
+        spec.check(n, dim)
+        if n == 0:
+            raise GeokitError("no references to index")
 
-    def embed(positions: np.ndarray) -> np.ndarray:
-        return embed_paths(enc.module, dataset, [references.paths[int(i)] for i in positions], size,
-                           enc.norm_for("reference"), batch_size=batch_size, device=dev, show=False,
-                           view="reference")
+        def embed(positions: np.ndarray) -> np.ndarray:
+            return D.embed_sharded(world, enc.module, dataset, [references.paths[int(i)] for i in positions], size,
+                                   enc.norm_for("reference"), batch_size=batch_size, device=dev, show=False,
+                                   view="reference")
 
-    meta = {**encoder_meta(enc), "references": references.source}
-    index = build_index(embed, len(references.paths), int(enc.record["embedding_dim"]), spec,
-                        paths=references.paths, latlon=references.latlon, meta=meta, chunk=chunk, show=show)
-    index.save(output)
-    index.source = str(output)
+        if world.is_main:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".spool", dir=output.parent)
+            os.close(fd)
+            spool_path = Path(tmp)
+        dtype = np.float16 if spec.type == "flat" and spec.dtype == "float16" else np.float32
+        spool = spool_embeddings(embed, n, dim, spool_path or os.devnull, dtype=dtype, chunk=chunk,
+                                 write=world.is_main, show=show if world.is_main else False)
+        clean = True
+    except GeokitError:
+        raise
+    except Exception as exc:
+        if world.distributed and D.is_comm_error(exc):
+            raise D.comm_error(world, "distributed index building", exc, "Re-run the command.",
+                               "--dist-timeout") from None
+        raise
+    finally:
+        # Every rank has embedded its share: leave the process group before rank 0 builds the
+        # index alone (however long that takes, nobody waits on a collective for it).
+        D.teardown(world, clean=clean)
+        if not clean and spool_path is not None:
+            spool_path.unlink(missing_ok=True)
+    if not world.is_main:
+        return None
+    try:
+        meta = {**encoder_meta(enc), "references": references.source}
+        info = write_index_from_spool(spool, spec, output, paths=references.paths, latlon=references.latlon,
+                                      meta=meta, chunk=max(chunk, 65536), show=show)
+    finally:
+        spool.path.unlink(missing_ok=True)
+    if not load:
+        return info
+    index = GeoIndex.load(output)
     return index

@@ -74,6 +74,37 @@ def test_evaluate_under_torchrun_equals_one_process(setup, tmp_path):
         np.testing.assert_allclose(two[k], one[k], rtol=0, atol=1e-6, err_msg=k)
 
 
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_index_build_under_torchrun_equals_one_process(setup, tmp_path, kind):
+    """Every rank embeds its share of each chunk (chunk 10: shares of 5, and a last chunk of 4)
+    and rank 0 writes: the index holds what one process builds."""
+    from geokit.index import GeoIndex, IndexSpec, build_from_checkpoint, dataset_references
+
+    _, cfg_path, ckpt, _ = setup
+    extra = ["--nlist", "4", "--nprobe", "1"] if kind == "ivf" else []
+    proc = _torchrun("index", "build", "--checkpoint", str(ckpt), "--config", str(cfg_path), "--output",
+                     str(tmp_path / "two.index"), "--type", kind, "--chunk", "10", "--batch-size", "3", *extra)
+    assert proc.stdout.count("24 tiles") == 1, proc.stdout  # rank 0 alone reports
+    assert not [p.name for p in tmp_path.iterdir() if p.name != "two.index"]  # no spool left behind
+    spec = IndexSpec(kind, nlist=4, nprobe=1) if kind == "ivf" else IndexSpec(kind)
+    one = build_from_checkpoint(ckpt, dataset_references(cfg_path), tmp_path / "one.index", spec, chunk=24,
+                                batch_size=7, show=False)
+    two = GeoIndex.load(tmp_path / "two.index")
+    assert two.paths == one.paths and len(two) == 24
+    np.testing.assert_array_equal(two.latlon, one.latlon)
+    assert two.meta["encoder_fingerprint"] == one.meta["encoder_fingerprint"]
+    if kind == "flat":
+        np.testing.assert_allclose(two.vectors, one.vectors, rtol=0, atol=1e-6)
+    else:
+        queries = np.random.default_rng(0).normal(size=(30, two.dim)).astype(np.float32)
+        for ix in (one, two):
+            assert ix.meta["params"]["train_size"] == 24
+        s1, i1 = one.search(queries, 5)
+        s2, i2 = two.search(queries, 5)
+        np.testing.assert_array_equal(i2, i1)
+        np.testing.assert_allclose(s2, s1, atol=1e-5)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
