@@ -449,9 +449,24 @@ class Spool:
     dtype: np.dtype
     crc: int = 0
 
-    def rows(self) -> np.ndarray:
-        """The rows, memory-mapped (read-only): pages come from disk as they are touched."""
-        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.n, self.dim))
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as float32, read into memory (not memory-mapped: mapped pages
+        would count towards the process's resident memory until unmapped)."""
+        row = self.dim * self.dtype.itemsize
+        with open(self.path, "rb") as fh:
+            fh.seek(start * row)
+            out = np.fromfile(fh, dtype=self.dtype, count=(stop - start) * self.dim)
+        return out.reshape(-1, self.dim).astype(np.float32, copy=False)
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """Rows at sorted ``positions`` as float32 (a faiss training sample), one read each."""
+        row = self.dim * self.dtype.itemsize
+        out = np.empty((len(positions), self.dim), dtype=np.float32)
+        with open(self.path, "rb") as fh:
+            for k, p in enumerate(positions):
+                fh.seek(int(p) * row)
+                out[k] = np.frombuffer(fh.read(row), dtype=self.dtype)
+        return out
 
 
 def spool_embeddings(embed: Callable[[np.ndarray], np.ndarray], n: int, dim: int, path: str | Path, *,
@@ -513,8 +528,10 @@ def write_index_from_spool(spool: Spool, spec: IndexSpec, output: str | Path, *,
 
     Memory ceiling: ``flat``: one copy block (4 MiB) plus the paths and lat/lon, whatever the
     gallery size; ``ivf``/``ivfpq``: the faiss index itself (ivf: N·(4·D+8) bytes, ivfpq:
-    N·(m·nbits/8+8)) plus the training sample (≤ ``train_size`` rows of 4·D bytes) plus one
-    ``chunk`` of rows; ``hnsw``: the index (N·(4·D + 8·hnsw_m) bytes or so) plus one chunk.
+    N·(m·nbits/8+8)), up to about twice that while faiss grows its inverted lists, plus the
+    training sample (≤ ``train_size`` rows of 4·D bytes) plus one ``chunk`` of rows; ``hnsw``:
+    the index (N·(4·D + 8·hnsw_m) bytes or so) plus one chunk. BENCHMARKS.md ("Index build
+    memory") has the measurements.
     Disk: the spool and the output file exist together until the spool is removed by the caller.
     Returns the index metadata written."""
     from geokit.checkpoint import atomic_write
@@ -542,7 +559,7 @@ def write_index_from_spool(spool: Spool, spec: IndexSpec, output: str | Path, *,
             info["params"] = {"dtype": spec.dtype}
             big_name, big_dtype, big_shape, big_file, big_crc = "vectors", want, (n, dim), spool.path, spool.crc
         else:
-            index, params = _faiss_from_rows(spool.rows(), spec, chunk, show)
+            index, params = _faiss_from_spool(spool, spec, chunk, show)
             info["params"] = params
             import faiss
 
@@ -576,13 +593,13 @@ def write_index_from_spool(spool: Spool, spec: IndexSpec, output: str | Path, *,
     return info
 
 
-def _faiss_from_rows(rows: np.ndarray, spec: IndexSpec, chunk: int, show: bool | None) -> tuple[Any, dict[str, Any]]:
-    """A faiss index of ``rows`` (memory-mapped), trained on the same sample as :func:`build_index`."""
+def _faiss_from_spool(spool: Spool, spec: IndexSpec, chunk: int, show: bool | None) -> tuple[Any, dict[str, Any]]:
+    """A faiss index of the spooled rows, trained on the same sample as :func:`build_index`."""
     import faiss
 
     from geokit.runtime import progress
 
-    n, dim = rows.shape
+    n, dim = spool.n, spool.dim
     metric = faiss.METRIC_INNER_PRODUCT
     if spec.type == "hnsw":
         index = faiss.IndexHNSWFlat(dim, spec.hnsw_m, metric)
@@ -601,13 +618,13 @@ def _faiss_from_rows(rows: np.ndarray, spec: IndexSpec, chunk: int, show: bool |
             params = {"nlist": nlist, "nprobe": spec.nprobe, "m": m, "nbits": spec.nbits}
         n_train = spec.train_size_for(n, dim)
         sample = np.sort(np.random.default_rng(spec.seed).choice(n, n_train, replace=False))
-        train = np.ascontiguousarray(rows[sample], dtype=np.float32)
+        train = spool.take(sample)
         index.train(train)
         del train
         params["train_size"] = n_train
     starts = range(0, n, chunk)
     for s in progress(starts, total=len(starts), desc="index: add", enabled=show):
-        index.add(np.ascontiguousarray(rows[s:s + chunk], dtype=np.float32))
+        index.add(spool.read(s, min(s + chunk, n)))
     return index, params
 
 
