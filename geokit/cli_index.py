@@ -1,9 +1,9 @@
 """``geokit index build`` and ``geokit locate``. Imported on every start: click only here."""
 from __future__ import annotations
 
-import click
-
 from pathlib import Path
+
+import click
 
 from geokit.errors import GeokitError
 
@@ -47,7 +47,7 @@ def build(checkpoint: str, references: str | None, config_path: str | None, over
     """Embed reference tiles with a checkpoint and save a searchable index.
 
     The embeddings stream through a spool file next to OUTPUT, so the gallery need not fit in
-    memory (README: "Several GPUs and big galleries"). Under torchrun
+    memory (README: "Several GPUs, several machines, big galleries"). Under torchrun
     (``torchrun --nproc_per_node=N -m geokit index build ...``) every rank embeds its share and
     rank 0 writes the index."""
     import numpy as np
