@@ -40,13 +40,16 @@ def _torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, pairs_root):
-    """A tiny config (24 test pairs: 12 per rank) and a checkpoint of its random-init encoder."""
+    """A tiny config (24 test pairs: 12 per rank) and a checkpoint of its random-init encoder.
+    The queries are cut to a 90° window at an azimuth drawn per image (fixed in evaluation), so
+    rank 1 must draw with its images' global positions to match one process."""
     import torch
 
     from geokit.model import build
 
     tmp = tmp_path_factory.mktemp("evalddp")
-    cfg = tiny_config(pairs_root, train={"threads": 1}, eval={"batch_size": 5})
+    cfg = tiny_config(pairs_root, train={"threads": 1}, eval={"batch_size": 5},
+                      transforms=[{"name": "limited_fov", "fov": 90}])
     cfg_path = tmp / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     torch.manual_seed(3)
