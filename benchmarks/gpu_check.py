@@ -10,7 +10,7 @@ recorded in the JSON and the next check runs); a global time budget skips what w
 1. ``cuda_paths``: the code paths that only run on a GPU, called directly: ``geokit train``
    (1 epoch of a tiny pairs dataset: default mixed precision, channels_last, pinned-memory
    loader with workers) then ``evaluate`` on the GPU and on the CPU (agreement of the
-   metrics/embeddings); one TrainStep with fp16 autocast + GradScaler; two ranks over NCCL
+   metrics/embeddings); one TrainStep with fp16 autocast + GradScaler (``train.amp_dtype=float16``); two ranks over NCCL
    under torchrun (needs ≥ 2 GPUs, else skipped); the test files that mention CUDA (their
    CUDA branches are skipped on a CPU), through pytest.
 2. ``train``: training throughput (pairs/s, the real ``geokit.training.TrainStep``: forward of
@@ -35,7 +35,6 @@ nothing; the JSON says ``"tiny": true``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -142,19 +141,6 @@ def _reset_peak(device: Any) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-@contextlib.contextmanager
-def _precision(dtype: Any) -> Any:
-    """Make geokit's autocast use ``dtype`` (bf16 or fp16) whatever the device prefers."""
-    import geokit.runtime as rt
-
-    old = rt.amp_dtype
-    rt.amp_dtype = lambda device: dtype  # autocast() looks the function up at call time
-    try:
-        yield
-    finally:
-        rt.amp_dtype = old
-
-
 def _tiny(sizes: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
     """A quarter of each side, at least 32 px (the smallest ConvNeXt input)."""
     return tuple((max(32, h // 4), max(32, w // 4)) for h, w in sizes)
@@ -227,14 +213,13 @@ def check_cuda_paths(chk: Check, device: Any, tiny: bool, tmp: Path) -> None:
         enc = create("encoder", "convnext", {"model": "convnext_atto", "pretrained": False}).to(device)
         loss = create("loss", "infonce", {}).to(device)
         opt = torch.optim.AdamW([*enc.parameters(), *loss.parameters()], lr=1e-4)
-        scaler = torch.amp.GradScaler(device.type)
-        step = TrainStep(enc, loss, opt, device=device, amp=True, scaler=scaler, clip_value=100.0)
+        scaler = torch.amp.GradScaler(device.type, init_scale=2.0**10)  # as the engine (train.amp_dtype=float16)
+        step = TrainStep(enc, loss, opt, device=device, amp="float16", scaler=scaler, clip_value=100.0)
         g = torch.Generator().manual_seed(0)
         losses = []
-        with _precision(torch.float16):
-            for _ in range(1 if tiny else 3):
-                q, r = torch.randn(4, 3, 32, 64, generator=g), torch.randn(4, 3, 32, 32, generator=g)
-                losses.append(float(step.step(q, r, 1e-4)))
+        for _ in range(1 if tiny else 3):
+            q, r = torch.randn(4, 3, 32, 64, generator=g), torch.randn(4, 3, 32, 32, generator=g)
+            losses.append(float(step.step(q, r, 1e-4)))
         finite = all(v == v and abs(v) < 1e6 for v in losses)
         return {"losses": [round(v, 4) for v in losses], "scale": float(scaler.get_scale()), "passed": finite,
                 **({} if finite else {"status": "error", "error": "non-finite loss"})}
@@ -290,7 +275,7 @@ def check_training(chk: Check, device: Any, tiny: bool) -> None:
     batch0 = 4 if tiny else 128
     steps, warm = (1, 0) if tiny else (3, 2)
     datasets = ["cvusa"] if tiny else ["vigor", "cvusa"]
-    precisions = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    precisions = {"fp32": False, "bf16": "bfloat16", "fp16": "float16"}  # TrainStep's amp (train.amp_dtype)
     # most telling first: the likely default (bf16 + channels_last), then the alternatives
     configs = [("bf16", True, False), ("fp16", True, False), ("fp32", True, False), ("bf16", False, False),
                ("fp16", False, False), ("fp32", False, False), ("bf16", True, True), ("fp16", True, True),
@@ -324,7 +309,7 @@ def check_training(chk: Check, device: Any, tiny: bool) -> None:
             chk.run("train", name, measure, 8 if tiny else 25)
 
 
-def _train_rate(model: str, device: Any, dtype: Any, cl: bool, gc: bool, batch: int, qs: tuple[int, int],
+def _train_rate(model: str, device: Any, amp: bool | str, cl: bool, gc: bool, batch: int, qs: tuple[int, int],
                 rs: tuple[int, int], steps: int, warm: int) -> dict[str, Any]:
     import torch
 
@@ -338,24 +323,21 @@ def _train_rate(model: str, device: Any, dtype: Any, cl: bool, gc: bool, batch: 
     if cl:
         enc.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW([*enc.parameters(), *loss.parameters()], lr=1e-4)
-    scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
-    step = TrainStep(enc, loss, opt, device=device, amp=dtype is not None, scaler=scaler, clip_value=100.0,
-                     channels_last=cl)
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0**10) if amp == "float16" else None
+    step = TrainStep(enc, loss, opt, device=device, amp=amp, scaler=scaler, clip_value=100.0, channels_last=cl)
     g = torch.Generator().manual_seed(0)
     q = torch.randn(batch, 3, *qs, generator=g)
     r = torch.randn(batch, 3, *rs, generator=g)
     if device.type == "cuda":
         q, r = q.pin_memory(), r.pin_memory()
-    ctx = _precision(dtype) if dtype is not None else contextlib.nullcontext()
-    with ctx:
-        for _ in range(warm):
-            step.step(q, r, 1e-4)
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            last = step.step(q, r, 1e-4)
-        _sync(device)
-        dt = time.perf_counter() - t0
+    for _ in range(warm):
+        step.step(q, r, 1e-4)
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        last = step.step(q, r, 1e-4)
+    _sync(device)
+    dt = time.perf_counter() - t0
     return {"pairs_per_s": round(batch * steps / dt, 1), "batch": batch, "step_s": round(dt / steps, 3),
             "peak_mem_gib": _peak_gib(device), "loss": round(float(last), 4)}
 
