@@ -61,6 +61,20 @@ def build_listed(config: Config, kind: str, context: Any = None) -> list[Any]:
     return [build_component(kind, name, opts, context) for name, opts in items]
 
 
+def build_rerankers(sections: list[Any] | None) -> list[Any]:
+    """Re-rankers from config-style sections (``[{"name": "qe", "n": 3}, ...]``), e.g. the
+    ``rerankers`` a checkpoint's record or an index's metadata keeps."""
+    from geokit.model import build_component
+
+    out = []
+    for i, section in enumerate(sections or []):
+        if not isinstance(section, dict) or not isinstance(section.get("name"), str):
+            raise GeokitError(f"rerankers.{i}: expected a mapping with a 'name', got {str(section)[:80]}")
+        options = {k: v for k, v in section.items() if k != "name"}
+        out.append(build_component("reranker", section["name"], options, None))
+    return out
+
+
 def apply_rerankers(rerankers: list[Any], query: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Run re-rankers in order; what they change is L2-normalised float32 again."""
     for rr in rerankers:

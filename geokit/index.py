@@ -152,6 +152,17 @@ class GeoIndex:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def gallery(self) -> np.ndarray:
+        """The L2-normalised float32 vectors of an exact (``flat``) index, for re-rankers."""
+        if self.vectors is None:
+            raise GeokitError(f"this {self.type} index does not keep its vectors, which the recorded "
+                              "re-rankers need; build the index with --type flat")
+        if self._unit is None:
+            from geokit.retrieval import as_matrix
+
+            self._unit = as_matrix(self.vectors)
+        return self._unit.numpy()
+
     def search(self, query: np.ndarray, k: int, *, nprobe: int | None = None, ef_search: int | None = None,
                ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(scores, ids)`` per query row, best first (ids −1 where an ANN index found
@@ -790,6 +801,22 @@ def encoder_meta(encoder: Encoder) -> dict[str, Any]:
             "view": "reference"}
 
 
+def _run_rerankers(enc: Encoder, spec: IndexSpec) -> list[dict[str, Any]]:
+    """The ``rerankers`` of the checkpoint's run config, checked before anything is embedded:
+    ``locate`` applies them against the gallery's vectors, which only a flat index keeps."""
+    from geokit.evaluation import build_rerankers
+
+    config = enc.record.get("config")
+    sections = list((config.get("rerankers") if isinstance(config, dict) else None) or [])
+    if sections:
+        build_rerankers(sections)  # an unknown re-ranker or option fails now, not after embedding
+        if spec.type != "flat":
+            raise GeokitError(f"{enc.source} was trained with re-rankers "
+                              f"({', '.join(str(s.get('name')) for s in sections)}), which need the gallery's "
+                              "vectors at locate time: build this index with --type flat")
+    return sections
+
+
 def build_from_checkpoint(checkpoint: str | Path, references: References, output: str | Path,
                           spec: IndexSpec, *, batch_size: int = 64, chunk: int = 1024, device: str = "auto",
                           show: bool | None = None, load: bool = True, dist_timeout: float = 1800.0,
@@ -815,6 +842,7 @@ def build_from_checkpoint(checkpoint: str | Path, references: References, output
     spool_path: Path | None = None
     try:
         enc = load_encoder(checkpoint, dev)
+        rerankers = _run_rerankers(enc, spec)
         dataset = references.dataset or CrossViewDataset()
         size = enc.size("reference")
         dim = int(enc.record["embedding_dim"])
@@ -854,6 +882,8 @@ def build_from_checkpoint(checkpoint: str | Path, references: References, output
         return None
     try:
         meta = {**encoder_meta(enc), "references": references.source}
+        if rerankers:
+            meta["rerankers"] = rerankers
         info = write_index_from_spool(spool, spec, output, paths=references.paths, latlon=references.latlon,
                                       meta=meta, chunk=max(chunk, 65536), show=show)
     finally:

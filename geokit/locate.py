@@ -146,6 +146,18 @@ class Localizer:
         self.view = view
         self.batch_size = batch_size
         self.consensus_radius_m = float(consensus_radius_m)
+        from geokit.evaluation import build_rerankers
+
+        # The run's re-rankers (recorded by index build) need the gallery's vectors; their
+        # reference side (e.g. database-side augmentation) is applied once, here.
+        self.rerankers = build_rerankers(self.index.meta.get("rerankers"))
+        self._gallery = None
+        if self.rerankers:
+            from geokit.evaluation import apply_rerankers
+
+            own = self.index.gallery()
+            _, self._gallery = apply_rerankers(self.rerankers, np.zeros((0, own.shape[1]), np.float32), own)
+            self._gallery_changed = self._gallery is not own
 
     def embed(self, photos: Sequence[str | Path]) -> np.ndarray:
         """``(N, D)`` unit embeddings of the photos, in the chosen view."""
@@ -171,7 +183,14 @@ class Localizer:
             bad = photos[int(np.flatnonzero(~np.isfinite(emb).all(1))[0])]
             raise GeokitError(f"the embedding of {bad} is not finite: the checkpoint's weights or "
                               "normalisation are damaged")
-        scores, ids = self.index.search(emb, k)
+        if self.rerankers:
+            from geokit.evaluation import apply_rerankers
+            from geokit.retrieval import search
+
+            emb, _ = apply_rerankers(self.rerankers, emb, self._gallery)
+            scores, ids = search(emb, self._gallery, k) if self._gallery_changed else self.index.search(emb, k)
+        else:
+            scores, ids = self.index.search(emb, k)
         out = []
         for photo, srow, irow in zip(photos, scores, ids):
             cands = []

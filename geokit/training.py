@@ -563,7 +563,14 @@ class _Engine:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         start_epoch, resume = 1, None
-        if self.state_path.exists():
+        has_state = self.state_path.exists()
+        if world.distributed:  # every rank must resume, or none: a node without the folder would start over
+            seen, _ = D.exchange_step_info(world, int(has_state), False, device)
+            if len(set(seen)) > 1:
+                ranks = ", ".join(str(r) for r, x in enumerate(seen) if not x)
+                raise GeokitError(f"ranks {ranks} do not see {self.state_path}, which the others resume from: "
+                                  "--output must be a folder every node shares (a network file system)")
+        if has_state:
             resume = self._load_state()
             start_epoch = int(resume["epoch"]) + (1 if resume["epoch_done"] else 0)
         if start_epoch > tc.epochs and (output / WEIGHTS).exists():

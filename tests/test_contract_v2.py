@@ -423,3 +423,32 @@ def test_classification_loss_trains_and_its_checkpoint_evaluates_from_the_cli(tm
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "R@1" in out.stdout and "Traceback" not in out.stderr
+
+
+def test_run_rerankers_reach_index_build_and_locate(tmp_path):
+    """A run configured with a re-ranker: evaluate uses it, index build records it, locate applies
+    it to the photo's embedding against the gallery (and an approximate index is refused)."""
+    from geokit.errors import GeokitError
+    from geokit.index import IndexSpec, References, build_from_checkpoint
+    from geokit.locate import Localizer
+    from geokit.retrieval import search
+
+    root = make_pairs_dataset(tmp_path / "d", n_train=16, n_test=8)
+    cfg = tiny_config(root, rerankers=[{"name": "qe", "n": 2, "alpha": 1.0}], train={"epochs": 1, "threads": 1})
+    res = _train(cfg, tmp_path / "run")
+    ckpt = tmp_path / "run" / "model.safetensors"
+    es = res.parts.dataset.eval_set()
+    refs = References(list(es.reference_paths), np.asarray(es.reference_gps), str(root / "test.csv"))
+    ix = build_from_checkpoint(ckpt, refs, tmp_path / "x.index", IndexSpec(), show=False)
+    assert ix.meta["rerankers"] == [{"name": "qe", "n": 2, "alpha": 1.0}]
+    loc = Localizer(tmp_path / "x.index", ckpt)
+    photos = list(es.query_paths[:3])
+    got = loc.locate(photos, k=3)
+    q = loc.embed(photos)
+    g = ix.gallery()
+    s, i = search(q, g, 2)
+    expanded = q + np.einsum("qn,qnd->qd", np.clip(s, 0, None), g[i])
+    _, want = search(expanded / np.linalg.norm(expanded, axis=1, keepdims=True), g, 3)
+    assert [[c.index for c in r.candidates] for r in got] == want.tolist()
+    with pytest.raises(GeokitError, match="re-rankers.*--type flat"):
+        build_from_checkpoint(ckpt, refs, tmp_path / "y.index", IndexSpec(type="hnsw"), show=False)
