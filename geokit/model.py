@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from geokit._calls import accepts
-from geokit.checkpoint import load_module_strict, load_weights, save_weights
+from geokit.checkpoint import MAX_INPUT_SIDE, load_module_strict, load_weights, save_weights
 from geokit.config import Config
 from geokit.data import CrossViewDataset, Normalisation, Size, TrainSet, transformed_size
 from geokit.errors import GeokitError
@@ -196,6 +196,10 @@ def build(config: Config, *, dataset: CrossViewDataset | None = None, for_checkp
         dataset = create("dataset", config.names["dataset"], config.dataset)
         dataset.name = config.names["dataset"]
     ds = dataset
+    for view in VIEWS:  # a typo like [38400, 384] would allocate gigabytes per batch
+        size = tuple(getattr(ds, f"{view}_size"))
+        if not all(1 <= int(x) <= MAX_INPUT_SIDE for x in size):
+            raise GeokitError(f"dataset.{view}_size {list(size)}: each side must be from 1 to {MAX_INPUT_SIDE} px")
     context = BuildContext("transform", dataset_name=ds.name, query_size=tuple(ds.query_size),
                            reference_size=tuple(ds.reference_size), query_view=ds.query_view,
                            reference_view=ds.reference_view, _train=ds.train_set)

@@ -755,3 +755,13 @@ def test_benchmark_text_files_that_are_not_utf8_name_the_line(tmp_path):
         read_text_lines(path, "splits.txt")
     path.write_bytes(b"a.jpg\r\nb.jpg\r\n\r\nc.jpg\x0c\r\n")
     assert read_text_lines(path, "splits.txt") == [(1, "a.jpg"), (2, "b.jpg"), (4, "c.jpg")]
+
+
+def test_config_input_sizes_are_bounded_before_anything_is_allocated(tmp_path):
+    from geokit.config import resolve
+    from geokit.model import build
+    from geokit.testing import make_pairs_dataset, tiny_config
+
+    root = make_pairs_dataset(tmp_path / "d", n_train=4, n_test=2)
+    with pytest.raises(GeokitError, match=r"dataset.query_size \[12000, 12000\].*1 to 4096"):
+        build(resolve(tiny_config(root, dataset={"query_size": [12000, 12000]})))
