@@ -4,6 +4,7 @@
 
 Prints the median and best wall time of each command, and whether torch got imported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,10 @@ def main() -> None:
     for args in (["--help"], ["plugins"]):
         t = timed(args, runs)
         print(f"geokit {' '.join(args):<14} median {statistics.median(t):.3f} s  best {min(t):.3f} s")
-    code = ("import sys\nfrom geokit.cli import main\ntry:\n    main(['plugins'])\nexcept SystemExit:\n    pass\n"
-            "print('torch imported:', 'torch' in sys.modules, file=sys.stderr)")
+    code = (
+        "import sys\nfrom geokit.cli import main\ntry:\n    main(['plugins'])\nexcept SystemExit:\n    pass\n"
+        "print('torch imported:', 'torch' in sys.modules, file=sys.stderr)"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     print(res.stderr.strip().splitlines()[-1])
 

@@ -7,6 +7,7 @@ set and its evaluation set, and ``geokit.verify.verify_dataset`` without decodin
 
     flock /tmp/geokit-cpu.lock .venv/bin/python benchmarks/datasets_load.py [--keep DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,15 @@ def make_cvusa(root: Path) -> None:
     (root / "split_locations").mkdir()
     ids = np.random.default_rng(0).permutation(np.arange(1, 44_417))
     for fname, part in (("train-19zl.csv", ids[:35_532]), ("val-19zl.csv", ids[35_532:])):
-        (root / "splits" / fname).write_text("".join(
-            f"bingmap/19/{i:07d}.jpg,streetview/panos/{i:07d}.jpg,streetview/annotations/{i:07d}.png\n"
-            for i in part))
-    (root / "split_locations/all.csv").write_text("".join(
-        f"{30 + i * 1e-4},{-100 + i * 1e-4},{30 + i * 1e-4},{-100 + i * 1e-4},0\n" for i in range(1, 44_417)))
+        (root / "splits" / fname).write_text(
+            "".join(
+                f"bingmap/19/{i:07d}.jpg,streetview/panos/{i:07d}.jpg,streetview/annotations/{i:07d}.png\n"
+                for i in part
+            )
+        )
+    (root / "split_locations/all.csv").write_text(
+        "".join(f"{30 + i * 1e-4},{-100 + i * 1e-4},{30 + i * 1e-4},{-100 + i * 1e-4},0\n" for i in range(1, 44_417))
+    )
     touch_all(root / "bingmap/19", [f"{i:07d}.jpg" for i in ids])
     touch_all(root / "streetview/panos", [f"{i:07d}.jpg" for i in ids])
 
@@ -92,8 +97,10 @@ def main() -> None:
             ds = timed("build dataset", lambda: create("dataset", name, {"root": str(root), **opts}))
             tr = timed("train_set()", ds.train_set)
             es = timed("eval_set()", ds.eval_set)
-            print(f"  -> {len(tr):,} train pairs, {len(tr.reference_paths):,} references; "
-                  f"{len(es.query_paths):,} x {len(es.reference_paths):,} test")
+            print(
+                f"  -> {len(tr):,} train pairs, {len(tr.reference_paths):,} references; "
+                f"{len(es.query_paths):,} x {len(es.reference_paths):,} test"
+            )
             ds2 = create("dataset", name, {"root": str(root), **opts})
             rep = timed("verify (no decoding)", lambda: verify_dataset(ds2, sample=0))
             print(f"  -> {rep.images_listed:,} images checked, {len(rep.problems.errors)} errors")

@@ -6,6 +6,7 @@ included), interleaved round by round, and checks that the metrics and index vec
 
     python benchmarks/eval_ddp.py --pairs 256 --size 64 --ranks 2 --rounds 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,24 +48,57 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         root = make_pairs_dataset(tmp / "data", n_train=8, n_test=a.pairs, size=a.size)
-        cfg = tiny_config(root, dataset={"query_size": [a.size, 4 * a.size], "reference_size": [a.size, a.size]},
-                          eval={"batch_size": 32})
+        cfg = tiny_config(
+            root,
+            dataset={"query_size": [a.size, 4 * a.size], "reference_size": [a.size, a.size]},
+            eval={"batch_size": 32},
+        )
         (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
         torch.manual_seed(0)
         build(resolve(cfg)).save(tmp / "m.safetensors")
         geokit = [sys.executable, "-m", "geokit"]
-        ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(a.ranks),
-               "-m", "geokit"]
+        ddp = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(a.ranks),
+            "-m",
+            "geokit",
+        ]
         env1 = dict(os.environ, OMP_NUM_THREADS=str(a.ranks), GEOKIT_PROGRESS="0")
         envn = dict(os.environ, OMP_NUM_THREADS="1", GEOKIT_PROGRESS="0")
         jobs = {}
         for name, prefix, env in (("1 process", geokit, env1), (f"{a.ranks} ranks", ddp, envn)):
             tag = name.split()[0]
-            jobs[("evaluate", name)] = (prefix + ["evaluate", "--config", str(tmp / "cfg.yaml"), "--checkpoint",
-                                                  str(tmp / "m.safetensors"), "--output", str(tmp / f"m{tag}.json")], env)
-            jobs[("index build", name)] = (prefix + ["index", "build", "--checkpoint", str(tmp / "m.safetensors"),
-                                                     "--config", str(tmp / "cfg.yaml"), "--output",
-                                                     str(tmp / f"i{tag}.index")], env)
+            jobs[("evaluate", name)] = (
+                prefix
+                + [
+                    "evaluate",
+                    "--config",
+                    str(tmp / "cfg.yaml"),
+                    "--checkpoint",
+                    str(tmp / "m.safetensors"),
+                    "--output",
+                    str(tmp / f"m{tag}.json"),
+                ],
+                env,
+            )
+            jobs[("index build", name)] = (
+                prefix
+                + [
+                    "index",
+                    "build",
+                    "--checkpoint",
+                    str(tmp / "m.safetensors"),
+                    "--config",
+                    str(tmp / "cfg.yaml"),
+                    "--output",
+                    str(tmp / f"i{tag}.index"),
+                ],
+                env,
+            )
         times: dict[tuple[str, str], list[float]] = {k: [] for k in jobs}
         for _ in range(a.rounds):
             for k, (cmd, env) in jobs.items():
@@ -73,8 +107,10 @@ def main() -> None:
         mn = json.loads((tmp / f"m{a.ranks}.json").read_text())
         v1 = GeoIndex.load(tmp / "i1.index").vectors
         vn = GeoIndex.load(tmp / f"i{a.ranks}.index").vectors
-        print(f"{a.pairs} pairs at {a.size}x{4 * a.size} / {a.size}x{a.size} px, ConvNeXt-Atto, "
-              f"{os.cpu_count()} CPUs; medians of {a.rounds} rounds (wall time of the command)")
+        print(
+            f"{a.pairs} pairs at {a.size}x{4 * a.size} / {a.size}x{a.size} px, ConvNeXt-Atto, "
+            f"{os.cpu_count()} CPUs; medians of {a.rounds} rounds (wall time of the command)"
+        )
         for k, ts in times.items():
             print(f"  {k[0]:<12} {k[1]:<10} {statistics.median(ts):6.1f} s   {[round(t, 1) for t in ts]}")
         print(f"  metrics equal: {m1 == mn}; index vectors max abs diff {float(np.abs(v1 - vn).max()):.1e}")

@@ -13,6 +13,7 @@
 
     .venv/bin/python benchmarks/fidelity_augment.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,10 +72,14 @@ def schedule_gap(n: int, epochs: int, warmup_epochs: float, batch: int = 128, ba
     run = epochs * (n // batch)  # full batches only; the shuffle may drop a few more
     diff = [abs(lr_at(s, total_g, warm_g, base) - released_lr(s, total_r, warm_r, base)) for s in range(run)]
     after_warm = [d for s, d in enumerate(diff) if s >= max(warm_g, math.ceil(warm_r))]
-    return {"steps run": run, "released total": total_r, "geokit total": total_g,
-            "max |Δlr| % of peak": 100 * max(diff) / base,
-            "max after warm-up %": 100 * max(after_warm) / base if after_warm else 0.0,
-            "released last lr % of peak": 100 * released_lr(run - 1, total_r, warm_r, base) / base}
+    return {
+        "steps run": run,
+        "released total": total_r,
+        "geokit total": total_g,
+        "max |Δlr| % of peak": 100 * max(diff) / base,
+        "max after warm-up %": 100 * max(after_warm) / base if after_warm else 0.0,
+        "released last lr % of peak": 100 * released_lr(run - 1, total_r, warm_r, base) / base,
+    }
 
 
 def main() -> None:
@@ -87,8 +92,10 @@ def main() -> None:
     for what, shape, ratio in VIEWS:
         c = [dropped_share(1, g, shape, ratio, args.draws) for g in ("released", "relative")]
         g = [dropped_share(0, g, shape, ratio, args.draws) for g in ("released", "relative")]
-        print(f"| {what} | {shape[0]}×{shape[1]} | {100 * c[0]:.1f} % | {100 * c[1]:.1f} % | "
-              f"{c[1] / c[0]:.1f}× | {100 * g[0]:.1f} % | {100 * g[1]:.1f} % |")
+        print(
+            f"| {what} | {shape[0]}×{shape[1]} | {100 * c[0]:.1f} % | {100 * c[1]:.1f} % | "
+            f"{c[1] / c[0]:.1f}× | {100 * g[0]:.1f} % | {100 * g[1]:.1f} % |"
+        )
     print("\n## schedule: geokit vs the released code (batch 128, lr 1e-3)\n")
     rows = [{"recipe": name, **schedule_gap(n, e, w)} for name, n, e, w in RUNS]
     keys = list(rows[0])
@@ -98,8 +105,10 @@ def main() -> None:
         print("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
     # the ratio 0.4 vs 0.5 of University-1652 drone views (row 6): area of the released grid
     for ratio in (0.4, 0.5):
-        print(f"\nUniversity-1652 drone GridDropout ratio {ratio}: "
-              f"{100 * dropped_share(0, 'released', (384, 384), ratio, 5):.1f} % blanked")
+        print(
+            f"\nUniversity-1652 drone GridDropout ratio {ratio}: "
+            f"{100 * dropped_share(0, 'released', (384, 384), ratio, 5):.1f} % blanked"
+        )
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ recorded in the JSON and the next check runs); a global time budget skips what w
 so that the script cannot rot (``tests/test_gpu_check.py``). Numbers from ``--tiny`` mean
 nothing; the JSON says ``"tiny": true``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -76,23 +78,30 @@ class Check:
     def run(self, group: str, name: str, fn: Callable[[], dict[str, Any]], estimate_s: float) -> dict[str, Any]:
         row: dict[str, Any] = {"group": group, "name": name}
         if self.budget.left() < estimate_s:
-            row.update(status="skipped", reason=f"time budget: {self.budget.left():.0f} s left, needs ~{estimate_s:.0f} s")
+            row.update(
+                status="skipped", reason=f"time budget: {self.budget.left():.0f} s left, needs ~{estimate_s:.0f} s"
+            )
         else:
             t0 = time.monotonic()
             try:
                 row.update(fn())
                 row.setdefault("status", "ok")
             except Exception as exc:  # noqa: BLE001 (every failure is a result)
-                row.update(status="oom" if _is_oom(exc) else "error",
-                           error=f"{type(exc).__name__}: {str(exc).strip()[:400]}",
-                           where=traceback.format_exc(limit=-3)[-1200:])
+                row.update(
+                    status="oom" if _is_oom(exc) else "error",
+                    error=f"{type(exc).__name__}: {str(exc).strip()[:400]}",
+                    where=traceback.format_exc(limit=-3)[-1200:],
+                )
             finally:
                 _free()
             row["seconds"] = round(time.monotonic() - t0, 2)
         self.rows.append(row)
         if self.verbose:
-            print(f"[{self.budget.left():5.0f}s left] {group}/{name}: {row.get('status')} {_brief(row)}", file=sys.stderr,
-                  flush=True)
+            print(
+                f"[{self.budget.left():5.0f}s left] {group}/{name}: {row.get('status')} {_brief(row)}",
+                file=sys.stderr,
+                flush=True,
+            )
         return row
 
 
@@ -113,8 +122,20 @@ def _free() -> None:
 
 
 def _brief(row: dict[str, Any]) -> str:
-    keys = ("pairs_per_s", "batch", "peak_mem_gib", "images_per_s", "best_workers", "cpu_s", "gpu_s", "speedup",
-            "agree", "passed", "reason", "error")
+    keys = (
+        "pairs_per_s",
+        "batch",
+        "peak_mem_gib",
+        "images_per_s",
+        "best_workers",
+        "cpu_s",
+        "gpu_s",
+        "speedup",
+        "agree",
+        "passed",
+        "reason",
+        "error",
+    )
     return ", ".join(f"{k}={row[k]}" for k in keys if k in row)
 
 
@@ -190,16 +211,24 @@ def check_cuda_paths(chk: Check, device: Any, tiny: bool, tmp: Path) -> None:
         from geokit.evaluation import evaluate
         from geokit.training import train
 
-        cfg = tiny_config(root, train={"epochs": 1, "device": device.type, "workers": 0 if tiny else 2,
-                                       "log_every": 1})
+        cfg = tiny_config(root, train={"epochs": 1, "device": device.type, "workers": 0 if tiny else 2, "log_every": 1})
         res = train(resolve(cfg), tmp / "run", show=False)
         on_dev = evaluate(resolve(cfg), tmp / "run" / "model.safetensors", show=False)
-        on_cpu = on_dev if device.type == "cpu" else evaluate(
-            resolve(tiny_config(root, train={"device": "cpu"})), tmp / "run" / "model.safetensors", show=False)
+        on_cpu = (
+            on_dev
+            if device.type == "cpu"
+            else evaluate(
+                resolve(tiny_config(root, train={"device": "cpu"})), tmp / "run" / "model.safetensors", show=False
+            )
+        )
         diff = float(abs(on_dev.query - on_cpu.query).max())
-        return {"final_loss": round(float(res.history[-1]["loss"]), 4), "metrics_device": on_dev.metrics,
-                "metrics_cpu": on_cpu.metrics, "max_embedding_diff": diff,
-                "agree": on_dev.metrics.get("R@1") == on_cpu.metrics.get("R@1")}
+        return {
+            "final_loss": round(float(res.history[-1]["loss"]), 4),
+            "metrics_device": on_dev.metrics,
+            "metrics_cpu": on_cpu.metrics,
+            "max_embedding_diff": diff,
+            "agree": on_dev.metrics.get("R@1") == on_cpu.metrics.get("R@1"),
+        }
 
     chk.run("cuda_paths", "train_then_evaluate", engine, 20)
 
@@ -221,8 +250,12 @@ def check_cuda_paths(chk: Check, device: Any, tiny: bool, tmp: Path) -> None:
             q, r = torch.randn(4, 3, 32, 64, generator=g), torch.randn(4, 3, 32, 32, generator=g)
             losses.append(float(step.step(q, r, 1e-4)))
         finite = all(v == v and abs(v) < 1e6 for v in losses)
-        return {"losses": [round(v, 4) for v in losses], "scale": float(scaler.get_scale()), "passed": finite,
-                **({} if finite else {"status": "error", "error": "non-finite loss"})}
+        return {
+            "losses": [round(v, 4) for v in losses],
+            "scale": float(scaler.get_scale()),
+            "passed": finite,
+            **({} if finite else {"status": "error", "error": "non-finite loss"}),
+        }
 
     chk.run("cuda_paths", "fp16_gradscaler_step", fp16_scaler, 10)
 
@@ -235,10 +268,27 @@ def check_cuda_paths(chk: Check, device: Any, tiny: bool, tmp: Path) -> None:
         (tmp / "ddp.yaml").write_text(yaml.safe_dump(cfg))
         env = dict(os.environ, OMP_NUM_THREADS="1")
         outs = {}
-        for cmd in (["train", "--config", str(tmp / "ddp.yaml"), "--output", str(tmp / "ddp")],
-                    ["evaluate", "--config", str(tmp / "ddp.yaml"), "--checkpoint", str(tmp / "ddp" / "model.safetensors")]):
-            p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                                "-m", "geokit", *cmd], env=env, capture_output=True, text=True, timeout=180)
+        for cmd in (
+            ["train", "--config", str(tmp / "ddp.yaml"), "--output", str(tmp / "ddp")],
+            ["evaluate", "--config", str(tmp / "ddp.yaml"), "--checkpoint", str(tmp / "ddp" / "model.safetensors")],
+        ):
+            p = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--standalone",
+                    "--nproc_per_node",
+                    "2",
+                    "-m",
+                    "geokit",
+                    *cmd,
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
             outs[cmd[0]] = p.returncode
             if p.returncode:
                 return {"status": "error", "error": f"torchrun {cmd[0]}: rc {p.returncode}: {p.stderr[-600:]}"}
@@ -249,18 +299,31 @@ def check_cuda_paths(chk: Check, device: Any, tiny: bool, tmp: Path) -> None:
 
     def pytest_cuda() -> dict[str, Any]:
         # the test files that mention CUDA: on a CPU their CUDA branches are skipped
-        files = sorted(str(f) for f in (REPO / "tests").glob("test_*.py")
-                       if f.name != "test_gpu_check.py" and "cuda" in f.read_text(errors="ignore").lower())
+        files = sorted(
+            str(f)
+            for f in (REPO / "tests").glob("test_*.py")
+            if f.name != "test_gpu_check.py" and "cuda" in f.read_text(errors="ignore").lower()
+        )
         if not files:
             return {"status": "skipped", "reason": "no test file mentions CUDA"}
         if tiny:
             return {"status": "skipped", "reason": f"--tiny ({len(files)} files; CI runs them anyway)", "files": files}
-        p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", *files],
-                           capture_output=True, text=True, timeout=max(30, min(180, chk.budget.left() - 30)),
-                           cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="4"))
+        p = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-rs", *files],
+            capture_output=True,
+            text=True,
+            timeout=max(30, min(180, chk.budget.left() - 30)),
+            cwd=REPO,
+            env=dict(os.environ, OMP_NUM_THREADS="4"),
+        )
         last = (p.stdout.strip().splitlines() or [""])[-1]
-        return {"passed": p.returncode == 0, "summary": last, "rc": p.returncode, "files": files,
-                **({} if p.returncode == 0 else {"status": "error", "error": p.stdout[-800:]})}
+        return {
+            "passed": p.returncode == 0,
+            "summary": last,
+            "rc": p.returncode,
+            "files": files,
+            **({} if p.returncode == 0 else {"status": "error", "error": p.stdout[-800:]}),
+        }
 
     chk.run("cuda_paths", "pytest_cuda_test_files", pytest_cuda, 0 if tiny else 60)
 
@@ -269,7 +332,6 @@ def check_cuda_paths(chk: Check, device: Any, tiny: bool, tmp: Path) -> None:
 
 
 def check_training(chk: Check, device: Any, tiny: bool) -> None:
-    import torch
 
     model = "convnext_atto" if tiny else "convnext_base"
     batch0 = 4 if tiny else 128
@@ -277,9 +339,20 @@ def check_training(chk: Check, device: Any, tiny: bool) -> None:
     datasets = ["cvusa"] if tiny else ["vigor", "cvusa"]
     precisions = {"fp32": False, "bf16": "bfloat16", "fp16": "float16"}  # TrainStep's amp (train.amp_dtype)
     # most telling first: the likely default (bf16 + channels_last), then the alternatives
-    configs = [("bf16", True, False), ("fp16", True, False), ("fp32", True, False), ("bf16", False, False),
-               ("fp16", False, False), ("fp32", False, False), ("bf16", True, True), ("fp16", True, True),
-               ("fp32", True, True), ("bf16", False, True), ("fp16", False, True), ("fp32", False, True)]
+    configs = [
+        ("bf16", True, False),
+        ("fp16", True, False),
+        ("fp32", True, False),
+        ("bf16", False, False),
+        ("fp16", False, False),
+        ("fp32", False, False),
+        ("bf16", True, True),
+        ("fp16", True, True),
+        ("fp32", True, True),
+        ("bf16", False, True),
+        ("fp16", False, True),
+        ("fp32", False, True),
+    ]
     if tiny:  # every precision, layout and checkpointing once
         configs = [("bf16", True, False), ("fp16", False, True), ("fp32", False, False)]
     # at most half of what is left, so that the loader, embedding and retrieval checks still run
@@ -289,18 +362,26 @@ def check_training(chk: Check, device: Any, tiny: bool) -> None:
             (qh, qw), (rh, rw) = ((32, 64), (32, 32)) if tiny else SIZES[ds]
             name = f"{ds}/{prec}{'+cl' if cl else ''}{'+ckpt' if gc else ''}"
             if not tiny and time.monotonic() > deadline:
-                chk.rows.append({"group": "train", "name": name, "status": "skipped",
-                                 "reason": "the training checks' half of the time budget is spent"})
+                chk.rows.append(
+                    {
+                        "group": "train",
+                        "name": name,
+                        "status": "skipped",
+                        "reason": "the training checks' half of the time budget is spent",
+                    }
+                )
                 continue
 
-            def measure(prec: str = prec, cl: bool = cl, gc: bool = gc, qh: int = qh, qw: int = qw, rh: int = rh,
-                        rw: int = rw) -> dict[str, Any]:
+            def measure(
+                prec: str = prec, cl: bool = cl, gc: bool = gc, qh: int = qh, qw: int = qw, rh: int = rh, rw: int = rw
+            ) -> dict[str, Any]:
                 batch = batch0
                 while True:
                     try:
-                        return _train_rate(model, device, precisions[prec], cl, gc, batch, (qh, qw), (rh, rw),
-                                           steps, warm)
-                    except Exception as exc:  # noqa: BLE001
+                        return _train_rate(
+                            model, device, precisions[prec], cl, gc, batch, (qh, qw), (rh, rw), steps, warm
+                        )
+                    except Exception as exc:
                         if not _is_oom(exc) or batch <= 8:
                             raise
                         _free()
@@ -309,8 +390,18 @@ def check_training(chk: Check, device: Any, tiny: bool) -> None:
             chk.run("train", name, measure, 8 if tiny else 25)
 
 
-def _train_rate(model: str, device: Any, amp: bool | str, cl: bool, gc: bool, batch: int, qs: tuple[int, int],
-                rs: tuple[int, int], steps: int, warm: int) -> dict[str, Any]:
+def _train_rate(
+    model: str,
+    device: Any,
+    amp: bool | str,
+    cl: bool,
+    gc: bool,
+    batch: int,
+    qs: tuple[int, int],
+    rs: tuple[int, int],
+    steps: int,
+    warm: int,
+) -> dict[str, Any]:
     import torch
 
     from geokit.registry import create
@@ -338,8 +429,13 @@ def _train_rate(model: str, device: Any, amp: bool | str, cl: bool, gc: bool, ba
         last = step.step(q, r, 1e-4)
     _sync(device)
     dt = time.perf_counter() - t0
-    return {"pairs_per_s": round(batch * steps / dt, 1), "batch": batch, "step_s": round(dt / steps, 3),
-            "peak_mem_gib": _peak_gib(device), "loss": round(float(last), 4)}
+    return {
+        "pairs_per_s": round(batch * steps / dt, 1),
+        "batch": batch,
+        "step_s": round(dt / steps, 3),
+        "peak_mem_gib": _peak_gib(device),
+        "loss": round(float(last), 4),
+    }
 
 
 # ------------------------------------------------------------------------------ 3. loader
@@ -358,7 +454,7 @@ def check_loader(chk: Check, device: Any, tiny: bool, tmp: Path) -> None:
     n_files = 8 if tiny else 32
     items = 16 if tiny else 1024
     bs = 4 if tiny else 32
-    for ds_name in (["cvusa"] if tiny else ["vigor", "cvusa"]):
+    for ds_name in ["cvusa"] if tiny else ["vigor", "cvusa"]:
 
         def measure(ds_name: str = ds_name) -> dict[str, Any]:
             root = _write_jpegs(tmp / "jpeg", n_files, ds_name, 0.125 if tiny else 1.0)
@@ -367,13 +463,18 @@ def check_loader(chk: Check, device: Any, tiny: bool, tmp: Path) -> None:
             tr = ds.train_set()
             pairs = PairList(ds, tr, seed=0)
             keys = [i % len(tr) for i in range(items)]
-            batches = [keys[i:i + bs] for i in range(0, len(keys), bs)]
+            batches = [keys[i : i + bs] for i in range(0, len(keys), bs)]
             rates = {}
             for w in workers:
                 if chk.budget.left() < 20:
                     break
-                loader = torch.utils.data.DataLoader(pairs, batch_sampler=batches, num_workers=w, collate_fn=collate_pairs,
-                                                     pin_memory=device.type == "cuda")
+                loader = torch.utils.data.DataLoader(
+                    pairs,
+                    batch_sampler=batches,
+                    num_workers=w,
+                    collate_fn=collate_pairs,
+                    pin_memory=device.type == "cuda",
+                )
                 it = iter(loader)
                 next(it)  # workers started and warm
                 t0 = time.perf_counter()
@@ -387,8 +488,14 @@ def check_loader(chk: Check, device: Any, tiny: bool, tmp: Path) -> None:
             if not rates:
                 return {"status": "skipped", "reason": "time budget"}
             best = max(rates, key=rates.get)
-            return {"pairs_per_s_by_workers": rates, "best_workers": best, "pairs_per_s": rates[best],
-                    "batch": bs, "files": n_files, "cpus": cpus}
+            return {
+                "pairs_per_s_by_workers": rates,
+                "best_workers": best,
+                "pairs_per_s": rates[best],
+                "batch": bs,
+                "files": n_files,
+                "cpus": cpus,
+            }
 
         chk.run("loader", ds_name, measure, 10 if tiny else 60)
 
@@ -405,7 +512,7 @@ def check_embedding(chk: Check, device: Any, tiny: bool, tmp: Path) -> None:
 
     model = "convnext_atto" if tiny else "convnext_base"
     batch = 8 if tiny else 128
-    for ds_name in (["cvusa"] if tiny else ["vigor", "cvusa"]):
+    for ds_name in ["cvusa"] if tiny else ["vigor", "cvusa"]:
         for view, size in zip(("query", "reference"), _tiny(SIZES[ds_name]) if tiny else SIZES[ds_name]):
 
             def measure(size: tuple[int, int] = size) -> dict[str, Any]:
@@ -423,8 +530,12 @@ def check_embedding(chk: Check, device: Any, tiny: bool, tmp: Path) -> None:
                         enc(x)
                     _sync(device)
                 dt = time.perf_counter() - t0
-                return {"images_per_s": round(batch * reps / dt, 1), "batch": batch, "amp": amp,
-                        "peak_mem_gib": _peak_gib(device)}
+                return {
+                    "images_per_s": round(batch * reps / dt, 1),
+                    "batch": batch,
+                    "amp": amp,
+                    "peak_mem_gib": _peak_gib(device),
+                }
 
             chk.run("embed", f"{ds_name}/{view}", measure, 5 if tiny else 20)
 
@@ -442,8 +553,19 @@ def check_embedding(chk: Check, device: Any, tiny: bool, tmp: Path) -> None:
         enc = create("encoder", "convnext", {"model": model, "pretrained": False}).to(device)
         w = 0 if tiny else default_workers(device)
         t0 = time.perf_counter()
-        out = embed_paths(enc, ds, refs, size, Normalisation(), batch_size=batch, device=device,
-                          amp=default_embed_amp(device), workers=w, show=False, view="reference")
+        out = embed_paths(
+            enc,
+            ds,
+            refs,
+            size,
+            Normalisation(),
+            batch_size=batch,
+            device=device,
+            amp=default_embed_amp(device),
+            workers=w,
+            show=False,
+            view="reference",
+        )
         dt = time.perf_counter() - t0
         return {"images_per_s": round(len(refs) / dt, 1), "workers": w, "batch": batch, "dim": int(out.shape[1])}
 
@@ -462,8 +584,12 @@ def check_embedding(chk: Check, device: Any, tiny: bool, tmp: Path) -> None:
         t0 = time.perf_counter()
         nb = mine_neighbours(q, r, pair_ref, 64)
         dt = time.perf_counter() - t0
-        return {"cpu_s": round(dt, 2), "queries_per_s": round(nq / dt, 1), "shape": list(nb.shape),
-                "note": "exact top-k on the CPU (geokit.retrieval.search); embedding the training set is 'embed'"}
+        return {
+            "cpu_s": round(dt, 2),
+            "queries_per_s": round(nq / dt, 1),
+            "shape": list(nb.shape),
+            "note": "exact top-k on the CPU (geokit.retrieval.search); embedding the training set is 'embed'",
+        }
 
     chk.run("mining", "dss_neighbours_vigor_train", mining, 10 if tiny else 90)
 
@@ -503,8 +629,13 @@ def check_retrieval(chk: Check, device: Any, tiny: bool) -> None:
         _, idx = search(q, r, 10)
         ds = time.perf_counter() - t1
         state["cpu_top10"] = idx
-        return {"cpu_s": round(dt, 2), "search_top10_cpu_s": round(ds, 2), "metrics": m, "size": [nq, nr, dim],
-                "threads": torch.get_num_threads()}
+        return {
+            "cpu_s": round(dt, 2),
+            "search_top10_cpu_s": round(ds, 2),
+            "metrics": m,
+            "size": [nq, nr, dim],
+            "threads": torch.get_num_threads(),
+        }
 
     chk.run("retrieval", "cpu_path_vigor_size", cpu_metrics, 10 if tiny else 120)
 
@@ -523,10 +654,10 @@ def check_retrieval(chk: Check, device: Any, tiny: bool) -> None:
         torch.backends.cuda.matmul.allow_tf32 = False  # exact float32 scores, as on the CPU
         try:
             for s in range(0, nq, block):
-                sc = qt[s:s + block] @ rt.T
-                own = sc.gather(1, pt[s:s + block, None])
-                ranks[s:s + block] = (sc > own).sum(1)
-                top[s:s + block] = sc.topk(10, dim=1).indices
+                sc = qt[s : s + block] @ rt.T
+                own = sc.gather(1, pt[s : s + block, None])
+                ranks[s : s + block] = (sc > own).sum(1)
+                top[s : s + block] = sc.topk(10, dim=1).indices
         finally:
             torch.backends.cuda.matmul.allow_tf32 = prev[0]
         _sync(device)
@@ -554,20 +685,35 @@ def environment(device: Any) -> dict[str, Any]:
 
     import geokit
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "geokit": getattr(geokit, "__version__", "?"),
-           "cpus": os.cpu_count(), "device": str(device), "host": platform.node()}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "geokit": getattr(geokit, "__version__", "?"),
+        "cpus": os.cpu_count(),
+        "device": str(device),
+        "host": platform.node(),
+    }
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
-        env.update(gpu=p.name, gpu_mem_gib=round(p.total_memory / 2**30, 1), gpus=torch.cuda.device_count(),
-                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), bf16=torch.cuda.is_bf16_supported(),
-                   tf32_matmul=torch.backends.cuda.matmul.allow_tf32, tf32_cudnn=torch.backends.cudnn.allow_tf32)
+        env.update(
+            gpu=p.name,
+            gpu_mem_gib=round(p.total_memory / 2**30, 1),
+            gpus=torch.cuda.device_count(),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            bf16=torch.cuda.is_bf16_supported(),
+            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+            tf32_cudnn=torch.backends.cudnn.allow_tf32,
+        )
     return env
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'group':<11}{'check':<34}{'status':<9}{'s':>7}  result"]
     for r in rows:
-        lines.append(f"{r['group']:<11}{r['name']:<34}{r.get('status', '?'):<9}{r.get('seconds', 0):>7.1f}  {_brief(r)[:110]}")
+        lines.append(
+            f"{r['group']:<11}{r['name']:<34}{r.get('status', '?'):<9}{r.get('seconds', 0):>7.1f}  {_brief(r)[:110]}"
+        )
     return "\n".join(lines)
 
 
@@ -576,8 +722,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiny", action="store_true", help="CPU, tiny model and data: checks that the script runs")
     ap.add_argument("--budget", type=float, default=None, help="seconds in all (default 450; --tiny: 120)")
     ap.add_argument("--json", default="gpu_check.json", help="write the results here")
-    ap.add_argument("--only", nargs="*", default=None,
-                    help="groups to run: cuda_paths train loader embed retrieval (default: all)")
+    ap.add_argument(
+        "--only", nargs="*", default=None, help="groups to run: cuda_paths train loader embed retrieval (default: all)"
+    )
     ap.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
     a = ap.parse_args(argv)
 
@@ -589,23 +736,35 @@ def main(argv: list[str] | None = None) -> int:
     budget = Budget(a.budget if a.budget is not None else (120 if a.tiny else 450))
     chk = Check(budget)
     groups = a.only or ["cuda_paths", "train", "loader", "embed", "retrieval"]
-    result: dict[str, Any] = {"tiny": a.tiny, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                              "budget_s": budget.total, "env": environment(device)}
+    result: dict[str, Any] = {
+        "tiny": a.tiny,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "budget_s": budget.total,
+        "env": environment(device),
+    }
     if device.type != "cuda" and not a.tiny:
         print("no CUDA device: measuring the CPU (use --tiny for a quick run)", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="gpu_check.") as tmp:
         tmp_path = Path(tmp)
-        steps = {"cuda_paths": lambda: check_cuda_paths(chk, device, a.tiny, tmp_path),
-                 "train": lambda: check_training(chk, device, a.tiny),
-                 "loader": lambda: check_loader(chk, device, a.tiny, tmp_path),
-                 "embed": lambda: check_embedding(chk, device, a.tiny, tmp_path),
-                 "retrieval": lambda: check_retrieval(chk, device, a.tiny)}
+        steps = {
+            "cuda_paths": lambda: check_cuda_paths(chk, device, a.tiny, tmp_path),
+            "train": lambda: check_training(chk, device, a.tiny),
+            "loader": lambda: check_loader(chk, device, a.tiny, tmp_path),
+            "embed": lambda: check_embedding(chk, device, a.tiny, tmp_path),
+            "retrieval": lambda: check_retrieval(chk, device, a.tiny),
+        }
         for g in groups:
             try:
                 steps[g]()
             except Exception as exc:  # noqa: BLE001 (set-up of a group failed: record, go on)
-                chk.rows.append({"group": g, "name": "(setup)", "status": "error",
-                                 "error": f"{type(exc).__name__}: {str(exc)[:400]}"})
+                chk.rows.append(
+                    {
+                        "group": g,
+                        "name": "(setup)",
+                        "status": "error",
+                        "error": f"{type(exc).__name__}: {str(exc)[:400]}",
+                    }
+                )
     result["checks"] = chk.rows
     result["seconds"] = round(time.monotonic() - budget.start, 1)
     Path(a.json).write_text(json.dumps(result, indent=1, default=str) + "\n")

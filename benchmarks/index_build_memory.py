@@ -8,6 +8,7 @@ grows with the gallery; the encoder's own memory does not depend on the gallery 
 
     python benchmarks/index_build_memory.py --n 200000 --dim 512 --types flat ivfpq --rounds 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,15 @@ def one(mode: str, kind: str, n: int, dim: int, chunk: int, folder: str) -> dict
         write_index_from_spool(spool, spec, out, paths=paths, latlon=latlon, chunk=max(chunk, 65536))
         spool.path.unlink()
     took = time.perf_counter() - t0
-    return {"mode": mode, "type": kind, "n": n, "dim": dim, "peak_above_baseline_mib": (_status("VmHWM") - base) / 2**20,
-            "seconds": took, "file_mib": out.stat().st_size / 2**20}
+    return {
+        "mode": mode,
+        "type": kind,
+        "n": n,
+        "dim": dim,
+        "peak_above_baseline_mib": (_status("VmHWM") - base) / 2**20,
+        "seconds": took,
+        "file_mib": out.stat().st_size / 2**20,
+    }
 
 
 def main() -> None:
@@ -73,16 +81,31 @@ def main() -> None:
         for _ in range(a.rounds):  # interleaved: the machine is shared
             for kind in a.types:
                 for mode in ("memory", "streamed"):
-                    cmd = [sys.executable, __file__, "--one", mode, kind, "--n", str(a.n), "--dim", str(a.dim),
-                           "--chunk", str(a.chunk), "--folder", folder]
+                    cmd = [
+                        sys.executable,
+                        __file__,
+                        "--one",
+                        mode,
+                        kind,
+                        "--n",
+                        str(a.n),
+                        "--dim",
+                        str(a.dim),
+                        "--chunk",
+                        str(a.chunk),
+                        "--folder",
+                        folder,
+                    ]
                     res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
                     rows.setdefault((kind, mode), []).append(res)
     vectors = a.n * a.dim * 4 / 2**20
     print(f"n={a.n} dim={a.dim} chunk={a.chunk}: float32 vectors = {vectors:.0f} MiB; medians of {a.rounds} rounds")
     print(f"{'type':<7}{'mode':<10}{'peak MiB':>10}{'seconds':>9}{'file MiB':>10}")
     for (kind, mode), rs in rows.items():
-        print(f"{kind:<7}{mode:<10}{statistics.median(r['peak_above_baseline_mib'] for r in rs):10.0f}"
-              f"{statistics.median(r['seconds'] for r in rs):9.1f}{rs[0]['file_mib']:10.0f}")
+        print(
+            f"{kind:<7}{mode:<10}{statistics.median(r['peak_above_baseline_mib'] for r in rs):10.0f}"
+            f"{statistics.median(r['seconds'] for r in rs):9.1f}{rs[0]['file_mib']:10.0f}"
+        )
 
 
 if __name__ == "__main__":

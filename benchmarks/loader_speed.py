@@ -20,6 +20,7 @@ shared machine inflate wall time, much less CPU time) and the original's time / 
 
     .venv/bin/python benchmarks/loader_speed.py [--rounds 9] [--quick] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,18 +30,19 @@ import platform
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import cv2
+import numpy as np
+import torch
 
-from geokit import images  # noqa: E402
-from geokit.images import ImageOptions  # noqa: E402
+from geokit import images
+from geokit.images import ImageOptions
 
 # name: (source width, source height, target (height, width)); sizes of the public files.
 SIZES: dict[str, tuple[int, int, tuple[int, int]]] = {
@@ -55,10 +57,12 @@ SIZES: dict[str, tuple[int, int, tuple[int, int]]] = {
 }
 SMOOTHER = {"VIGOR pano, smoother"}  # no fine texture, slightly blurred: about half the bits
 # dataset: (query size name, reference size name, geometry); U1652's views are both 512x512.
-PAIRS = {"VIGOR": ("VIGOR panorama", "VIGOR aerial", "panorama"),
-         "CVUSA": ("CVUSA panorama", "CVUSA aerial", "panorama"),
-         "CVACT": ("CVACT panorama", "CVACT aerial", "panorama"),
-         "University-1652": ("University-1652", "University-1652", "independent")}
+PAIRS = {
+    "VIGOR": ("VIGOR panorama", "VIGOR aerial", "panorama"),
+    "CVUSA": ("CVUSA panorama", "CVUSA aerial", "panorama"),
+    "CVACT": ("CVACT panorama", "CVACT aerial", "panorama"),
+    "University-1652": ("University-1652", "University-1652", "independent"),
+}
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -88,8 +92,7 @@ def make_images(folder: Path, per_size: int) -> dict[str, list[str]]:
         for i in range(per_size):
             p = folder / f"{name.replace(' ', '_')}_{i}.jpg"
             rgb = photo(w, h, 100 * k + i, name in SMOOTHER)
-            cv2.imwrite(str(p), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                        [cv2.IMWRITE_JPEG_QUALITY, 90])
+            cv2.imwrite(str(p), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
             paths.append(str(p))
         out[name] = paths
     return out
@@ -101,8 +104,9 @@ def original_load(path: str, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_LINEAR_EXACT)
 
 
-def interleave(methods: dict[str, Callable[[], Any]], rounds: int, calls: int
-               ) -> tuple[dict[str, float], dict[str, float]]:
+def interleave(
+    methods: dict[str, Callable[[], Any]], rounds: int, calls: int
+) -> tuple[dict[str, float], dict[str, float]]:
     """Median CPU seconds per call of each method, A/B/C interleaved over ``rounds`` (the order
     rotates each round); and the median over rounds of (first method's time / this method's)."""
     for fn in methods.values():
@@ -110,7 +114,7 @@ def interleave(methods: dict[str, Callable[[], Any]], rounds: int, calls: int
     names = list(methods)
     times: dict[str, list[float]] = {k: [] for k in methods}
     for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             fn = methods[name]
             t = time.process_time()
             for _ in range(calls):
@@ -123,14 +127,16 @@ def interleave(methods: dict[str, Callable[[], Any]], rounds: int, calls: int
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def per_image(files: dict[str, list[str]], rounds: int, budget: float) -> list[dict[str, Any]]:
     rows = []
-    opts = {"geokit opencv": ImageOptions(decoder="opencv"),
-            "geokit opencv reduced": ImageOptions(decoder="opencv", reduced_jpeg=True),
-            "geokit pil": ImageOptions(decoder="pil")}
+    opts = {
+        "geokit opencv": ImageOptions(decoder="opencv"),
+        "geokit opencv reduced": ImageOptions(decoder="opencv", reduced_jpeg=True),
+        "geokit pil": ImageOptions(decoder="pil"),
+    }
     for name, paths in files.items():
         size = SIZES[name][2]
         cycle = {"i": 0}
@@ -141,7 +147,7 @@ def per_image(files: dict[str, list[str]], rounds: int, budget: float) -> list[d
 
         methods: dict[str, Callable[[], Any]] = {"original": lambda: original_load(nxt(), size)}
         for label, o in opts.items():
-            methods[label] = (lambda o=o: images.load_image(nxt(), size, o))
+            methods[label] = lambda o=o: images.load_image(nxt(), size, o)
         t0 = time.process_time()
         original_load(paths[0], size)
         calls = max(2, int(budget / max(time.process_time() - t0, 1e-4)))
@@ -150,29 +156,48 @@ def per_image(files: dict[str, list[str]], rounds: int, budget: float) -> list[d
         pix = {}
         for label in ("geokit opencv", "geokit opencv reduced", "geokit pil"):
             outs = [images.load_image(p, size, opts[label]) for p in paths]
-            pix[label] = {"identical": all(np.array_equal(a, b) for a, b in zip(outs, ref)),
-                          "psnr_db": float(np.mean([psnr(a, b) for a, b in zip(outs, ref)])),
-                          "max_abs_diff": int(max(np.abs(a.astype(int) - b).max() for a, b in zip(outs, ref)))}
+            pix[label] = {
+                "identical": all(np.array_equal(a, b) for a, b in zip(outs, ref)),
+                "psnr_db": float(np.mean([psnr(a, b) for a, b in zip(outs, ref)])),
+                "max_abs_diff": int(max(np.abs(a.astype(int) - b).max() for a, b in zip(outs, ref))),
+            }
         w, h, _ = SIZES[name]
         bpp = float(np.mean([os.path.getsize(p) for p in paths])) * 8 / (w * h)
-        rows.append({"view": name, "source": f"{w}x{h}", "target": f"{size[1]}x{size[0]}",
-                     "bits_per_pixel": bpp, "ms": {k: v * 1e3 for k, v in med.items()},
-                     "speedup": speedup, "pixels": pix})
-        print(f"{name:16s} {w}x{h} ({bpp:.2f} bpp) -> {size[1]}x{size[0]}: "
-              + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in med.items())
-              + " | x: " + ", ".join(f"{k} {v:.3f}" for k, v in speedup.items())
-              + " | reduced: " + ("identical" if pix["geokit opencv reduced"]["identical"] else
-                                  f"PSNR {pix['geokit opencv reduced']['psnr_db']:.1f} dB, "
-                                  f"max {pix['geokit opencv reduced']['max_abs_diff']}")
-              + f" | pil PSNR {pix['geokit pil']['psnr_db']:.1f} dB", flush=True)
+        rows.append(
+            {
+                "view": name,
+                "source": f"{w}x{h}",
+                "target": f"{size[1]}x{size[0]}",
+                "bits_per_pixel": bpp,
+                "ms": {k: v * 1e3 for k, v in med.items()},
+                "speedup": speedup,
+                "pixels": pix,
+            }
+        )
+        print(
+            f"{name:16s} {w}x{h} ({bpp:.2f} bpp) -> {size[1]}x{size[0]}: "
+            + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in med.items())
+            + " | x: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in speedup.items())
+            + " | reduced: "
+            + (
+                "identical"
+                if pix["geokit opencv reduced"]["identical"]
+                else f"PSNR {pix['geokit opencv reduced']['psnr_db']:.1f} dB, "
+                f"max {pix['geokit opencv reduced']['max_abs_diff']}"
+            )
+            + f" | pil PSNR {pix['geokit pil']['psnr_db']:.1f} dB",
+            flush=True,
+        )
     return rows
 
 
 # ------------------------------------------------------------------------------ training pairs
 
 
-def original_pipelines(ground: tuple[int, int], sat: tuple[int, int], u1652: bool,
-                       compress_after_resize: bool = False) -> tuple[Any, Any]:
+def original_pipelines(
+    ground: tuple[int, int], sat: tuple[int, int], u1652: bool, compress_after_resize: bool = False
+) -> tuple[Any, Any]:
     """Sample4Geo's train transforms (transforms.py), albumentations 1.x semantics in the 2.x API:
     CoarseDropout hole sizes are 0.1-0.2 of the image *height*, in pixels.
     ``compress_after_resize``: ImageCompression moved after Resize, as geokit orders it (to
@@ -182,15 +207,23 @@ def original_pipelines(ground: tuple[int, int], sat: tuple[int, int], u1652: boo
 
     def pipe(size: tuple[int, int], ratio: float, rotate: bool) -> Any:
         hole = (int(0.1 * size[0]), int(0.2 * size[0]))
-        steps = [A.ImageCompression(quality_range=(90, 100), p=0.5),
-                 A.Resize(size[0], size[1], interpolation=cv2.INTER_LINEAR_EXACT, p=1.0)]
+        steps = [
+            A.ImageCompression(quality_range=(90, 100), p=0.5),
+            A.Resize(size[0], size[1], interpolation=cv2.INTER_LINEAR_EXACT, p=1.0),
+        ]
         if compress_after_resize:
             steps.reverse()
-        steps += [A.ColorJitter(brightness=0.15, contrast=0.15, saturation=0.15, hue=0.15, p=0.5),
-                 A.OneOf([A.AdvancedBlur(p=1.0), A.Sharpen(p=1.0)], p=0.3),
-                 A.OneOf([A.GridDropout(ratio=ratio, p=1.0),
-                          A.CoarseDropout(num_holes_range=(10, 25), hole_height_range=hole,
-                                          hole_width_range=hole, p=1.0)], p=0.3)]
+        steps += [
+            A.ColorJitter(brightness=0.15, contrast=0.15, saturation=0.15, hue=0.15, p=0.5),
+            A.OneOf([A.AdvancedBlur(p=1.0), A.Sharpen(p=1.0)], p=0.3),
+            A.OneOf(
+                [
+                    A.GridDropout(ratio=ratio, p=1.0),
+                    A.CoarseDropout(num_holes_range=(10, 25), hole_height_range=hole, hole_width_range=hole, p=1.0),
+                ],
+                p=0.3,
+            ),
+        ]
         if rotate:
             steps.append(A.RandomRotate90(p=1.0))
         return A.Compose(steps + [A.Normalize(MEAN, STD), ToTensorV2()])
@@ -201,11 +234,17 @@ def original_pipelines(ground: tuple[int, int], sat: tuple[int, int], u1652: boo
 class OriginalPairs:
     """The original's ``__getitem__`` for one pair (CVUSA/CVACT/VIGOR; University-1652)."""
 
-    def __init__(self, qpaths: list[str], rpaths: list[str], qsize: tuple[int, int],
-                 rsize: tuple[int, int], geometry: str, compress_after_resize: bool = False):
+    def __init__(
+        self,
+        qpaths: list[str],
+        rpaths: list[str],
+        qsize: tuple[int, int],
+        rsize: tuple[int, int],
+        geometry: str,
+        compress_after_resize: bool = False,
+    ):
         self.q, self.r, self.geometry = qpaths, rpaths, geometry
-        self.qpipe, self.rpipe = original_pipelines(qsize, rsize, geometry != "panorama",
-                                                    compress_after_resize)
+        self.qpipe, self.rpipe = original_pipelines(qsize, rsize, geometry != "panorama", compress_after_resize)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         random.seed(i)  # the original draws from Python's global random
@@ -223,8 +262,9 @@ class OriginalPairs:
         return qt, rt
 
 
-def geokit_pairs(qpaths: list[str], rpaths: list[str], qsize: tuple[int, int], rsize: tuple[int, int],
-                 geometry: str) -> Any:
+def geokit_pairs(
+    qpaths: list[str], rpaths: list[str], qsize: tuple[int, int], rsize: tuple[int, int], geometry: str
+) -> Any:
     """geokit's training pairs as the benchmark plugins build them (PairAugment, PairList)."""
     from geokit.augment import PairAugment
     from geokit.data import CrossViewDataset, PairList, TrainSet
@@ -237,8 +277,7 @@ def geokit_pairs(qpaths: list[str], rpaths: list[str], qsize: tuple[int, int], r
             return self._augment(query, reference, rng)
 
     n = max(len(qpaths), len(rpaths))
-    train = TrainSet([qpaths[i % len(qpaths)] for i in range(n)], list(rpaths),
-                     np.arange(n) % len(rpaths))
+    train = TrainSet([qpaths[i % len(qpaths)] for i in range(n)], list(rpaths), np.arange(n) % len(rpaths))
     return PairList(Bench(), train, seed=0)
 
 
@@ -256,18 +295,23 @@ def per_pair(files: dict[str, list[str]], rounds: int, samples: int) -> list[dic
             for i in range(samples):
                 geo[i % n]
 
-        methods = {"original": lambda: [orig[i] for i in range(samples)],
-                   "original, compression after resize": lambda: [orig_late[i] for i in range(samples)],
-                   "geokit opencv": lambda: run_geokit(ImageOptions(decoder="opencv")),
-                   "geokit opencv reduced": lambda: run_geokit(ImageOptions(decoder="opencv",
-                                                                            reduced_jpeg=True))}
+        methods = {
+            "original": lambda: [orig[i] for i in range(samples)],
+            "original, compression after resize": lambda: [orig_late[i] for i in range(samples)],
+            "geokit opencv": lambda: run_geokit(ImageOptions(decoder="opencv")),
+            "geokit opencv reduced": lambda: run_geokit(ImageOptions(decoder="opencv", reduced_jpeg=True)),
+        }
         med, speedup = interleave(methods, rounds, 1)
         med = {k: v / samples for k, v in med.items()}
         images.configure(None)
-        rows.append({"dataset": ds, "pairs_per_s": {k: 1.0 / v for k, v in med.items()},
-                     "speedup": speedup})
-        print(f"{ds:16s} pairs/s/core: " + ", ".join(f"{k} {1 / v:.1f}" for k, v in med.items())
-              + " | x: " + ", ".join(f"{k} {v:.2f}" for k, v in speedup.items()), flush=True)
+        rows.append({"dataset": ds, "pairs_per_s": {k: 1.0 / v for k, v in med.items()}, "speedup": speedup})
+        print(
+            f"{ds:16s} pairs/s/core: "
+            + ", ".join(f"{k} {1 / v:.1f}" for k, v in med.items())
+            + " | x: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in speedup.items()),
+            flush=True,
+        )
     return rows
 
 
@@ -285,9 +329,12 @@ def main() -> None:
         args.rounds, args.budget, args.samples = 3, 0.05, 4
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
-          f"{platform.python_version()}, opencv {cv2.__version__}, torch {torch.__version__}; "
-          f"one thread; CPU time medians of {args.rounds} interleaved rounds", flush=True)
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
+        f"{platform.python_version()}, opencv {cv2.__version__}, torch {torch.__version__}; "
+        f"one thread; CPU time medians of {args.rounds} interleaved rounds",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         files = make_images(Path(tmp), args.images)
         result: dict[str, Any] = {"per_image": per_image(files, args.rounds, args.budget)}

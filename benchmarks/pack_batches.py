@@ -6,6 +6,7 @@ interleaved (old, new, old, new, ...) in one process; medians.
 
     python benchmarks/pack_batches.py
 """
+
 from __future__ import annotations
 
 import time
@@ -79,8 +80,10 @@ def main(rounds: int = 3) -> None:
             assert [x.tolist() for x in a] == [x.tolist() for x in b], "batches differ"
             old.append(t1 - t0)
             new.append(t2 - t1)
-        print(f"{name:45s} N={len(ref):>6,}  queue {np.median(old):8.3f} s  new {np.median(new):6.3f} s  "
-              f"ratio {np.median(old) / np.median(new):6.1f}x  (same batches)")
+        print(
+            f"{name:45s} N={len(ref):>6,}  queue {np.median(old):8.3f} s  new {np.median(new):6.3f} s  "
+            f"ratio {np.median(old) / np.median(new):6.1f}x  (same batches)"
+        )
     ref = np.r_[np.zeros(16_000, np.int64), np.arange(1, 100)]
     train = TrainSet([""] * len(ref), [""] * 100, ref)
     t0 = time.perf_counter()

@@ -4,6 +4,7 @@ matmuls at each chunk, and the 4096×1024×8192 matmul rate.
 
     flock /tmp/geokit-cpu.lock .venv/bin/python benchmarks/retrieval_chunks.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,11 @@ def main() -> None:
     qt = torch.from_numpy(q)
     a, b, o = torch.randn(4096, 1024), torch.randn(1024, 8192), torch.empty(4096, 8192)
     best: dict[str, float] = {}
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} load {os.getloadavg()[0]:.2f} "
-          f"{args.queries}x{args.references}x{args.dim}, default chunk {chunks[-1]}", flush=True)
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} load {os.getloadavg()[0]:.2f} "
+        f"{args.queries}x{args.references}x{args.dim}, default chunk {chunks[-1]}",
+        flush=True,
+    )
     for _ in range(args.rounds):
         t0 = time.perf_counter()
         torch.mm(a, b, out=o)
@@ -51,14 +55,17 @@ def main() -> None:
             buf = torch.empty(c, args.references)
             t0 = time.perf_counter()
             for s in range(0, args.queries, c):
-                torch.mm(qt[s:s + c], rt, out=buf[:len(qt[s:s + c])])
+                torch.mm(qt[s : s + c], rt, out=buf[: len(qt[s : s + c])])
             key = f"mm_only_{c}"
             best[key] = min(best.get(key, 1e9), time.perf_counter() - t0)
     limit = 2 * args.queries * args.references * args.dim / best["mm_rate"]
     out = {"matmul_gflops": round(best["mm_rate"] / 1e9, 1), "limit_s": round(limit, 3)}
     for c in chunks:
-        out[f"chunk_{c}"] = {"metrics_s": round(best[f"metrics_{c}"], 3), "mm_only_s": round(best[f"mm_only_{c}"], 3),
-                             "metrics_over_limit": round(best[f"metrics_{c}"] / limit, 2)}
+        out[f"chunk_{c}"] = {
+            "metrics_s": round(best[f"metrics_{c}"], 3),
+            "mm_only_s": round(best[f"mm_only_{c}"], 3),
+            "metrics_over_limit": round(best[f"metrics_{c}"] / limit, 2),
+        }
     out["load_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(out, indent=1))
 

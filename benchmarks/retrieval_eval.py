@@ -19,6 +19,7 @@ Methods:
 - ``search``: exact top-10, geokit's blocks vs faiss ``IndexFlatIP`` (the choice of one path).
 - ``fp16``: the metrics with both embedding sets stored as float16.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,16 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def make_data(folder: Path, n_q: int, n_r: int, dim: int, noise: float, seed: int = 0, positives: int = 1,
-              query_noise: float = 4.0) -> None:
+def make_data(
+    folder: Path,
+    n_q: int,
+    n_r: int,
+    dim: int,
+    noise: float,
+    seed: int = 0,
+    positives: int = 1,
+    query_noise: float = 4.0,
+) -> None:
     rng = np.random.default_rng(seed)
     if positives > 1:  # University-1652 style: each place has `positives` true references
         n_places = n_r // positives
@@ -65,13 +74,13 @@ def make_data(folder: Path, n_q: int, n_r: int, dim: int, noise: float, seed: in
     ref = np.empty((n_r, dim), dtype=np.float32)
     for s in range(0, n_r, 8192):
         x = rng.standard_normal((min(8192, n_r - s), dim), dtype=np.float32)
-        ref[s:s + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        ref[s : s + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
     pos = rng.integers(0, n_r, n_q)
     qry = np.empty((n_q, dim), dtype=np.float32)
     for s in range(0, n_q, 8192):
-        p = pos[s:s + 8192]
+        p = pos[s : s + 8192]
         x = ref[p] + noise * rng.standard_normal((len(p), dim), dtype=np.float32) / np.sqrt(dim)
-        qry[s:s + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        qry[s : s + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
     np.save(folder / "query.npy", qry)
     np.save(folder / "reference.npy", ref)
     np.save(folder / "positives.npy", pos)
@@ -84,7 +93,7 @@ def dense_original(q, r, pos) -> dict:
     qt, rt = torch.from_numpy(q), torch.from_numpy(r)
     sim = torch.empty(len(q), len(r), dtype=torch.float32)
     for s in range(0, len(q), 1000):
-        sim[s:s + 1000] = qt[s:s + 1000] @ rt.T
+        sim[s : s + 1000] = qt[s : s + 1000] @ rt.T
     sim = sim.numpy()
     ranks = np.empty(len(q), dtype=np.int64)
     for i in range(len(q)):
@@ -137,7 +146,7 @@ def _timed(fn) -> float:
 def child(method: str, folder: Path, chunk: int | None) -> dict:
     import torch  # imported before "base" so the base RSS includes it
 
-    import geokit.metrics  # noqa: F401
+    import geokit.metrics
     import geokit.retrieval  # noqa: F401
 
     torch.randn(64, 64) @ torch.randn(64, 64)  # BLAS start-up is not part of any method
@@ -150,10 +159,13 @@ def child(method: str, folder: Path, chunk: int | None) -> dict:
     t0 = time.perf_counter()
     if method in ("geokit", "geokit-fp32"):
         from geokit.metrics import retrieval_metrics
-        res["metrics"] = retrieval_metrics(q, r, pos, chunk_size=chunk,
-                                           bf16_screen=False if method == "geokit-fp32" else None)
+
+        res["metrics"] = retrieval_metrics(
+            q, r, pos, chunk_size=chunk, bf16_screen=False if method == "geokit-fp32" else None
+        )
     elif method == "fp16":
         from geokit.metrics import retrieval_metrics
+
         q16, r16 = q.astype(np.float16), r.astype(np.float16)
         del q, r
         base = res["base_rss_mb"] = round(rss_mb())
@@ -163,9 +175,11 @@ def child(method: str, folder: Path, chunk: int | None) -> dict:
         res["metrics"] = dense_original(q, r, pos) if pos.ndim == 1 else dense_university(q, r, pos)
     elif method == "search":
         from geokit.retrieval import search
+
         _, gi = search(q, r, 10, chunk_size=chunk)
         res["geokit_s"] = time.perf_counter() - t0
         import faiss
+
         t1 = time.perf_counter()
         index = faiss.IndexFlatIP(r.shape[1])
         index.add(r)
@@ -188,10 +202,18 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=1024)
     ap.add_argument("--noise", type=float, default=7.5, help="query noise (relative norm)")
     ap.add_argument("--chunk", type=int, default=None)
-    ap.add_argument("--positives", type=int, default=1,
-                    help="true references per query (>1: University-1652 style, AP, dense = per-query argsort)")
-    ap.add_argument("--query-noise", type=float, default=4.0,
-                    help="with --positives > 1: query noise around its place's centre (4: easy, 8: hard)")
+    ap.add_argument(
+        "--positives",
+        type=int,
+        default=1,
+        help="true references per query (>1: University-1652 style, AP, dense = per-query argsort)",
+    )
+    ap.add_argument(
+        "--query-noise",
+        type=float,
+        default=4.0,
+        help="with --positives > 1: query noise around its place's centre (4: easy, 8: hard)",
+    )
     ap.add_argument("--dense", action="store_true", help="also run the dense original procedure")
     ap.add_argument("--faiss", action="store_true", help="also compare exact top-10 with faiss")
     ap.add_argument("--fp16", action="store_true", help="also run with float16 embeddings")
@@ -205,13 +227,23 @@ def main() -> None:
 
     import torch
 
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"{args.queries} x {args.references} x {args.dim}, load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"{args.queries} x {args.references} x {args.dim}, load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="geokit-bench-") as tmp:
         folder = Path(tmp)
-        make_data(folder, args.queries, args.references, args.dim, args.noise, positives=args.positives,
-                  query_noise=args.query_noise)
+        make_data(
+            folder,
+            args.queries,
+            args.references,
+            args.dim,
+            args.noise,
+            positives=args.positives,
+            query_noise=args.query_noise,
+        )
 
         def run(method: str, chunk: int | None = args.chunk) -> dict:
             cmd = [sys.executable, __file__, "--child", method, str(folder)]
@@ -225,27 +257,43 @@ def main() -> None:
         rate = run("matmul")["flops_per_s"]
         geo = min((run("geokit") for _ in range(args.repeat)), key=lambda x: x["seconds"])
         limit = 2 * args.queries * args.references * args.dim / rate
-        summary = {"matmul_gflops": round(rate / 1e9, 1), "limit_s": round(limit, 2),
-                   "geokit_s": round(geo["seconds"], 2), "geokit_over_limit": round(geo["seconds"] / limit, 3),
-                   "geokit_peak_minus_base_mb": geo["peak_minus_base_mb"]}
+        summary = {
+            "matmul_gflops": round(rate / 1e9, 1),
+            "limit_s": round(limit, 2),
+            "geokit_s": round(geo["seconds"], 2),
+            "geokit_over_limit": round(geo["seconds"] / limit, 3),
+            "geokit_peak_minus_base_mb": geo["peak_minus_base_mb"],
+        }
         fp32 = run("geokit-fp32")
-        summary.update(fp32_s=round(fp32["seconds"], 2), fp32_over_limit=round(fp32["seconds"] / limit, 3),
-                       fp32_peak_minus_base_mb=fp32["peak_minus_base_mb"],
-                       fp32_identical_metrics=fp32["metrics"] == geo["metrics"])
+        summary.update(
+            fp32_s=round(fp32["seconds"], 2),
+            fp32_over_limit=round(fp32["seconds"] / limit, 3),
+            fp32_peak_minus_base_mb=fp32["peak_minus_base_mb"],
+            fp32_identical_metrics=fp32["metrics"] == geo["metrics"],
+        )
         if args.dense:
             dense = run("dense")
-            summary.update(dense_s=round(dense["seconds"], 2), dense_peak_minus_base_mb=dense["peak_minus_base_mb"],
-                           speedup=round(dense["seconds"] / geo["seconds"], 2),
-                           identical_metrics=dense["metrics"] == geo["metrics"],
-                           max_metric_difference=max(abs(dense["metrics"][k] - geo["metrics"][k]) for k in geo["metrics"]))
+            summary.update(
+                dense_s=round(dense["seconds"], 2),
+                dense_peak_minus_base_mb=dense["peak_minus_base_mb"],
+                speedup=round(dense["seconds"] / geo["seconds"], 2),
+                identical_metrics=dense["metrics"] == geo["metrics"],
+                max_metric_difference=max(abs(dense["metrics"][k] - geo["metrics"][k]) for k in geo["metrics"]),
+            )
         if args.fp16:
             half = run("fp16")
-            summary["fp16_metric_change"] = {k: round(half["metrics"][k] - geo["metrics"][k], 4)
-                                             for k in geo["metrics"] if k.startswith(("R@", "AP"))}
+            summary["fp16_metric_change"] = {
+                k: round(half["metrics"][k] - geo["metrics"][k], 4)
+                for k in geo["metrics"]
+                if k.startswith(("R@", "AP"))
+            }
         if args.faiss:
             s = run("search")
-            summary.update(search_geokit_s=round(s["geokit_s"], 2), search_faiss_s=round(s["faiss_s"], 2),
-                           search_top10_set_agree=s["top10_set_agree"])
+            summary.update(
+                search_geokit_s=round(s["geokit_s"], 2),
+                search_faiss_s=round(s["faiss_s"], 2),
+                search_top10_set_agree=s["top10_set_agree"],
+            )
         for c in filter(None, args.chunks.split(",")):
             res = run("geokit", int(c))
             summary[f"geokit_s_chunk_{c}"] = round(res["seconds"], 2)

@@ -11,6 +11,7 @@ median error, share within 25 m, and how often each is more than 50 m worse than
 
     GEOKIT_CACHE=... .venv/bin/python benchmarks/retrieval_locate_synthetic.py --run runs/demo
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,11 @@ def compare_consensus(results, truth_gps, ks=(5, 10), radii=(50.0, 100.0)):
     e_top1 = haversine_m(top1[:, 0], top1[:, 1], truth_gps[:, 0], truth_gps[:, 1])
 
     def stats(err):
-        return {"n": int(len(err)), "median_m": round(float(np.median(err)), 1) if len(err) else None,
-                "within_25m_%": round(100 * float(np.mean(err <= 25)), 1) if len(err) else None}
+        return {
+            "n": int(len(err)),
+            "median_m": round(float(np.median(err)), 1) if len(err) else None,
+            "within_25m_%": round(100 * float(np.mean(err <= 25)), 1) if len(err) else None,
+        }
 
     rows = []
     for k in ks:
@@ -71,9 +75,12 @@ def compare_consensus(results, truth_gps, ks=(5, 10), radii=(50.0, 100.0)):
             for name, got in (("consensus", new), ("largest_group_centre", old)):
                 idx = np.array([i for i, _ in got], dtype=int)
                 err = np.array([e for _, e in got])
-                row[name] = {**stats(err), "reported_%": round(100 * len(got) / len(results), 1),
-                             "top1_on_same_photos": stats(e_top1[idx]),
-                             "worse_than_top1_by_50m": int(np.sum(err > e_top1[idx] + 50))}
+                row[name] = {
+                    **stats(err),
+                    "reported_%": round(100 * len(got) / len(results), 1),
+                    "top1_on_same_photos": stats(e_top1[idx]),
+                    "worse_than_top1_by_50m": int(np.sum(err > e_top1[idx] + 50)),
+                }
             idx = np.array([i for i, _ in new], dtype=int)
             rest = np.setdiff1d(np.arange(len(results)), idx)
             row["top1_without_consensus"] = stats(e_top1[rest])
@@ -113,10 +120,17 @@ def main() -> None:
     truth = np.asarray(positives)[: len(photos)]
     top1 = np.mean([r.best.index == t for r, t in zip(results, truth)])
     top10 = np.mean([t in [c.index for c in r.candidates] for r, t in zip(results, truth)])
-    out = {"run": str(run), "index": args.type, "references": len(refs.paths), "photos": len(photos),
-           "true_tile_first_%": round(100 * top1, 2), "true_tile_in_top10_%": round(100 * top10, 2),
-           "consensus_%": round(100 * np.mean([r.consensus is not None for r in results]), 1),
-           "build_s": round(t_build, 1), "locate_ms_per_photo": round(1000 * t_locate / len(photos), 2)}
+    out = {
+        "run": str(run),
+        "index": args.type,
+        "references": len(refs.paths),
+        "photos": len(photos),
+        "true_tile_first_%": round(100 * top1, 2),
+        "true_tile_in_top10_%": round(100 * top10, 2),
+        "consensus_%": round(100 * np.mean([r.consensus is not None for r in results]), 1),
+        "build_s": round(t_build, 1),
+        "locate_ms_per_photo": round(1000 * t_locate / len(photos), 2),
+    }
     if es.query_gps is not None:
         best = np.array([[r.best.lat, r.best.lon] for r in results], dtype=float)
         err = haversine_m(best[:, 0], best[:, 1], es.query_gps[: len(photos), 0], es.query_gps[: len(photos), 1])

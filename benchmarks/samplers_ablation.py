@@ -16,6 +16,7 @@ so other people's jobs can interleave between runs and every timing is clean.
 Results are appended to ``OUT/results.jsonl`` (a finished run is skipped when re-run) and a
 markdown table is printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,18 @@ SAMPLERS: dict[str, list[str]] = {
     "gps_half": ["sampler.name=gps", "sampler.hard_fraction=0.5"],
     "gps_dss_half": ["sampler.name=dss", "sampler.every=4", "sampler.hard_fraction=0.5"],
     "random_dss": ["sampler.name=dss", "sampler.every=4", "sampler.warm_start=random"],
-    "random_dss_half": ["sampler.name=dss", "sampler.every=4", "sampler.warm_start=random",
-                        "sampler.hard_fraction=0.5"],
-    "random_dss_late": ["sampler.name=dss", "sampler.every=6", "sampler.warm_start=random",
-                        "sampler.hard_fraction=0.5"],
+    "random_dss_half": [
+        "sampler.name=dss",
+        "sampler.every=4",
+        "sampler.warm_start=random",
+        "sampler.hard_fraction=0.5",
+    ],
+    "random_dss_late": [
+        "sampler.name=dss",
+        "sampler.every=6",
+        "sampler.warm_start=random",
+        "sampler.hard_fraction=0.5",
+    ],
     "gps_small": ["sampler.name=gps", "sampler.select=4", "sampler.range=16"],
     "gps_deep": ["sampler.name=gps", "sampler.select=8", "sampler.range=64", "sampler.hard_fraction=0.5"],
 }
@@ -53,8 +62,18 @@ CONDITIONS: dict[str, list[str]] = {
     "separate": ["encoder.shared=false"],  # one ConvNeXt branch per view (Sample4Geo's ablation)
     "fov90": ["transforms=[{name: limited_fov, fov: 90}]"],  # a 90° window at an unknown azimuth
 }
-METRICS = ("R@1", "R@5", "R@10", "R@1%", "median_error_m", "within_25m", "within_50m", "within_100m",
-           "queries", "references")
+METRICS = (
+    "R@1",
+    "R@5",
+    "R@10",
+    "R@1%",
+    "median_error_m",
+    "within_25m",
+    "within_50m",
+    "within_100m",
+    "queries",
+    "references",
+)
 
 
 def run(cmd: list[str], log: Path) -> None:
@@ -74,8 +93,11 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.jsonl"
-    done = {(r["condition"], r["seed"]) for r in map(json.loads, results.read_text().splitlines())} \
-        if results.exists() else set()
+    done = (
+        {(r["condition"], r["seed"]) for r in map(json.loads, results.read_text().splitlines())}
+        if results.exists()
+        else set()
+    )
     for cond in args.conditions:
         for seed in args.seeds:
             if (cond, seed) in done:
@@ -92,8 +114,21 @@ def main() -> None:
             row = {"condition": cond, "seed": seed, "sets": sets, "train_seconds": round(seconds, 1)}
             for split in ("val", "test"):
                 out = d / f"eval-{split}.json"
-                run([GEOKIT, "evaluate", "--config", str(d / "config.yaml"), "--checkpoint", str(d / "model.safetensors"),
-                     "--set", f"eval.split={split}", "--output", str(out)], d.with_suffix(".log"))
+                run(
+                    [
+                        GEOKIT,
+                        "evaluate",
+                        "--config",
+                        str(d / "config.yaml"),
+                        "--checkpoint",
+                        str(d / "model.safetensors"),
+                        "--set",
+                        f"eval.split={split}",
+                        "--output",
+                        str(out),
+                    ],
+                    d.with_suffix(".log"),
+                )
                 m = json.loads(out.read_text())
                 row[split] = {k: m[k] for k in METRICS if k in m}
             lock.close()  # releases the lock
@@ -110,19 +145,25 @@ def table(results: Path) -> None:
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r["condition"], []).append(r)
-    print("| condition | seeds | train s | val R@1 | test R@1 | test R@5 | test R@1% | test median error m "
-          "| per seed test R@1 |")
+    print(
+        "| condition | seeds | train s | val R@1 | test R@1 | test R@5 | test R@1% | test median error m "
+        "| per seed test R@1 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for cond, rs in by.items():
+
         def mean(split: str, k: str) -> str:
             v = [r[split][k] for r in rs if k in r[split]]
             if not v:
                 return "–"
             return f"{st.mean(v):.1f}" + (f" ± {st.stdev(v):.1f}" if len(v) > 1 else "")
-        print(f"| {cond} | {len(rs)} | {st.mean(r['train_seconds'] for r in rs):.0f} | {mean('val', 'R@1')} | "
-              f"{mean('test', 'R@1')} | {mean('test', 'R@5')} | {mean('test', 'R@1%')} | "
-              f"{mean('test', 'median_error_m')} | "
-              f"{', '.join(format(r['test']['R@1'], '.1f') for r in rs)} |")
+
+        print(
+            f"| {cond} | {len(rs)} | {st.mean(r['train_seconds'] for r in rs):.0f} | {mean('val', 'R@1')} | "
+            f"{mean('test', 'R@1')} | {mean('test', 'R@5')} | {mean('test', 'R@1%')} | "
+            f"{mean('test', 'median_error_m')} | "
+            f"{', '.join(format(r['test']['R@1'], '.1f') for r in rs)} |"
+        )
 
 
 if __name__ == "__main__":

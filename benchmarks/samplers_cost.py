@@ -16,6 +16,7 @@ Cases (NAME:N, dss_stream also NAME:N:CHUNK):
   geokit_plugins.neighbour_batches vs a straightforward list.pop(0) builder (§4b of the notes)
 - precision: faiss (float32) vs kdtree (float64) neighbour agreement for points in a 5 km box
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,19 @@ import time
 
 import numpy as np
 
-DEFAULT = ["gps_kdtree:35532", "gps_kdtree:1000000", "gps_faiss:35532", "gps_dense:10000", "gps_dense:35532",
-           "dss_stream:35532", "dss_dense:35532", "build_ours:100000", "build_pop0:100000",
-           "build_ours:1000000", "precision:35532"]
+DEFAULT = [
+    "gps_kdtree:35532",
+    "gps_kdtree:1000000",
+    "gps_faiss:35532",
+    "gps_dense:10000",
+    "gps_dense:35532",
+    "dss_stream:35532",
+    "dss_dense:35532",
+    "build_ours:100000",
+    "build_pop0:100000",
+    "build_ours:1000000",
+    "precision:35532",
+]
 
 
 def reset_peak() -> int:
@@ -65,15 +76,18 @@ def dense_haversine_topk(latlon: np.ndarray, k: int) -> np.ndarray:
     dist = np.empty((n, n), dtype=np.float64)
     for s in range(0, n, 512):  # row blocks: only the matrix itself is N×N
         e = min(s + 512, n)
-        h = (np.sin((lat[None, :] - lat[s:e, None]) / 2) ** 2
-             + np.cos(lat[s:e, None]) * np.cos(lat[None, :]) * np.sin((lon[None, :] - lon[s:e, None]) / 2) ** 2)
+        h = (
+            np.sin((lat[None, :] - lat[s:e, None]) / 2) ** 2
+            + np.cos(lat[s:e, None]) * np.cos(lat[None, :]) * np.sin((lon[None, :] - lon[s:e, None]) / 2) ** 2
+        )
         dist[s:e] = 2 * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
     np.fill_diagonal(dist, dist.max())
     return torch.topk(torch.from_numpy(dist), k, dim=1, largest=False).indices.numpy()
 
 
-def list_pop0_builder(neighbours: dict[int, list[int]], n: int, batch_size: int, select: int, range_: int,
-                      seed: int) -> list[list[int]]:
+def list_pop0_builder(
+    neighbours: dict[int, list[int]], n: int, batch_size: int, select: int, range_: int, seed: int
+) -> list[list[int]]:
     """A straightforward builder in the style of the original: one id per pair (CVUSA-like)."""
     rnd = random.Random(seed)
     table = copy.deepcopy(neighbours)  # the original copies its neighbour dict every epoch
@@ -112,7 +126,7 @@ def list_pop0_builder(neighbours: dict[int, list[int]], n: int, batch_size: int,
 def run_case(name: str, n: int, chunk: int | None = None) -> dict:
     import faiss  # noqa: F401  (imports outside the timed and measured part)
     import scipy.spatial  # noqa: F401
-    import torch  # noqa: F401
+    import torch
 
     from geokit.data import TrainSet
 
@@ -125,25 +139,30 @@ def run_case(name: str, n: int, chunk: int | None = None) -> dict:
             table = dense_haversine_topk(pts, 128)
         else:
             from geokit_plugins.gps import gps_neighbours
+
             table = gps_neighbours(pts, 128, backend=name[4:])
         out["seconds"] = time.perf_counter() - t
         out["shape"] = list(table.shape)
     elif name.startswith("dss_"):
         import torch
+
         rng = np.random.default_rng(0)
         ref = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((n, 1024), dtype=np.float32)), dim=1)
-        qry = torch.nn.functional.normalize(ref + 0.5 * torch.from_numpy(rng.standard_normal((n, 1024), dtype=np.float32)), dim=1)
+        qry = torch.nn.functional.normalize(
+            ref + 0.5 * torch.from_numpy(rng.standard_normal((n, 1024), dtype=np.float32)), dim=1
+        )
         pair_ref = np.arange(n)
         base = reset_peak()
         t = time.perf_counter()
         if name == "dss_stream":
             from geokit_plugins.dss import mine_neighbours
+
             table = mine_neighbours(qry, ref, pair_ref, 128, chunk_size=chunk)
             out["chunk"] = chunk or "auto"
         else:
             sim = torch.empty((n, n), dtype=torch.float32)
             for s in range(0, n, 1000):  # the original: 1000-row chunks into one dense matrix
-                sim[s:s + 1000] = qry[s:s + 1000] @ ref.t()
+                sim[s : s + 1000] = qry[s : s + 1000] @ ref.t()
             top = torch.topk(sim, 129, dim=1).indices.numpy()
             drop = top == pair_ref[:, None]
             keep = np.argsort(drop, axis=1, kind="stable")[:, :128]
@@ -153,6 +172,7 @@ def run_case(name: str, n: int, chunk: int | None = None) -> dict:
     elif name.startswith("build_"):
         from geokit_plugins.gps import gps_neighbours
         from geokit_plugins.neighbour_batches import build_neighbour_batches
+
         pts = us_points(n)
         table = gps_neighbours(pts, 128)
         train = TrainSet([""] * n, [""] * n, np.arange(n))
@@ -160,8 +180,9 @@ def run_case(name: str, n: int, chunk: int | None = None) -> dict:
         base = reset_peak()
         t = time.perf_counter()
         if name == "build_ours":
-            b = build_neighbour_batches(train, 128, table, np.random.default_rng(0), key_of_pair=train.pair_reference,
-                                        select=64, range_=128)
+            b = build_neighbour_batches(
+                train, 128, table, np.random.default_rng(0), key_of_pair=train.pair_reference, select=64, range_=128
+            )
             placed = sum(len(x) for x in b)
         else:
             b = list_pop0_builder(as_dict, n, 128, 64, 128, seed=0)
@@ -170,6 +191,7 @@ def run_case(name: str, n: int, chunk: int | None = None) -> dict:
         out["batches"], out["pairs_placed"] = len(b), placed
     elif name == "precision":
         from geokit_plugins.gps import gps_neighbours
+
         pts = us_points(n, box=(40.70, 40.745, -74.03, -73.97))  # ~5 km box in Manhattan
         base = reset_peak()
         a = gps_neighbours(pts, 10, backend="kdtree")
@@ -195,8 +217,11 @@ def main() -> None:
         return
     for case in args.cases:
         proc = subprocess.run([sys.executable, __file__, "--one", case], capture_output=True, text=True)
-        line = proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else \
-            json.dumps({"case": case, "error": (proc.stderr or "").strip().splitlines()[-1:]})
+        line = (
+            proc.stdout.strip().splitlines()[-1]
+            if proc.returncode == 0 and proc.stdout.strip()
+            else json.dumps({"case": case, "error": (proc.stderr or "").strip().splitlines()[-1:]})
+        )
         print(line, flush=True)
 
 

@@ -22,6 +22,7 @@ the batches of one epoch.
 
 ``tests/test_fidelity.py`` imports the helpers below and pins smaller versions of both.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,10 @@ if str(ROOT) not in sys.path:
 
 # ------------------------------------------------------------------------------ the released builder
 
-def released_batches(pair_ref: np.ndarray, table: np.ndarray, batch_size: int, select: int, range_: int,
-                     seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+
+def released_batches(
+    pair_ref: np.ndarray, table: np.ndarray, batch_size: int, select: int, range_: int, seed: int
+) -> tuple[list[np.ndarray], np.ndarray]:
     """The released builder, from its description (sample4geo.md §4b), for one epoch.
 
     Units are training pairs; ``table`` rows are per *reference* (GPS) — for per-pair lists pass
@@ -101,15 +104,17 @@ def released_batches(pair_ref: np.ndarray, table: np.ndarray, batch_size: int, s
 
 # ------------------------------------------------------------------------------ statistics
 
+
 def anchors_per_batch(batches: list[np.ndarray], anchor: np.ndarray) -> float:
     return float(np.mean([anchor[b].sum() for b in batches]))
 
 
-def mates_in_own_list(batches: list[np.ndarray], pair_ref: np.ndarray, table: np.ndarray, depth: int = 128,
-                      tail: float = 1.0) -> float:
+def mates_in_own_list(
+    batches: list[np.ndarray], pair_ref: np.ndarray, table: np.ndarray, depth: int = 128, tail: float = 1.0
+) -> float:
     """Mean over batch items of how many batch-mates have a reference in the item's own
     top-``depth`` list; ``tail`` < 1 uses only the last share of the epoch's batches."""
-    use = batches[int(len(batches) * (1 - tail)):] if tail < 1 else batches
+    use = batches[int(len(batches) * (1 - tail)) :] if tail < 1 else batches
     counts = []
     for b in use:
         refs = pair_ref[b]
@@ -130,6 +135,7 @@ def semi_positive_share(batches: list[np.ndarray], pair_ref: np.ndarray, semi_re
 
 
 # ------------------------------------------------------------------------------ worlds
+
 
 def us_points(n: int, seed: int = 0) -> np.ndarray:
     """``n`` points uniform in the contiguous-US box (as in benchmarks/samplers_cost.py)."""
@@ -178,8 +184,13 @@ def vigor_train_set(world: dict, semi_positive_conflicts: bool):
     from geokit_plugins.vigor import train_set_from_labels
 
     n_tiles = len(world["gps"])
-    return train_set_from_labels([f"p{i}" for i in range(len(world["labels"]))], [f"t{j}" for j in range(n_tiles)],
-                                 world["labels"], world["gps"], semi_positive_conflicts=semi_positive_conflicts)
+    return train_set_from_labels(
+        [f"p{i}" for i in range(len(world["labels"]))],
+        [f"t{j}" for j in range(n_tiles)],
+        world["labels"],
+        world["gps"],
+        semi_positive_conflicts=semi_positive_conflicts,
+    )
 
 
 def semi_refs_of(train, labels: np.ndarray) -> np.ndarray:
@@ -194,14 +205,24 @@ def semi_refs_of(train, labels: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ runs
 
-def geokit_batches(train, table, key_of_pair, seed: int, walk: str, batch_size: int = 128, select: int = 64,
-                   range_: int = 128) -> tuple[list[np.ndarray], np.ndarray]:
+
+def geokit_batches(
+    train, table, key_of_pair, seed: int, walk: str, batch_size: int = 128, select: int = 64, range_: int = 128
+) -> tuple[list[np.ndarray], np.ndarray]:
     from geokit_plugins.neighbour_batches import build_neighbour_batches
 
     stats: dict = {}
-    batches = build_neighbour_batches(train, batch_size, table, np.random.default_rng([seed, 1]),
-                                      key_of_pair=key_of_pair, select=select, range_=range_, walk=walk,
-                                      stats=stats)
+    batches = build_neighbour_batches(
+        train,
+        batch_size,
+        table,
+        np.random.default_rng([seed, 1]),
+        key_of_pair=key_of_pair,
+        select=select,
+        range_=range_,
+        walk=walk,
+        stats=stats,
+    )
     return batches, stats["anchor"]
 
 
@@ -211,8 +232,10 @@ def walk_part(n: int, epochs: int) -> list[dict]:
 
     rows = []
     train = TrainSet([""] * n, [""] * n, np.arange(n))
-    for lists, table in (("GPS", gps_neighbours(us_points(n), 128).astype(np.int64)),
-                         ("DSS-like", dss_like_table(n, 128))):
+    for lists, table in (
+        ("GPS", gps_neighbours(us_points(n), 128).astype(np.int64)),
+        ("DSS-like", dss_like_table(n, 128)),
+    ):
         for method in ("released", "skip", "prefilter"):
             a, m, late, secs = [], [], [], []
             for seed in range(epochs):
@@ -225,9 +248,16 @@ def walk_part(n: int, epochs: int) -> list[dict]:
                 a.append(anchors_per_batch(batches, anchor))
                 m.append(mates_in_own_list(batches, np.arange(n), table))
                 late.append(mates_in_own_list(batches, np.arange(n), table, tail=0.1))
-            rows.append({"lists": lists, "method": method, "anchors/batch": np.mean(a),
-                         "mates in own top-128": np.mean(m), "same, last 10 %": np.mean(late),
-                         "s/epoch": np.median(secs)})
+            rows.append(
+                {
+                    "lists": lists,
+                    "method": method,
+                    "anchors/batch": np.mean(a),
+                    "mates in own top-128": np.mean(m),
+                    "same, last 10 %": np.mean(late),
+                    "s/epoch": np.median(secs),
+                }
+            )
     return rows
 
 
@@ -249,9 +279,16 @@ def vigor_part(side: int, epochs: int) -> list[dict]:
             share.append(semi_positive_share(batches, train.pair_reference, semi))
             dropped.append(len(train) - sum(map(len, batches)))
             mates.append(mates_in_own_list(batches, train.pair_reference, table))
-        rows.append({"method": method, "pairs": len(train), "references": len(train.reference_paths),
-                     "items with a semi-positive in batch": np.mean(share), "pairs dropped/epoch": np.mean(dropped),
-                     "GPS mates in own top-128": np.mean(mates)})
+        rows.append(
+            {
+                "method": method,
+                "pairs": len(train),
+                "references": len(train.reference_paths),
+                "items with a semi-positive in batch": np.mean(share),
+                "pairs dropped/epoch": np.mean(dropped),
+                "GPS mates in own top-128": np.mean(mates),
+            }
+        )
     return rows
 
 
@@ -275,8 +312,10 @@ def main() -> None:
         show(walk_part(args.n, args.epochs))
         print()
     if "vigor" in args.parts:
-        print(f"## vigor: {args.side}x{args.side} tiles, GPS lists, batch 128, select 64, range 128, "
-              f"{args.epochs} epochs\n")
+        print(
+            f"## vigor: {args.side}x{args.side} tiles, GPS lists, batch 128, select 64, range 128, "
+            f"{args.epochs} epochs\n"
+        )
         show(vigor_part(args.side, args.epochs))
 
 

@@ -6,6 +6,7 @@
 ``--fresh-cache`` points GEOKIT_CACHE at an empty temporary folder, so the time includes
 generating the world (what a new user's first run costs). Prints the demo's summary and a JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,10 +46,17 @@ def main() -> None:
         sys.exit(proc.returncode)
     metrics = json.loads((out / "metrics.json").read_text())
     hist = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    print(json.dumps({"wall_s": round(wall, 1), "metrics": metrics,
-                      "val_R@1_per_epoch": [h.get("eval/R@1") for h in hist],
-                      "train_seconds_per_epoch": [h.get("seconds") for h in hist],
-                      "command": " ".join(cmd[1:])}))
+    print(
+        json.dumps(
+            {
+                "wall_s": round(wall, 1),
+                "metrics": metrics,
+                "val_R@1_per_epoch": [h.get("eval/R@1") for h in hist],
+                "train_seconds_per_epoch": [h.get("seconds") for h in hist],
+                "command": " ".join(cmd[1:]),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 Generates into a fresh temporary cache (never reuses one) with the demo config's dataset options,
 plus overrides, and prints one JSON line: counts, seconds per stage and in total.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,18 @@ def main() -> None:
         wall = time.perf_counter() - t0
         record = json.loads((Path(folder) / "world.json").read_text())
         size_mb = sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 1e6
-    print(json.dumps({"wall_s": round(wall, 2), "counts": record["counts"],
-                      "locations": sum(record["counts"].values()), "seconds": record["seconds"],
-                      "disk_mb": round(size_mb, 1), "params": record["params"]}))
+    print(
+        json.dumps(
+            {
+                "wall_s": round(wall, 2),
+                "counts": record["counts"],
+                "locations": sum(record["counts"].values()),
+                "seconds": record["seconds"],
+                "disk_mb": round(size_mb, 1),
+                "params": record["params"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

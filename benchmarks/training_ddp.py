@@ -8,6 +8,7 @@ The single process uses 2 torch threads; each rank uses 1 (2 cores in all, torch
 
     flock /tmp/geokit-cpu.lock .venv/bin/python benchmarks/training_ddp.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,22 +41,26 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="geokit-ddp-"))
     root = make_pairs_dataset(tmp / "data", n_train=args.pairs, n_test=16, size=args.size)
     s = args.size
-    cfg = tiny_config(root, dataset={"query_size": [s, s], "reference_size": [s, s]},
-                      train={"epochs": args.epochs, "batch_size": args.batch, "log_every": 1})
+    cfg = tiny_config(
+        root,
+        dataset={"query_size": [s, s], "reference_size": [s, s]},
+        train={"epochs": args.epochs, "batch_size": args.batch, "log_every": 1},
+    )
     cfg_path = tmp / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     exe = [sys.executable]
     runs = {
         "1 process, 2 threads": exe + ["-m", "geokit", "train", "--set", "train.threads=2"],
-        "2 gloo ranks, 1 thread each": exe + ["-m", "torch.distributed.run", "--standalone",
-                                              "--nproc_per_node", "2", "-m", "geokit", "train"],
+        "2 gloo ranks, 1 thread each": exe
+        + ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "geokit", "train"],
     }
     out = {}
     for name, cmd in runs.items():
         folder = tmp / name.split()[0]
         t = time.perf_counter()
-        proc = subprocess.run(cmd + ["--config", str(cfg_path), "--output", str(folder)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            cmd + ["--config", str(cfg_path), "--output", str(folder)], capture_output=True, text=True
+        )
         wall = time.perf_counter() - t
         if proc.returncode != 0:
             raise SystemExit(proc.stdout[-2000:] + proc.stderr[-2000:])
@@ -70,15 +75,32 @@ def main() -> None:
     lb = torch.tensor([r["loss"] for r in b["steps"]], dtype=torch.float64)
     wa, wb = load_file(a["folder"] / "model.safetensors"), load_file(b["folder"] / "model.safetensors")
     wdiff = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
-    print(f"convnext_atto {s}px, {args.pairs} pairs, global batch {args.batch}, {args.epochs} epochs "
-          f"({len(la)} steps), torch {torch.__version__}")
-    print(json.dumps({"steps_compared": len(la), "max_abs_loss_diff": float((la - lb).abs().max()),
-                      "max_rel_loss_diff": float(((la - lb).abs() / la.abs()).max()),
-                      "max_abs_weight_diff": wdiff}))
+    print(
+        f"convnext_atto {s}px, {args.pairs} pairs, global batch {args.batch}, {args.epochs} epochs "
+        f"({len(la)} steps), torch {torch.__version__}"
+    )
+    print(
+        json.dumps(
+            {
+                "steps_compared": len(la),
+                "max_abs_loss_diff": float((la - lb).abs().max()),
+                "max_rel_loss_diff": float(((la - lb).abs() / la.abs()).max()),
+                "max_abs_weight_diff": wdiff,
+            }
+        )
+    )
     for name, r in out.items():
         last = r["rows"][-1]
-        print(json.dumps({"run": name, "last_epoch_images_per_s": last["images_per_s"],
-                          "last_epoch_seconds": last["seconds"], "wall_s": round(r["wall"], 1)}))
+        print(
+            json.dumps(
+                {
+                    "run": name,
+                    "last_epoch_images_per_s": last["images_per_s"],
+                    "last_epoch_seconds": last["seconds"],
+                    "wall_s": round(r["wall"], 1),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

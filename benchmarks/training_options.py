@@ -8,6 +8,7 @@ rounds is reported.
 
     flock /tmp/geokit-cpu.lock .venv/bin/python benchmarks/training_options.py [--rounds 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,12 @@ def main() -> None:
 
     device = torch.device("cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, AVX512_BF16/AMX: {cpu_has_bf16()}")
-    options = {"fp32": (False, False), "bf16": (True, False), "channels_last": (False, True),
-               "bf16+channels_last": (True, True)}
+    options = {
+        "fp32": (False, False),
+        "bf16": (True, False),
+        "channels_last": (False, True),
+        "bf16+channels_last": (True, True),
+    }
     results = []
     for model in args.models.split(","):
         for size in (int(s) for s in args.sizes.split(",")):
@@ -75,10 +80,15 @@ def main() -> None:
             base = runs["fp32"]
             for name, run in runs.items():
                 tr, em = statistics.median(run["train"]), statistics.median(run["embed"])
-                row = dict(model=model, size=size, option=name, train_img_s=round(tr, 1),
-                           embed_img_s=round(em, 1),
-                           train_speedup=round(tr / statistics.median(base["train"]), 2),
-                           embed_speedup=round(em / statistics.median(base["embed"]), 2))
+                row = dict(
+                    model=model,
+                    size=size,
+                    option=name,
+                    train_img_s=round(tr, 1),
+                    embed_img_s=round(em, 1),
+                    train_speedup=round(tr / statistics.median(base["train"]), 2),
+                    embed_speedup=round(em / statistics.median(base["embed"]), 2),
+                )
                 results.append(row)
                 print(json.dumps(row), flush=True)
     if args.json:

@@ -23,6 +23,7 @@ Rounds are interleaved so that load from other processes hits all alike; medians
 
     flock /tmp/geokit-cpu.lock .venv/bin/python benchmarks/training_overhead.py [--rounds 5] [--glibc-default]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,7 +63,6 @@ def main() -> None:
     import geokit.training as T
     from geokit.config import resolve
     from geokit.data import CrossViewDataset, TrainSet
-    from geokit.model import build
     from geokit.registry import create
     from geokit.runtime import keep_freed_memory, log
     from geokit.testing import tiny_config
@@ -83,16 +83,23 @@ def main() -> None:
         def load_image(self, path: str, _size: tuple[int, int]) -> np.ndarray:
             return images[int(path[1:]) + (n if path[0] == "r" else 0)]
 
-    cfg = resolve(tiny_config(Path("unused"), encoder={"model": args.model},
-                              train={"epochs": 2, "batch_size": pairs, "warmup_epochs": 0.0, "lr": 1e-4,
-                                     "log_every": 10**6}))
-    mean, std = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1), torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+    cfg = resolve(
+        tiny_config(
+            Path("unused"),
+            encoder={"model": args.model},
+            train={"epochs": 2, "batch_size": pairs, "warmup_epochs": 0.0, "lr": 1e-4, "log_every": 10**6},
+        )
+    )
+    mean, std = (
+        torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1),
+        torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1),
+    )
     # The epoch's batches, decoded and normalised in advance: bare and trainstep loop over the
     # same 10 batches (a loop over one fixed batch measured a few % faster: its inputs stay hot).
     order = np.random.default_rng(0).permutation(n)
     batches = []
     for k in range(steps):
-        idx = order[k * pairs:(k + 1) * pairs]
+        idx = order[k * pairs : (k + 1) * pairs]
         q = (torch.from_numpy(images[idx]).permute(0, 3, 1, 2).float() / 255 - mean) / std
         r = (torch.from_numpy(images[n + idx]).permute(0, 3, 1, 2).float() / 255 - mean) / std
         batches.append((q.contiguous(), r.contiguous()))
@@ -119,8 +126,10 @@ def main() -> None:
             qn, rn = F.normalize(qe, dim=-1), F.normalize(re_, dim=-1)
             logits = loss_b.logit_scale.exp() * qn @ rn.t()
             target = torch.arange(len(qn))
-            value = 0.5 * (F.cross_entropy(logits, target, label_smoothing=0.1)
-                           + F.cross_entropy(logits.t(), target, label_smoothing=0.1))
+            value = 0.5 * (
+                F.cross_entropy(logits, target, label_smoothing=0.1)
+                + F.cross_entropy(logits.t(), target, label_smoothing=0.1)
+            )
             value.backward()
             torch.nn.utils.clip_grad_value_(params_b, 100.0)
             opt_b.step()
@@ -184,16 +193,25 @@ def main() -> None:
             times[name].append(sec)
             faults[name].append(flt)
     base, base_fresh = statistics.median(times["bare"]), statistics.median(times["bare_fresh"])
-    print(f"{args.model} {size}px, {pairs} pairs/step, {steps} steps x {args.rounds} rounds, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"malloc {'tuned (keep_freed_memory)' if tuned else 'glibc defaults'}")
+    print(
+        f"{args.model} {size}px, {pairs} pairs/step, {steps} steps x {args.rounds} rounds, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"malloc {'tuned (keep_freed_memory)' if tuned else 'glibc defaults'}"
+    )
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(json.dumps({"loop": name, "ms_per_step_median": round(1000 * med, 1),
-                          "ms_all": [round(1000 * t, 1) for t in ts],
-                          "overhead_vs_bare_pct": round(100 * (med / base - 1), 1),
-                          "vs_bare_fresh_pct": round(100 * (med / base_fresh - 1), 1),
-                          "minor_faults_per_step_median": round(statistics.median(faults[name]))}))
+        print(
+            json.dumps(
+                {
+                    "loop": name,
+                    "ms_per_step_median": round(1000 * med, 1),
+                    "ms_all": [round(1000 * t, 1) for t in ts],
+                    "overhead_vs_bare_pct": round(100 * (med / base - 1), 1),
+                    "vs_bare_fresh_pct": round(100 * (med / base_fresh - 1), 1),
+                    "minor_faults_per_step_median": round(statistics.median(faults[name])),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

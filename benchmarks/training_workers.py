@@ -6,6 +6,7 @@ started; checkpoint writing excluded).
 
     flock /tmp/geokit-cpu.lock .venv/bin/python benchmarks/training_workers.py [--size 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,13 +45,20 @@ def main() -> None:
     results: dict[int, list[float]] = {int(w): [] for w in args.workers.split(",")}
     for _ in range(args.rounds):
         for w in results:
-            cfg = resolve(tiny_config(root, dataset={"query_size": [s, 4 * s], "reference_size": [s, s]},
-                                      train={"epochs": 2, "batch_size": args.batch, "workers": w}))
+            cfg = resolve(
+                tiny_config(
+                    root,
+                    dataset={"query_size": [s, 4 * s], "reference_size": [s, s]},
+                    train={"epochs": 2, "batch_size": args.batch, "workers": w},
+                )
+            )
             res = train(cfg, tmp / f"run{time.monotonic_ns()}", show=False)
             log.setLevel(logging.WARNING)
             results[w].append(res.history[-1]["images_per_s"])
-    print(f"convnext_atto, query {s}x{4 * s} + reference {s}x{s}, {args.batch} pairs/step, "
-          f"{args.pairs} pairs/epoch, augmentation on, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"convnext_atto, query {s}x{4 * s} + reference {s}x{s}, {args.batch} pairs/step, "
+        f"{args.pairs} pairs/epoch, augmentation on, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     for w, ips in results.items():
         print(json.dumps({"workers": w, "images_per_s_median": statistics.median(ips), "all": ips}))
 

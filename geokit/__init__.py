@@ -2,14 +2,15 @@
 
 Importing geokit is cheap (no torch): the engines are imported where they are used.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 __version__ = "0.1.0"
 
-from geokit.errors import GeokitError  # noqa: E402
-from geokit.hookspecs import hookimpl  # noqa: E402
+from geokit.errors import GeokitError
+from geokit.hookspecs import hookimpl
 
 __all__ = ["GeokitError", "Localizer", "__version__", "hookimpl"]
 

@@ -1,5 +1,6 @@
 """Calling plugin code with the optional arguments it declares (pluggy's rule for hooks:
 an implementation may accept fewer arguments than are offered)."""
+
 from __future__ import annotations
 
 import functools
@@ -14,8 +15,7 @@ def _accepted(fn: Callable[..., Any]) -> tuple[frozenset[str], bool]:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # builtins without a signature
         return frozenset(), False
-    names = frozenset(p.name for p in params
-                      if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    names = frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
     return names, any(p.kind is p.VAR_KEYWORD for p in params)
 
 

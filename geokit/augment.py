@@ -16,6 +16,7 @@ more of a CVUSA panorama (BENCHMARKS.md, "Sampler fidelity" → dropout).
 
 Panorama convention: column 0 looks north and azimuth grows clockwise (east at W/4).
 """
+
 from __future__ import annotations
 
 import os
@@ -58,8 +59,10 @@ def _released_grid_dropout(ratio: float) -> Any:
         class ReleasedGridDropout(A.GridDropout):
             def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
                 h, w = params["shape"][:2]
-                return {"holes": released_grid_holes(h, w, self.ratio),
-                        "seed": self.random_generator.integers(0, 2**32 - 1)}
+                return {
+                    "holes": released_grid_holes(h, w, self.ratio),
+                    "seed": self.random_generator.integers(0, 2**32 - 1),
+                }
 
         _RELEASED_GRID = ReleasedGridDropout
     return _RELEASED_GRID(ratio=ratio, p=1.0)
@@ -72,13 +75,15 @@ def dropout_choice(ratio: float, height: int, geometry: DropoutGeometry = "relea
 
     if geometry == "released":
         lo, hi = max(int(0.1 * height), 1), max(int(0.2 * height), 1)  # pixels, as the released code
-        return [_released_grid_dropout(ratio),
-                A.CoarseDropout(num_holes_range=(10, 25), hole_height_range=(lo, hi), hole_width_range=(lo, hi),
-                                p=1.0)]
+        return [
+            _released_grid_dropout(ratio),
+            A.CoarseDropout(num_holes_range=(10, 25), hole_height_range=(lo, hi), hole_width_range=(lo, hi), p=1.0),
+        ]
     if geometry == "relative":
-        return [A.GridDropout(ratio=ratio, p=1.0),
-                A.CoarseDropout(num_holes_range=(10, 25), hole_height_range=(0.1, 0.2),
-                                hole_width_range=(0.1, 0.2), p=1.0)]
+        return [
+            A.GridDropout(ratio=ratio, p=1.0),
+            A.CoarseDropout(num_holes_range=(10, 25), hole_height_range=(0.1, 0.2), hole_width_range=(0.1, 0.2), p=1.0),
+        ]
     raise ValueError(f"unknown dropout geometry {geometry!r}")
 
 
@@ -92,8 +97,7 @@ def rotate_pair(reference: np.ndarray, panorama: np.ndarray, k: int) -> tuple[np
 
 def flip_pair(reference: np.ndarray, panorama: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mirror east-west: the tile left-right, and the panorama azimuth θ -> -θ (column j -> W-j)."""
-    return (np.ascontiguousarray(reference[:, ::-1]),
-            np.ascontiguousarray(np.roll(panorama[:, ::-1], 1, axis=1)))
+    return (np.ascontiguousarray(reference[:, ::-1]), np.ascontiguousarray(np.roll(panorama[:, ::-1], 1, axis=1)))
 
 
 @dataclass(frozen=True)
@@ -126,16 +130,19 @@ class PairAugment:
         if pipe is None:
             import albumentations as A
 
-            pipe = self._cache[key] = A.Compose([
-                A.ImageCompression(quality_range=(90, 100), p=0.5),
-                A.ColorJitter(brightness=0.15, contrast=0.15, saturation=0.15, hue=0.15, p=0.5),
-                A.OneOf([A.AdvancedBlur(p=1.0), A.Sharpen(p=1.0)], p=0.3),
-                A.OneOf(dropout_choice(ratio, height, self.dropout_geometry), p=0.3),
-            ])
+            pipe = self._cache[key] = A.Compose(
+                [
+                    A.ImageCompression(quality_range=(90, 100), p=0.5),
+                    A.ColorJitter(brightness=0.15, contrast=0.15, saturation=0.15, hue=0.15, p=0.5),
+                    A.OneOf([A.AdvancedBlur(p=1.0), A.Sharpen(p=1.0)], p=0.3),
+                    A.OneOf(dropout_choice(ratio, height, self.dropout_geometry), p=0.3),
+                ]
+            )
         return pipe
 
-    def __call__(self, query: np.ndarray, reference: np.ndarray,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, query: np.ndarray, reference: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
         flip = self.geometry != "none" and rng.random() < self.flip_p
         k = int(rng.integers(1, 4)) if self.geometry != "none" and rng.random() < self.rotate_p else 0
         if flip:

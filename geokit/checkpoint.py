@@ -9,6 +9,7 @@
 Every file is written atomically (temporary file in the same folder, fsync, rename), so a crash
 or a full disk never leaves a half-written checkpoint behind.
 """
+
 from __future__ import annotations
 
 import json
@@ -80,8 +81,10 @@ def read_record(path: str | Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
     except Exception as exc:
-        raise GeokitError(f"{path} is not a readable safetensors file ({exc}); a geokit checkpoint "
-                          "is a .safetensors file written by 'geokit train'") from None
+        raise GeokitError(
+            f"{path} is not a readable safetensors file ({exc}); a geokit checkpoint "
+            "is a .safetensors file written by 'geokit train'"
+        ) from None
     if RECORD_KEY not in meta:
         raise GeokitError(f"{path} has no geokit record in its metadata: not a geokit checkpoint")
     try:
@@ -109,8 +112,10 @@ def validate_record(record: Mapping[str, Any], source: str) -> None:
     from geokit.registry import short_repr
 
     def bad(key: str, want: str) -> GeokitError:
-        return GeokitError(f"{source}: the checkpoint record's '{key}' is {short_repr(record[key])}; "
-                           f"expected {want}. The file is damaged or was not written by geokit.")
+        return GeokitError(
+            f"{source}: the checkpoint record's '{key}' is {short_repr(record[key])}; "
+            f"expected {want}. The file is damaged or was not written by geokit."
+        )
 
     def is_int(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
@@ -120,19 +125,28 @@ def validate_record(record: Mapping[str, Any], source: str) -> None:
 
     for key in ("query_size", "reference_size"):
         v = record.get(key)
-        if key in record and not (isinstance(v, (list, tuple)) and len(v) == 2
-                                  and all(is_int(x) and 1 <= x <= MAX_INPUT_SIDE for x in v)):
+        if key in record and not (
+            isinstance(v, (list, tuple)) and len(v) == 2 and all(is_int(x) and 1 <= x <= MAX_INPUT_SIDE for x in v)
+        ):
             raise bad(key, f"[height, width], each an integer from 1 to {MAX_INPUT_SIDE}")
+
     def triple(v: Any, positive: bool) -> bool:
-        return isinstance(v, (list, tuple)) and len(v) == 3 and all(
-            is_num(x) and abs(x) <= 1e3 and (x > 1e-6 if positive else True) for x in v)
+        return (
+            isinstance(v, (list, tuple))
+            and len(v) == 3
+            and all(is_num(x) and abs(x) <= 1e3 and (x > 1e-6 if positive else True) for x in v)
+        )
 
     for key, positive in (("mean", False), ("std", True)):
         v = record.get(key)
         per_view = isinstance(v, Mapping) and set(v) == {"query", "reference"}
-        if key in record and not (triple(v, positive) or per_view and all(triple(x, positive) for x in v.values())):
-            raise bad(key, "three finite numbers" + (" greater than 0" if positive else "")
-                      + ", or {'query': [...], 'reference': [...]} of them")
+        if key in record and not (triple(v, positive) or (per_view and all(triple(x, positive) for x in v.values()))):
+            raise bad(
+                key,
+                "three finite numbers"
+                + (" greater than 0" if positive else "")
+                + ", or {'query': [...], 'reference': [...]} of them",
+            )
     v = record.get("embedding_dim")
     if "embedding_dim" in record and not (is_int(v) and 1 <= v <= MAX_EMBEDDING_DIM):
         raise bad("embedding_dim", f"an integer from 1 to {MAX_EMBEDDING_DIM}")
@@ -160,8 +174,10 @@ def load_module_strict(module: Any, state: Mapping[str, Any], source: str) -> No
     unexpected = sorted(set(state) - set(own))
     bad_shape = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
     if missing or unexpected or bad_shape:
+
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+
         parts = []
         if missing:
             parts.append(f"{len(missing)} missing keys: {show(missing)}")
@@ -169,12 +185,16 @@ def load_module_strict(module: Any, state: Mapping[str, Any], source: str) -> No
             parts.append(f"{len(unexpected)} unexpected keys: {show(unexpected)}")
         if bad_shape:
             parts.append(f"{len(bad_shape)} keys with another shape: {show(bad_shape)}")
-        raise GeokitError(f"weights from {source} do not fit the model: " + "; ".join(parts)
-                          + ". Check that the config's encoder matches the one that was trained.")
+        raise GeokitError(
+            f"weights from {source} do not fit the model: "
+            + "; ".join(parts)
+            + ". Check that the config's encoder matches the one that was trained."
+        )
     module.load_state_dict(state, strict=True)
 
 
 # ------------------------------------------------------------------------------ resume state
+
 
 def _split(obj: Any, tensors: dict[str, Any], prefix: str) -> Any:
     """Replace tensors/arrays in a nested structure by references into ``tensors``."""
@@ -227,6 +247,7 @@ def save_state(path: str | Path, state: Mapping[str, Any]) -> None:
     skeleton = _split(dict(state), tensors, "")
     if not tensors:  # safetensors refuses an empty file
         import torch
+
         tensors["_"] = torch.zeros(0)
     meta = {"skeleton": json.dumps(skeleton)}
     atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
@@ -305,15 +326,20 @@ def normalise_state(obj: Any, source: str) -> ForeignWeights:
                 raise GeokitError(
                     f"{source}: unknown layout: a dict holding dicts ({_show_keys(nested)}) but none "
                     f"of {', '.join(_WRAPPER_KEYS)}; expected a state dict (name -> tensor), "
-                    "possibly under one of those keys")
+                    "possibly under one of those keys"
+                )
             bad = [f"{k} ({_describe(v)})" for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-            raise GeokitError(f"{source}: holds values that are not tensors: {_show_keys(bad)}; "
-                              "expected a state dict (name -> tensor)")
+            raise GeokitError(
+                f"{source}: holds values that are not tensors: {_show_keys(bad)}; "
+                "expected a state dict (name -> tensor)"
+            )
         steps.append(f"under '{inner}'")
         obj = obj[inner]
     if not isinstance(obj, Mapping):
-        raise GeokitError(f"{source}: unknown layout: the file holds a {_describe(obj)}, not a state "
-                          "dict (name -> tensor); save weights with torch.save(model.state_dict(), path)")
+        raise GeokitError(
+            f"{source}: unknown layout: the file holds a {_describe(obj)}, not a state "
+            "dict (name -> tensor); save weights with torch.save(model.state_dict(), path)"
+        )
     if not obj:
         raise GeokitError(f"{source}: the state dict is empty")
     bad_keys = [repr(k) for k in obj if not isinstance(k, str)]
@@ -322,19 +348,20 @@ def normalise_state(obj: Any, source: str) -> ForeignWeights:
     state: dict[str, Any] = dict(obj)
     extra: dict[str, Any] = {}
     if any(k.startswith("encoder.") for k in state) and all(k.startswith(("encoder.", "loss.")) for k in state):
-        extra = {k[len("loss."):]: v for k, v in state.items() if k.startswith("loss.")}
-        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        extra = {k[len("loss.") :]: v for k, v in state.items() if k.startswith("loss.")}
+        state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
         steps.append("geokit checkpoint (encoder.*, loss.*)")
     if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
         steps.append("DataParallel prefix 'module.'")
     if all(k.startswith("model.") or "." not in k for k in state) and any(k.startswith("model.") for k in state):
         loose = {k: v for k, v in state.items() if not k.startswith("model.")}
         if loose and extra:
-            raise GeokitError(f"{source}: unknown layout: top-level tensors {_show_keys(sorted(loose))} "
-                              "beside a geokit loss state")
+            raise GeokitError(
+                f"{source}: unknown layout: top-level tensors {_show_keys(sorted(loose))} beside a geokit loss state"
+            )
         extra = extra or loose
-        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
         steps.append("network under 'model.'" + (f" with {', '.join(sorted(loose))}" if loose else ""))
     return ForeignWeights(state, extra, "; ".join(steps) or "plain state dict")
 
@@ -351,6 +378,7 @@ def read_tensor_file(path: str | Path, *, what: str = "weights") -> Any:
         raise GeokitError(f"{what}: file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
+
         try:
             return load_file(str(path))
         except Exception as exc:
@@ -362,7 +390,8 @@ def read_tensor_file(path: str | Path, *, what: str = "weights") -> Any:
         raise GeokitError(
             f"{what}: refused {path}: it holds Python objects other than tensors, which geokit never "
             f"unpickles (torch.load weights_only=True: {first}). Re-save the weights alone with "
-            "torch.save(model.state_dict(), path), or as .safetensors") from None
+            "torch.save(model.state_dict(), path), or as .safetensors"
+        ) from None
     except Exception as exc:
         raise GeokitError(f"{what}: cannot read {path} ({type(exc).__name__}: {exc})") from None
 

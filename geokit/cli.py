@@ -1,4 +1,5 @@
 """The ``geokit`` command line (click). Heavy modules are imported inside commands."""
+
 from __future__ import annotations
 
 import errno
@@ -11,10 +12,16 @@ import click
 
 from geokit.errors import GeokitError
 
-CONFIG = click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True,
-                      help="Run config (YAML or JSON).")
-SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                   help="Override a config key, e.g. --set train.lr=5e-4 (repeatable).")
+CONFIG = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), required=True, help="Run config (YAML or JSON)."
+)
+SET = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key, e.g. --set train.lr=5e-4 (repeatable).",
+)
 
 
 # Exit statuses (README, "Exit status"): 0 done; 1 `datasets verify` found errors; 2 a problem
@@ -48,9 +55,11 @@ class GeokitGroup(click.Group):
             if exc.errno not in _DISK_ERRORS:
                 raise
             where = f" {exc.filename}" if exc.filename else ""
-            raise UserError(f"cannot write or read{where}: {exc.strerror or exc}. Files written "
-                            "atomically (checkpoints, indexes, metrics) are intact; free some space or "
-                            "fix the permissions and re-run.") from None
+            raise UserError(
+                f"cannot write or read{where}: {exc.strerror or exc}. Files written "
+                "atomically (checkpoints, indexes, metrics) are intact; free some space or "
+                "fix the permissions and re-run."
+            ) from None
 
 
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -61,9 +70,14 @@ DISABLE = "--disable-plugin"
 
 @click.group(cls=GeokitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="geokit")
-@click.option(DISABLE, "disabled", multiple=True, metavar="NAME",
-              help="Leave out the plugin with this entry-point name (repeatable; like pytest's "
-                   "-p no:NAME). Same as GEOKIT_DISABLE_PLUGINS=NAME1,NAME2.")
+@click.option(
+    DISABLE,
+    "disabled",
+    multiple=True,
+    metavar="NAME",
+    help="Leave out the plugin with this entry-point name (repeatable; like pytest's "
+    "-p no:NAME). Same as GEOKIT_DISABLE_PLUGINS=NAME1,NAME2.",
+)
 def cli(disabled: tuple[str, ...]) -> None:
     """geokit: cross-view geo-localisation (Sample4Geo), every part a plugin."""
     if disabled:
@@ -79,9 +93,8 @@ def cli(disabled: tuple[str, ...]) -> None:
 def plugins_cmd(as_json: bool) -> None:
     """List every registered component: kind, name, plugin and distribution."""
     from geokit.hookspecs import ALL_KINDS as KINDS
-    from geokit.registry import get_registry
-
     from geokit.plugins import get_manager
+    from geokit.registry import get_registry
 
     mgr = get_manager()
     rows = []
@@ -94,15 +107,38 @@ def plugins_cmd(as_json: bool) -> None:
             comps = [c for c in get_registry(kind)._pending]
         for comp in comps:
             dist, _, version = (comp.distribution or "").partition(" ")
-            rows.append({"kind": kind, "name": comp.name, "plugin": comp.plugin,
-                         "distribution": comp.distribution, "version": version or None,
-                         "summary": comp.summary, "replaces": list(comp.replaced),
-                         "broken": comp.plugin in mgr.broken})
-    problems = [{"plugin": name, "distribution": info.distribution, "entry_point": info.value,
-                 "status": "broken", "reason": reason} for name, (info, reason) in sorted(mgr.broken.items())]
-    problems += [{"plugin": name, "distribution": info.distribution, "entry_point": info.value,
-                  "status": "disabled", "reason": "disabled by name (GEOKIT_DISABLE_PLUGINS or "
-                  "--disable-plugin)"} for name, info in sorted(mgr.disabled.items())]
+            rows.append(
+                {
+                    "kind": kind,
+                    "name": comp.name,
+                    "plugin": comp.plugin,
+                    "distribution": comp.distribution,
+                    "version": version or None,
+                    "summary": comp.summary,
+                    "replaces": list(comp.replaced),
+                    "broken": comp.plugin in mgr.broken,
+                }
+            )
+    problems = [
+        {
+            "plugin": name,
+            "distribution": info.distribution,
+            "entry_point": info.value,
+            "status": "broken",
+            "reason": reason,
+        }
+        for name, (info, reason) in sorted(mgr.broken.items())
+    ]
+    problems += [
+        {
+            "plugin": name,
+            "distribution": info.distribution,
+            "entry_point": info.value,
+            "status": "disabled",
+            "reason": "disabled by name (GEOKIT_DISABLE_PLUGINS or --disable-plugin)",
+        }
+        for name, info in sorted(mgr.disabled.items())
+    ]
     if as_json:
         click.echo(json.dumps(rows + [dict(p, kind=None, name=None) for p in problems], indent=2))
         return
@@ -141,11 +177,18 @@ def config_show(config_path: str, overrides: tuple[str, ...]) -> None:
 @cli.command("train")
 @CONFIG
 @SET
-@click.option("--output", type=click.Path(file_okay=False), required=True,
-              help="Run folder; re-running on the same folder resumes.")
-@click.option("--force", is_flag=True,
-              help="Resume even though the saved config differs or is missing (the differences are "
-                   "logged). Raising only train.epochs needs no --force.")
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Run folder; re-running on the same folder resumes.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Resume even though the saved config differs or is missing (the differences are "
+    "logged). Raising only train.epochs needs no --force.",
+)
 def train_cmd(config_path: str, overrides: tuple[str, ...], output: str, force: bool) -> None:
     """Train a model; writes config.yaml, metrics.jsonl and model.safetensors into OUTPUT."""
     from geokit import config
@@ -162,14 +205,25 @@ def train_cmd(config_path: str, overrides: tuple[str, ...], output: str, force: 
 @cli.command("evaluate")
 @CONFIG
 @SET
-@click.option("--checkpoint", type=click.Path(dir_okay=False),
-              help="Weights to load (model.safetensors); its record supplies the encoder and the "
-              "input sizes. Default: the encoder as configured.")
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False),
+    help="Weights to load (model.safetensors); its record supplies the encoder and the "
+    "input sizes. Default: the encoder as configured.",
+)
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the metrics as JSON here.")
-@click.option("--save-embeddings", type=click.Path(dir_okay=False),
-              help="Write query/reference embeddings and labels (safetensors).")
-def evaluate_cmd(config_path: str, overrides: tuple[str, ...], checkpoint: str | None,
-                 output: str | None, save_embeddings: str | None) -> None:
+@click.option(
+    "--save-embeddings",
+    type=click.Path(dir_okay=False),
+    help="Write query/reference embeddings and labels (safetensors).",
+)
+def evaluate_cmd(
+    config_path: str,
+    overrides: tuple[str, ...],
+    checkpoint: str | None,
+    output: str | None,
+    save_embeddings: str | None,
+) -> None:
     """Evaluate on the dataset's protocol and print a table (under torchrun: every rank embeds its
     share, rank 0 prints and writes)."""
     from geokit import config
@@ -190,7 +244,8 @@ def evaluate_cmd(config_path: str, overrides: tuple[str, ...], checkpoint: str |
 # so those modules import only click at module level.
 COMMAND_MODULES: tuple[str, ...] = (
     "geokit.cli_datasets:datasets",
-    "geokit.cli_index:index", "geokit.cli_index:locate",
+    "geokit.cli_index:index",
+    "geokit.cli_index:locate",
     "geokit.cli_weights:import_weights",
 )
 

@@ -1,4 +1,5 @@
 """``geokit datasets``: check and describe dataset folders. Imports only click at module level."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,9 @@ def datasets() -> None:
     """Check dataset folders before training, and show the layouts they must have."""
 
 
-def _dataset_section(name: str | None, root: str | None, config_path: str | None,
-                     overrides: tuple[str, ...]) -> dict[str, Any]:
+def _dataset_section(
+    name: str | None, root: str | None, config_path: str | None, overrides: tuple[str, ...]
+) -> dict[str, Any]:
     from geokit.config import apply_overrides, read_yaml
     from geokit.errors import GeokitError
 
@@ -25,8 +27,10 @@ def _dataset_section(name: str | None, root: str | None, config_path: str | None
     elif name:
         data = {"dataset": {"name": name, **({"root": root} if root else {})}}
     else:
-        raise GeokitError("say what to verify: 'geokit datasets verify --config FILE' or "
-                          "'geokit datasets verify NAME --root DIR' (NAME: see 'geokit plugins')")
+        raise GeokitError(
+            "say what to verify: 'geokit datasets verify --config FILE' or "
+            "'geokit datasets verify NAME --root DIR' (NAME: see 'geokit plugins')"
+        )
     # Per-dataset form: bare option names are dataset options (--set mode=cross).
     fixed = [o if "." in o.partition("=")[0] or config_path else f"dataset.{o}" for o in overrides]
     if config_path and root:
@@ -43,17 +47,38 @@ def _dataset_section(name: str | None, root: str | None, config_path: str | None
 @datasets.command("verify")
 @click.argument("name", required=False)
 @click.option("--root", type=click.Path(), help="The dataset folder (with NAME; overrides dataset.root with --config).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="A run config; its dataset section is checked.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config key (dataset.mode=cross, or mode=cross with NAME). Repeatable.")
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="A run config; its dataset section is checked."
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key (dataset.mode=cross, or mode=cross with NAME). Repeatable.",
+)
 @click.option("--full", is_flag=True, help="Decode every image (default: a random sample).")
-@click.option("--sample", type=click.IntRange(min=0), default=200, show_default=True,
-              help="How many images to decode without --full.")
+@click.option(
+    "--sample",
+    type=click.IntRange(min=0),
+    default=200,
+    show_default=True,
+    help="How many images to decode without --full.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the decode sample.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--strict", is_flag=True, help="Fail on warnings too (e.g. a subset of the dataset).")
-def verify_cmd(name: str | None, root: str | None, config_path: str | None, overrides: tuple[str, ...],
-               full: bool, sample: int, seed: int, as_json: bool, strict: bool) -> None:
+def verify_cmd(
+    name: str | None,
+    root: str | None,
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    full: bool,
+    sample: int,
+    seed: int,
+    as_json: bool,
+    strict: bool,
+) -> None:
     """Check a dataset folder: split files parse, every listed image exists, a sample (or all,
     --full) decodes, every query has a true reference, and the counts match the public dataset.
 
@@ -80,12 +105,12 @@ def verify_cmd(name: str | None, root: str | None, config_path: str | None, over
         report = Report(ds_name)
         report.problems.add(Problem("error", str(exc), category="dataset folder"))
     else:
+
         def progress(i: int, n: int) -> None:
             if show and (i == n or i % 500 == 0):
                 click.echo(f"\rdecoding images {i:,}/{n:,}", nl=i == n, err=True)
 
-        report = verify_dataset(ds, sample=sample, full=full, seed=seed, name=ds_name,
-                                on_progress=progress)
+        report = verify_dataset(ds, sample=sample, full=full, seed=seed, name=ds_name, on_progress=progress)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:

@@ -8,6 +8,7 @@ component registered. Unknown keys and bad values are errors naming the full dot
 The resolved config (every default filled in) is what runs write to ``config.yaml`` and into
 checkpoint records.
 """
+
 from __future__ import annotations
 
 import copy
@@ -24,7 +25,6 @@ from geokit.errors import GeokitError
 from geokit.hookspecs import KINDS, LIST_KINDS
 from geokit.images import BUILTIN_IMAGE_OPTIONS, ImageOptions
 from geokit.registry import format_validation_error, get_registry
-
 
 # A config is a few kilobytes; these bounds keep a small hostile file (deep nesting, an alias
 # "billion laughs" bomb) from costing memory or time, and error messages never expand it.
@@ -46,8 +46,7 @@ class _Loader(yaml.SafeLoader):
         try:
             if self._depth > MAX_YAML_DEPTH:
                 mark = self.peek_event().start_mark
-                raise yaml.composer.ComposerError(
-                    None, None, f"nesting deeper than {MAX_YAML_DEPTH} levels", mark)
+                raise yaml.composer.ComposerError(None, None, f"nesting deeper than {MAX_YAML_DEPTH} levels", mark)
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -63,10 +62,9 @@ _Loader.add_implicit_resolver(
 def _yaml(text: str, source: str = "YAML") -> Any:
     """Parse YAML safely and within bounds; a bound exceeded is a :class:`GeokitError`."""
     if len(text) > MAX_YAML_BYTES:
-        raise GeokitError(f"{source}: {len(text):,} characters, more than the {MAX_YAML_BYTES:,} "
-                          "a config may have")
+        raise GeokitError(f"{source}: {len(text):,} characters, more than the {MAX_YAML_BYTES:,} a config may have")
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader subclass
     except (ValueError, OverflowError, RecursionError) as exc:  # e.g. a 5000-digit int, 2001-13-45
         raise yaml.YAMLError(f"a value cannot be read: {_short(str(exc), 120)}") from None
     _check_expanded(data, source)
@@ -86,16 +84,20 @@ def _check_expanded(data: Any, source: str) -> None:
         if key in sizes:
             return sizes[key]
         if key in busy:
-            raise GeokitError(f"{source}: an alias refers to the value that contains it (a recursive "
-                              "YAML structure); configs must be plain trees")
+            raise GeokitError(
+                f"{source}: an alias refers to the value that contains it (a recursive "
+                "YAML structure); configs must be plain trees"
+            )
         busy.add(key)
         items = list(x.keys()) + list(x.values()) if isinstance(x, dict) else x
         total = 1
         for v in items:
             total += size(v)
             if total > MAX_YAML_NODES:
-                raise GeokitError(f"{source}: its aliases expand to more than {MAX_YAML_NODES:,} "
-                                  "values (an alias bomb?); configs are small plain trees")
+                raise GeokitError(
+                    f"{source}: its aliases expand to more than {MAX_YAML_NODES:,} "
+                    "values (an alias bomb?); configs are small plain trees"
+                )
         busy.discard(key)
         sizes[key] = total
         return total
@@ -119,25 +121,42 @@ class TrainConfig(_Strict):
     workers: int | None = Field(None, ge=0, le=1024, description="DataLoader workers; null: 0 on CPU, 4 on GPU")
     amp: bool | None = Field(None, description="mixed precision; null: on for CUDA, off on CPU")
     amp_dtype: Literal["float16", "bfloat16"] | None = Field(
-        None, description="autocast dtype when amp is on: float16 (with a loss scaler, initial scale 2^10, "
+        None,
+        description="autocast dtype when amp is on: float16 (with a loss scaler, initial scale 2^10, "
         "as the released Sample4Geo code), bfloat16 (no scaler); null: bfloat16 where the device has it, "
-        "else float16")
-    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:[0-9]{1,3})?)$",
-                        description="auto, cpu, cuda, cuda:N")
+        "else float16",
+    )
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:[0-9]{1,3})?)$", description="auto, cpu, cuda, cuda:N")
     threads: int | None = Field(None, ge=1, le=65536, description="torch CPU threads; null: all cores")
     log_every: int = Field(20, ge=1, description="steps between progress log lines")
-    eval_every: int = Field(0, ge=0, description="evaluate every N epochs during training (0: off); "
-                            "on eval.split, else the dataset's 'val' split when it has one; "
-                            "monitoring only, never used to select a model")
-    checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps inside an epoch "
-                                  "(0: only at epoch ends); a killed run resumes from the last one")
-    grad_cache_chunk: int | None = Field(None, ge=1, description="gradient caching: pairs per forward "
-                                         "chunk on each rank (same gradients, less memory); null: off")
-    bad_images: Literal["error", "skip"] = Field("error", description="an unreadable training image: "
-                                                 "stop with an error naming it, or skip its pair and count it")
+    eval_every: int = Field(
+        0,
+        ge=0,
+        description="evaluate every N epochs during training (0: off); "
+        "on eval.split, else the dataset's 'val' split when it has one; "
+        "monitoring only, never used to select a model",
+    )
+    checkpoint_every: int = Field(
+        0,
+        ge=0,
+        description="also checkpoint every N steps inside an epoch "
+        "(0: only at epoch ends); a killed run resumes from the last one",
+    )
+    grad_cache_chunk: int | None = Field(
+        None,
+        ge=1,
+        description="gradient caching: pairs per forward chunk on each rank (same gradients, less memory); null: off",
+    )
+    bad_images: Literal["error", "skip"] = Field(
+        "error", description="an unreadable training image: stop with an error naming it, or skip its pair and count it"
+    )
     channels_last: bool | None = Field(None, description="channels_last memory format; null: on for CUDA")
-    dist_timeout: float = Field(1800.0, gt=0, le=10**7, description="seconds a rank waits for the others (DDP) "
-                                "before it fails with an error instead of hanging")
+    dist_timeout: float = Field(
+        1800.0,
+        gt=0,
+        le=10**7,
+        description="seconds a rank waits for the others (DDP) before it fails with an error instead of hanging",
+    )
 
 
 class EvalConfig(_Strict):
@@ -146,9 +165,12 @@ class EvalConfig(_Strict):
     batch_size: int = Field(128, ge=1, description="images per embedding batch")
     split: str | None = Field(None, description="protocol split; null: the dataset's test split")
     chunk_size: int | None = Field(None, ge=1, description="queries per retrieval block; null: auto")
-    bf16_screen: bool | None = Field(None, description="score blocks in bfloat16 and re-score exactly what "
-                                     "they cannot decide (same metrics, faster on AMX CPUs); null: on where "
-                                     "the CPU has AMX")
+    bf16_screen: bool | None = Field(
+        None,
+        description="score blocks in bfloat16 and re-score exactly what "
+        "they cannot decide (same metrics, faster on AMX CPUs); null: on where "
+        "the CPU has AMX",
+    )
 
 
 class _Section(BaseModel):
@@ -222,8 +244,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         if path.stat().st_size > MAX_YAML_BYTES:
-            raise GeokitError(f"config file {path} is {path.stat().st_size:,} bytes, more than the "
-                              f"{MAX_YAML_BYTES:,} a config may have")
+            raise GeokitError(
+                f"config file {path} is {path.stat().st_size:,} bytes, more than the "
+                f"{MAX_YAML_BYTES:,} a config may have"
+            )
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise GeokitError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
@@ -272,7 +296,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             if nxt is None:
                 nxt = node[part] = {}
             if not isinstance(nxt, dict):
-                raise GeokitError(f"--set {key}: '{'.'.join(parts[:i + 1])}' is not a section")
+                raise GeokitError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is not a section")
             node = nxt
         node[parts[-1]] = value
     return data
@@ -335,16 +359,14 @@ def resolve(data: dict[str, Any], *, source: str = "config", require: Sequence[s
     from geokit.images import configure
 
     configure(raw.images)
-    return Config(seed=raw.seed, train=raw.train, eval=raw.eval, names=names, images=raw.images,
-                  **parts, **lists)
+    return Config(seed=raw.seed, train=raw.train, eval=raw.eval, names=names, images=raw.images, **parts, **lists)
 
 
-def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), *,
-         require: Sequence[str] = KINDS) -> Config:
+def load(
+    path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), *, require: Sequence[str] = KINDS
+) -> Config:
     """Read ``path`` (may be None: overrides only), apply ``--set`` overrides, validate
     (``require``: the component sections that must be present, see :func:`resolve`)."""
     data = read_yaml(path) if path else {}
     data = apply_overrides(data, overrides)
     return resolve(data, source=str(path) if path else "config", require=require)
-
-

@@ -4,9 +4,10 @@ A dataset plugin returns a :class:`CrossViewDataset`. The engines only see these
 so a proprietary dataset is a subclass with two methods (or just a ``pairs`` CSV folder).
 Image decoding, resizing and normalisation are done here, once, for every dataset.
 """
+
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,8 +45,9 @@ class TrainSet:
         self.pair_reference = np.asarray(self.pair_reference, dtype=np.int64)
         if len(self.pair_reference) != len(self.query_paths):
             raise ValueError("pair_reference must have one entry per query")
-        if len(self.pair_reference) and (self.pair_reference.min() < 0
-                                         or self.pair_reference.max() >= len(self.reference_paths)):
+        if len(self.pair_reference) and (
+            self.pair_reference.min() < 0 or self.pair_reference.max() >= len(self.reference_paths)
+        ):
             raise ValueError("pair_reference holds an index outside reference_paths")
         if self.reference_gps is not None:
             self.reference_gps = np.asarray(self.reference_gps, dtype=np.float64).reshape(-1, 2)
@@ -57,8 +59,10 @@ class TrainSet:
         for name, values in dict(self.columns).items():
             arr = np.asarray(values)
             if arr.dtype.kind not in "biuf" or len(arr) != len(self):
-                raise ValueError(f"per-pair column {name!r} must be numeric with one row per pair "
-                                 f"(got dtype {arr.dtype}, {len(arr)} rows for {len(self)} pairs)")
+                raise ValueError(
+                    f"per-pair column {name!r} must be numeric with one row per pair "
+                    f"(got dtype {arr.dtype}, {len(arr)} rows for {len(self)} pairs)"
+                )
             cols[str(name)] = arr
         self.columns = cols
 
@@ -143,8 +147,12 @@ class EvalSet:
                 setattr(self, attr, np.asarray(gps, dtype=np.float64).reshape(-1, 2))
         if self.matches is not None:
             m = self.matches
-            if len(m.query) and (m.query.min() < 0 or m.query.max() >= len(self.query_paths)
-                                 or m.reference.min() < 0 or m.reference.max() >= len(self.reference_paths)):
+            if len(m.query) and (
+                m.query.min() < 0
+                or m.query.max() >= len(self.query_paths)
+                or m.reference.min() < 0
+                or m.reference.max() >= len(self.reference_paths)
+            ):
                 raise ValueError("the match table holds an index outside the query or reference set")
 
     @property
@@ -175,7 +183,8 @@ class EvalSet:
             i = int(missing[0])
             raise GeokitError(
                 f"{len(missing)} {self.name} queries have no true reference in the gallery "
-                f"(first: {self.query_paths[i]}, label {self.query_labels[i]})")
+                f"(first: {self.query_paths[i]}, label {self.query_labels[i]})"
+            )
 
 
 class CrossViewDataset:
@@ -199,8 +208,9 @@ class CrossViewDataset:
     def eval_set(self, split: str | None = None) -> EvalSet:
         raise NotImplementedError
 
-    def augment_pair(self, query: np.ndarray, reference: np.ndarray,
-                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def augment_pair(
+        self, query: np.ndarray, reference: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Training augmentation of one pair (uint8 HWC arrays, already resized). Default: none."""
         return query, reference
 
@@ -213,8 +223,7 @@ class CrossViewDataset:
         if split is None:
             return self.splits[-1]
         if split not in self.splits:
-            raise GeokitError(f"dataset '{self.name}' has no split '{split}'; "
-                              f"splits: {', '.join(self.splits)}")
+            raise GeokitError(f"dataset '{self.name}' has no split '{split}'; splits: {', '.join(self.splits)}")
         return split
 
 
@@ -246,14 +255,17 @@ class Normalisation:
 _VIEW_STREAM = {"query": 1, "reference": 2}  # separate random streams per view for transforms
 
 
-def apply_transforms(image: np.ndarray, transforms: Sequence[Any], *, view: str, training: bool,
-                     rng: np.random.Generator) -> np.ndarray:
+def apply_transforms(
+    image: np.ndarray, transforms: Sequence[Any], *, view: str, training: bool, rng: np.random.Generator
+) -> np.ndarray:
     """Run the configured ``transforms`` components in order (see ``geokit_register_transforms``)."""
     for t in transforms:
         image = t(image, view=view, training=training, rng=rng)
         if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3):
-            raise GeokitError(f"transform {type(t).__name__} returned {type(image).__name__} "
-                              f"{getattr(image, 'dtype', '')}, not a uint8 HWC array")
+            raise GeokitError(
+                f"transform {type(t).__name__} returned {type(image).__name__} "
+                f"{getattr(image, 'dtype', '')}, not a uint8 HWC array"
+            )
     return image
 
 
@@ -346,9 +358,19 @@ class PairList:
         q, r = ds.augment_pair(q, r, rng)
         if self.transforms:
             key_ = [self.seed, int(epoch), int(i)]
-            q = apply_transforms(q, self.transforms, view="query", training=True,
-                                 rng=np.random.default_rng([*key_, _VIEW_STREAM["query"]]))
-            r = apply_transforms(r, self.transforms, view="reference", training=True,
-                                 rng=np.random.default_rng([*key_, _VIEW_STREAM["reference"]]))
+            q = apply_transforms(
+                q,
+                self.transforms,
+                view="query",
+                training=True,
+                rng=np.random.default_rng([*key_, _VIEW_STREAM["query"]]),
+            )
+            r = apply_transforms(
+                r,
+                self.transforms,
+                view="reference",
+                training=True,
+                rng=np.random.default_rng([*key_, _VIEW_STREAM["reference"]]),
+            )
         rn = self.reference_norm or self.norm
         return to_tensor(q, self.norm.mean, self.norm.std), to_tensor(r, rn.mean, rn.std), int(i)

@@ -9,6 +9,7 @@ is a no-op for a world of one. Every collective runs under the process group's t
 rank that dies or hangs makes the others fail with a :class:`DistributedError` instead of
 waiting for ever.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,6 +49,7 @@ SINGLE = World()
 
 def env_world() -> tuple[int, int, int]:
     """``(rank, world_size, local_rank)`` from the torchrun environment (``(0, 1, 0)`` without it)."""
+
     def read(name: str, default: int) -> int:
         raw = os.environ.get(name)
         if raw in (None, ""):
@@ -56,6 +58,7 @@ def env_world() -> tuple[int, int, int]:
             return int(raw)
         except ValueError:
             raise GeokitError(f"environment variable {name}={raw!r} is not an integer") from None
+
     world_size = read("WORLD_SIZE", 1)
     rank = read("RANK", 0)
     local_rank = read("LOCAL_RANK", rank)
@@ -83,8 +86,10 @@ def setup(device_name: str = "auto", timeout_s: float = 1800.0) -> tuple[World, 
         return World(timeout_s=timeout_s), device
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise GeokitError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA "
-                              "devices are visible; use --nproc_per_node ≤ the number of GPUs")
+            raise GeokitError(
+                f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA "
+                "devices are visible; use --nproc_per_node ≤ the number of GPUs"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"
@@ -92,11 +97,13 @@ def setup(device_name: str = "auto", timeout_s: float = 1800.0) -> tuple[World, 
         backend = "gloo"
     if not dist.is_initialized():
         try:
-            dist.init_process_group(backend, rank=rank, world_size=world_size,
-                                    timeout=datetime.timedelta(seconds=timeout_s))
+            dist.init_process_group(
+                backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s)
+            )
         except Exception as exc:
-            raise DistributedError(f"rank {rank}: could not join the {backend} process group of "
-                                   f"{world_size} ranks ({exc})") from None
+            raise DistributedError(
+                f"rank {rank}: could not join the {backend} process group of {world_size} ranks ({exc})"
+            ) from None
     return World(rank, world_size, local_rank, backend, timeout_s), device
 
 
@@ -123,25 +130,39 @@ def is_comm_error(exc: BaseException) -> bool:
     if isinstance(exc, getattr(dist, "DistError", ())):
         return True
     text = str(exc)
-    return isinstance(exc, RuntimeError) and any(s in text for s in (
-        "gloo", "Gloo", "NCCL", "Connection closed", "Connection reset", "Broken pipe",
-        "timed out", "Timed out", "ProcessGroup"))
+    return isinstance(exc, RuntimeError) and any(
+        s in text
+        for s in (
+            "gloo",
+            "Gloo",
+            "NCCL",
+            "Connection closed",
+            "Connection reset",
+            "Broken pipe",
+            "timed out",
+            "Timed out",
+            "ProcessGroup",
+        )
+    )
 
 
 RESUME_ADVICE = "The last checkpoint is intact: re-run the same command to resume."
 
 
-def comm_error(world: World, what: str, exc: BaseException, advice: str = RESUME_ADVICE,
-               timeout_key: str = "train.dist_timeout") -> DistributedError:
+def comm_error(
+    world: World, what: str, exc: BaseException, advice: str = RESUME_ADVICE, timeout_key: str = "train.dist_timeout"
+) -> DistributedError:
     first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     return DistributedError(
         f"rank {world.rank} of {world.world_size}: {what} failed ({first}). Another rank most "
-        f"likely died or hung (timeout {world.timeout_s:g} s, {timeout_key}); see its log. {advice}")
+        f"likely died or hung (timeout {world.timeout_s:g} s, {timeout_key}); see its log. {advice}"
+    )
 
 
 def barrier(world: World) -> None:
     if world.distributed:
         import torch.distributed as dist
+
         dist.barrier()
 
 
@@ -150,7 +171,6 @@ def barrier(world: World) -> None:
 
 def _autograd_gather() -> Any:
     import torch
-    import torch.distributed as dist
 
     class GatherWithGrad(torch.autograd.Function):
         """Concatenate every rank's rows; gradients flow back to this rank's rows.
@@ -168,8 +188,8 @@ def _autograd_gather() -> Any:
 
         @staticmethod
         def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, None, None]:
-            start = sum(ctx.sizes[:ctx.rank])
-            share = grad[start:start + ctx.sizes[ctx.rank]] * len(ctx.sizes)
+            start = sum(ctx.sizes[: ctx.rank])
+            share = grad[start : start + ctx.sizes[ctx.rank]] * len(ctx.sizes)
             return share, None, None
 
     return GatherWithGrad
@@ -239,8 +259,18 @@ def gather_numpy_rows(world: World, rows: np.ndarray, device: Any) -> np.ndarray
 # ------------------------------------------------------------------------------ sharded embedding
 
 
-def embed_sharded(world: World, encoder: Any, dataset: Any, paths: Any, size: Any, norm: Any, *,
-                  device: Any = None, show: bool | None = None, **kwargs: Any) -> np.ndarray:
+def embed_sharded(
+    world: World,
+    encoder: Any,
+    dataset: Any,
+    paths: Any,
+    size: Any,
+    norm: Any,
+    *,
+    device: Any = None,
+    show: bool | None = None,
+    **kwargs: Any,
+) -> np.ndarray:
     """:func:`geokit.embedding.embed_paths` over every rank: each rank embeds its contiguous share
     of ``paths`` (:func:`geokit.sampling.rank_slice`) and the rows are all-gathered in rank
     order, so every rank returns the ``(N, D)`` rows one process would compute (each image is
@@ -257,6 +287,15 @@ def embed_sharded(world: World, encoder: Any, dataset: Any, paths: Any, size: An
         return embed_paths(encoder, dataset, paths, size, norm, device=device, show=show, **kwargs)
     device = device or next(encoder.parameters()).device
     idx = rank_slice(np.arange(len(paths)), world.rank, world.world_size)
-    rows = embed_paths(encoder, dataset, [paths[int(i)] for i in idx], size, norm, device=device,
-                       show=show if world.is_main else False, offset=int(idx[0]) if len(idx) else 0, **kwargs)
+    rows = embed_paths(
+        encoder,
+        dataset,
+        [paths[int(i)] for i in idx],
+        size,
+        norm,
+        device=device,
+        show=show if world.is_main else False,
+        offset=int(idx[0]) if len(idx) else 0,
+        **kwargs,
+    )
     return gather_numpy_rows(world, rows, device)

@@ -2,6 +2,7 @@
 
 Evaluation, similarity mining (``EpochContext.embed``) and localisation all call :func:`embed_paths`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -13,10 +14,24 @@ from geokit.data import CrossViewDataset, ImageList, Normalisation, Size
 from geokit.runtime import autocast, progress
 
 
-def embed_paths(encoder: Any, dataset: CrossViewDataset, paths: Sequence[str], size: Size,
-                norm: Normalisation, *, batch_size: int = 128, device: Any = None, amp: bool = False,
-                workers: int = 0, desc: str = "embed", show: bool | None = None, view: str = "query",
-                transforms: Sequence[Any] = (), seed: int = 0, offset: int = 0) -> np.ndarray:
+def embed_paths(
+    encoder: Any,
+    dataset: CrossViewDataset,
+    paths: Sequence[str],
+    size: Size,
+    norm: Normalisation,
+    *,
+    batch_size: int = 128,
+    device: Any = None,
+    amp: bool = False,
+    workers: int = 0,
+    desc: str = "embed",
+    show: bool | None = None,
+    view: str = "query",
+    transforms: Sequence[Any] = (),
+    seed: int = 0,
+    offset: int = 0,
+) -> np.ndarray:
     """Embed ``paths`` (resized to ``size``, then ``transforms`` in evaluation mode) with
     ``encoder`` as ``view``; returns ``(N, D)`` float32, unit rows. ``offset``: the position of
     ``paths[0]`` in the full list (:func:`geokit.distributed.embed_sharded`), which seeds the
@@ -28,8 +43,9 @@ def embed_paths(encoder: Any, dataset: CrossViewDataset, paths: Sequence[str], s
 
     device = device or next(encoder.parameters()).device
     images = ImageList(dataset, paths, size, norm, view=view, transforms=transforms, seed=seed, offset=offset)
-    loader = DataLoader(images, batch_size=batch_size, shuffle=False,
-                        num_workers=workers, pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        images, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda"
+    )
     was_training = encoder.training
     encoder.eval()
     out = np.empty((len(paths), int(encoder.embedding_dim)), dtype=np.float32)
@@ -39,7 +55,7 @@ def embed_paths(encoder: Any, dataset: CrossViewDataset, paths: Sequence[str], s
             for batch in progress(loader, total=len(loader), desc=desc, enabled=show):
                 emb = encode(encoder, batch.to(device, non_blocking=True), view).float()
                 emb = torch.nn.functional.normalize(emb, dim=1)
-                out[pos:pos + len(emb)] = emb.cpu().numpy()
+                out[pos : pos + len(emb)] = emb.cpu().numpy()
                 pos += len(emb)
     finally:
         encoder.train(was_training)

@@ -3,6 +3,7 @@
 Everything that is the user's to fix (a config key, a file, a plugin) raises `GeokitError` with a
 message that names the file, line or key. The CLI prints it as one paragraph, without a traceback.
 """
+
 from __future__ import annotations
 
 import difflib

@@ -1,4 +1,5 @@
 """Evaluation: embed the protocol's queries and references, then :func:`retrieval_metrics`."""
+
 from __future__ import annotations
 
 import json
@@ -90,13 +91,27 @@ def _unit(x: Any) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def protocol_metrics(es: EvalSet, query: np.ndarray, reference: np.ndarray, *, metrics: list[Any] = (),
-                     chunk_size: int | None = None, bf16_screen: bool | None = None) -> dict[str, float]:
+def protocol_metrics(
+    es: EvalSet,
+    query: np.ndarray,
+    reference: np.ndarray,
+    *,
+    metrics: list[Any] = (),
+    chunk_size: int | None = None,
+    bf16_screen: bool | None = None,
+) -> dict[str, float]:
     """The core retrieval metrics of ``es`` plus those of the metric components that apply."""
     from geokit.retrieval import search
 
-    out = retrieval_metrics(query, reference, es.positives(), semi_positives=es.semi_positives,
-                            chunk_size=chunk_size, ap=es.multi_positive, bf16_screen=bf16_screen)
+    out = retrieval_metrics(
+        query,
+        reference,
+        es.positives(),
+        semi_positives=es.semi_positives,
+        chunk_size=chunk_size,
+        ap=es.multi_positive,
+        bf16_screen=bf16_screen,
+    )
     active = [m for m in metrics if getattr(m, "applies", lambda _es: True)(es)]
     if active and len(query) and len(reference):
         k = max(int(getattr(m, "k", 1)) for m in active)
@@ -118,12 +133,24 @@ def embed_view(parts: Parts, es: EvalSet, view: str, *, world: D.World = D.SINGL
     paths = es.query_paths if view == "query" else es.reference_paths
     size = ds.query_size if view == "query" else ds.reference_size
     name = ds.query_view if view == "query" else ds.reference_view
-    return D.embed_sharded(world, parts.encoder, ds, paths, size, parts.norm_for(view), desc=f"{es.name} {name}",
-                           view=view, transforms=parts.transforms, seed=parts.config.seed, **kw)
+    return D.embed_sharded(
+        world,
+        parts.encoder,
+        ds,
+        paths,
+        size,
+        parts.norm_for(view),
+        desc=f"{es.name} {name}",
+        view=view,
+        transforms=parts.transforms,
+        seed=parts.config.seed,
+        **kw,
+    )
 
 
-def run_protocol(parts: Parts, split: str | None = None, *, device: Any = None,
-                 show: bool | None = None, world: D.World = D.SINGLE) -> EvalResult:
+def run_protocol(
+    parts: Parts, split: str | None = None, *, device: Any = None, show: bool | None = None, world: D.World = D.SINGLE
+) -> EvalResult:
     """Evaluate the built ``parts`` on ``split`` of their dataset: embed, re-rank, metrics.
 
     With a distributed ``world`` every rank must call it: each embeds its share, all get the
@@ -142,13 +169,24 @@ def run_protocol(parts: Parts, split: str | None = None, *, device: Any = None,
     if not world.is_main:
         return EvalResult({}, es, q, r)
     q, r = apply_rerankers(build_listed(cfg, "reranker", parts.context), q, r)
-    metrics = protocol_metrics(es, q, r, metrics=build_listed(cfg, "metric", parts.context),
-                               chunk_size=cfg.eval.chunk_size, bf16_screen=cfg.eval.bf16_screen)
+    metrics = protocol_metrics(
+        es,
+        q,
+        r,
+        metrics=build_listed(cfg, "metric", parts.context),
+        chunk_size=cfg.eval.chunk_size,
+        bf16_screen=cfg.eval.bf16_screen,
+    )
     return EvalResult(metrics, es, q, r)
 
 
-def evaluate(config: Config, checkpoint: str | Path | None = None, *,
-             save_embeddings: str | Path | None = None, show: bool | None = None) -> EvalResult:
+def evaluate(
+    config: Config,
+    checkpoint: str | Path | None = None,
+    *,
+    save_embeddings: str | Path | None = None,
+    show: bool | None = None,
+) -> EvalResult:
     """``geokit evaluate``: build as configured, load ``checkpoint`` strictly, run the protocol.
 
     The config needs only ``dataset`` and, without a checkpoint, ``encoder`` (loss and sampler
@@ -167,8 +205,10 @@ def evaluate(config: Config, checkpoint: str | Path | None = None, *,
 
         config = apply_checkpoint_record(config, read_record(checkpoint), str(checkpoint))
     elif config.encoder is None:
-        raise GeokitError("evaluate: the config has no 'encoder' section and no --checkpoint was given; "
-                          "give a checkpoint (its record names the encoder) or an encoder section")
+        raise GeokitError(
+            "evaluate: the config has no 'encoder' section and no --checkpoint was given; "
+            "give a checkpoint (its record names the encoder) or an encoder section"
+        )
     if config.dataset is None:
         raise GeokitError("evaluate: the config has no 'dataset' section (with at least 'name')")
     configure_threads(config.train.threads)
@@ -211,22 +251,28 @@ def apply_checkpoint_record(config: Config, record: dict[str, Any], source: str)
     """
     rec_enc = record.get("encoder")
     if not isinstance(rec_enc, dict) or not rec_enc.get("name"):
-        raise GeokitError(f"{source}: the checkpoint record has no encoder; it was not written by "
-                          "'geokit train' (or 'geokit import-weights')")
+        raise GeokitError(
+            f"{source}: the checkpoint record has no encoder; it was not written by "
+            "'geokit train' (or 'geokit import-weights')"
+        )
     rec_opts = {k: v for k, v in rec_enc.items() if k != "name"}
     name = str(rec_enc["name"])
     if config.encoder is not None:
         if config.names["encoder"] != name:
-            raise GeokitError(f"the config's encoder.name is '{config.names['encoder']}' but checkpoint "
-                              f"{source} holds a '{name}' encoder; remove the config's encoder section "
-                              "(the checkpoint's record supplies it) or use a matching checkpoint")
+            raise GeokitError(
+                f"the config's encoder.name is '{config.names['encoder']}' but checkpoint "
+                f"{source} holds a '{name}' encoder; remove the config's encoder section "
+                "(the checkpoint's record supplies it) or use a matching checkpoint"
+            )
         mine = config.encoder.model_dump(mode="json")
         for key in sorted(config.encoder.model_fields_set - set(INITIAL_WEIGHT_OPTIONS)):
             if key in rec_opts and _json(mine.get(key)) != _json(rec_opts[key]):
-                raise GeokitError(f"the config's encoder.{key} is {_json(mine.get(key))} but checkpoint "
-                                  f"{source} was trained with encoder.{key} {_json(rec_opts[key])}; remove "
-                                  f"encoder.{key} from the config (the checkpoint's record supplies the "
-                                  "encoder) or use a matching checkpoint")
+                raise GeokitError(
+                    f"the config's encoder.{key} is {_json(mine.get(key))} but checkpoint "
+                    f"{source} was trained with encoder.{key} {_json(rec_opts[key])}; remove "
+                    f"encoder.{key} from the config (the checkpoint's record supplies the "
+                    "encoder) or use a matching checkpoint"
+                )
     from geokit.registry import get_registry
 
     comp = get_registry("encoder").get(name)
@@ -246,9 +292,15 @@ def apply_checkpoint_record(config: Config, record: dict[str, Any], source: str)
             if key not in ds.model_fields_set:
                 sizes[key] = tuple(rec)
             elif ours != _json(rec):
-                log.warning("evaluating at dataset.%s %s although checkpoint %s was trained at %s (its "
-                            "record); leave dataset.%s out of the config to evaluate at the recorded size",
-                            key, ours, source, _json(rec), key)
+                log.warning(
+                    "evaluating at dataset.%s %s although checkpoint %s was trained at %s (its "
+                    "record); leave dataset.%s out of the config to evaluate at the recorded size",
+                    key,
+                    ours,
+                    source,
+                    _json(rec),
+                    key,
+                )
         if sizes:
             update["dataset"] = ds.model_copy(update=sizes)
     return config.model_copy(update=update)
@@ -308,10 +360,18 @@ def read_embeddings(path: str | Path) -> tuple[EvalSet, np.ndarray, np.ndarray]:
     if "match_query" in t:
         matches = MatchTable(t["match_query"], t["match_reference"], t.get("match_weight"))
     nq, nr = len(t["query"]), len(t["reference"])
-    es = EvalSet([f"query {i}" for i in range(nq)], [f"reference {j}" for j in range(nr)],
-                 t["query_labels"], t["reference_labels"], semi_positives=t.get("semi_positives"),
-                 multi_positive=meta.get("multi_positive") == "true", query_gps=t.get("query_gps"),
-                 reference_gps=t.get("reference_gps"), name=meta.get("split", "test"), matches=matches)
+    es = EvalSet(
+        [f"query {i}" for i in range(nq)],
+        [f"reference {j}" for j in range(nr)],
+        t["query_labels"],
+        t["reference_labels"],
+        semi_positives=t.get("semi_positives"),
+        multi_positive=meta.get("multi_positive") == "true",
+        query_gps=t.get("query_gps"),
+        reference_gps=t.get("reference_gps"),
+        name=meta.get("split", "test"),
+        matches=matches,
+    )
     return es, t["query"], t["reference"]
 
 
@@ -333,8 +393,11 @@ def metrics_from_embeddings(path: str | Path, *, metrics: list[Any] | None = Non
 
 def format_table(metrics: dict[str, float], title: str = "") -> str:
     """A small aligned table of the metrics that are present."""
-    extra = [k for k, v in metrics.items()
-             if k not in METRIC_ORDER and k not in ("queries", "references") and isinstance(v, (int, float))]
+    extra = [
+        k
+        for k, v in metrics.items()
+        if k not in METRIC_ORDER and k not in ("queries", "references") and isinstance(v, (int, float))
+    ]
     keys = [k for k in METRIC_ORDER if k in metrics] + extra
     width = max([9, *(len(k) for k in keys)])
     head = "  ".join(f"{k:>{width}}" for k in keys)

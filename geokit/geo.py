@@ -1,4 +1,5 @@
 """Distances on the Earth (a sphere of mean radius), shared by metrics, samplers and locate."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -20,6 +20,7 @@ Hooks are called with keyword arguments; an implementation may accept fewer argu
 spec lists. Functions named ``geokit_*`` that match no spec are reported (with the closest valid
 name) and the plugin is not loaded, so a typo never goes unnoticed.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

@@ -34,6 +34,7 @@ load a checkpoint and decode as it was trained (:func:`apply_record`: its record
 except those set in the environment). :func:`configure` exports the env variables, so
 DataLoader workers started with ``spawn`` decode the same way.
 """
+
 from __future__ import annotations
 
 import io
@@ -54,10 +55,12 @@ Size = tuple[int, int]  # (height, width)
 #: Pillow decoded before is refused by default.
 DEFAULT_MAX_PIXELS = 178_956_970
 #: The defaults when no GEOKIT_IMAGES_* variable is set (a config at these omits ``images:``).
-BUILTIN_IMAGE_OPTIONS: dict[str, Any] = {"decoder": "opencv", "max_pixels": DEFAULT_MAX_PIXELS,
-                                         "reduced_jpeg": False}
-ENV = {"decoder": "GEOKIT_IMAGES_DECODER", "max_pixels": "GEOKIT_IMAGES_MAX_PIXELS",
-       "reduced_jpeg": "GEOKIT_IMAGES_REDUCED_JPEG"}
+BUILTIN_IMAGE_OPTIONS: dict[str, Any] = {"decoder": "opencv", "max_pixels": DEFAULT_MAX_PIXELS, "reduced_jpeg": False}
+ENV = {
+    "decoder": "GEOKIT_IMAGES_DECODER",
+    "max_pixels": "GEOKIT_IMAGES_MAX_PIXELS",
+    "reduced_jpeg": "GEOKIT_IMAGES_REDUCED_JPEG",
+}
 
 
 def _env_defaults() -> dict[str, Any]:
@@ -93,15 +96,19 @@ class ImageOptions(BaseModel):
     decoder: Literal["opencv", "pil"] = Field(
         default_factory=lambda: _default("decoder", BUILTIN_IMAGE_OPTIONS["decoder"]),
         description="opencv: the released Sample4Geo pixels (INTER_LINEAR_EXACT resize), fastest; "
-                    "pil: Pillow with anti-aliased bilinear resize (geokit's earlier behaviour)")
+        "pil: Pillow with anti-aliased bilinear resize (geokit's earlier behaviour)",
+    )
     max_pixels: int = Field(
-        default_factory=lambda: _default("max_pixels", BUILTIN_IMAGE_OPTIONS["max_pixels"]), ge=1, le=2**40,
-        description="refuse images whose header declares more pixels (decompression bombs) "
-                    "before decoding them")
+        default_factory=lambda: _default("max_pixels", BUILTIN_IMAGE_OPTIONS["max_pixels"]),
+        ge=1,
+        le=2**40,
+        description="refuse images whose header declares more pixels (decompression bombs) before decoding them",
+    )
     reduced_jpeg: bool = Field(
         default_factory=lambda: _default("reduced_jpeg", BUILTIN_IMAGE_OPTIONS["reduced_jpeg"]),
         description="decode JPEGs at 1/2, 1/4 or 1/8 size in the decoder when the target allows "
-                    "(1.3-1.5x faster on VIGOR and CVACT images; slightly different pixels)")
+        "(1.3-1.5x faster on VIGOR and CVACT images; slightly different pixels)",
+    )
 
 
 _options: ImageOptions | None = None
@@ -116,8 +123,7 @@ def current() -> ImageOptions:
         except ValidationError as exc:  # a bad GEOKIT_IMAGES_* value
             err = exc.errors()[0]
             var = ENV.get(str(err["loc"][0]) if err["loc"] else "", "GEOKIT_IMAGES_*")
-            raise GeokitError(f"environment variable {var}={os.environ.get(var, '')[:40]!r}: "
-                              f"{err['msg']}") from None
+            raise GeokitError(f"environment variable {var}={os.environ.get(var, '')[:40]!r}: {err['msg']}") from None
     return _options
 
 
@@ -142,8 +148,7 @@ class ImageError(GeokitError):
             self.path, self.reason = "", str(path)
             return
         self.path, self.reason = str(path), reason
-        super().__init__(f"image {path} refused: {reason}" if refused
-                         else f"cannot decode image {path}: {reason}")
+        super().__init__(f"image {path} refused: {reason}" if refused else f"cannot decode image {path}: {reason}")
 
 
 _USER_ENV = _user_env()
@@ -193,7 +198,7 @@ _SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0x
 def _exif_orientation(data: bytes, start: int, end: int) -> int:
     """Orientation tag (0x0112) of IFD0 in the TIFF block ``data[start:end]``; 1 if absent."""
     try:
-        order = data[start:start + 2]
+        order = data[start : start + 2]
         e = "<" if order == b"II" else ">" if order == b"MM" else None
         if e is None:
             return 1
@@ -229,7 +234,7 @@ def _probe_jpeg(data: bytes) -> tuple[ImageInfo | None, bool]:
         seglen = (data[i + 2] << 8) | data[i + 3]
         if marker in _SOF and i + 9 <= n:
             height, width = struct.unpack_from(">HH", data, i + 5)
-        elif marker == 0xE1 and data[i + 4:i + 10] == b"Exif\0\0":
+        elif marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\0\0":
             orientation = _exif_orientation(data, i + 10, min(n, i + 2 + seglen))
         elif marker == 0xDA:  # start of scan: the header is over
             if not width:
@@ -247,13 +252,13 @@ def probe(data: bytes, path: str | Path = "<bytes>") -> tuple[ImageInfo, bool]:
     if data[:3] == b"\xff\xd8\xff":
         info, complete = _probe_jpeg(data)
         if info is None:
-            raise ImageError(path, f"a JPEG file without a valid frame header ({len(data):,} bytes; "
-                                   "truncated or corrupt)")
+            raise ImageError(
+                path, f"a JPEG file without a valid frame header ({len(data):,} bytes; truncated or corrupt)"
+            )
         return info, complete
     if data[:8] == _PNG_MAGIC:
         if len(data) < 26 or data[12:16] != b"IHDR":
-            raise ImageError(path, f"a PNG file without its IHDR header ({len(data):,} bytes; "
-                                   "truncated or corrupt)")
+            raise ImageError(path, f"a PNG file without its IHDR header ({len(data):,} bytes; truncated or corrupt)")
         width, height = struct.unpack_from(">II", data, 16)
         return ImageInfo("PNG", width, height), True
     return _probe_pil(data, path), True
@@ -278,24 +283,28 @@ def _probe_pil(data: bytes, path: str | Path) -> ImageInfo:
         with Image.open(io.BytesIO(data)) as im:
             return ImageInfo(str(im.format), int(im.size[0]), int(im.size[1]))
     except Image.DecompressionBombError as exc:
-        raise ImageError(path, f"{exc}; a decompression bomb or an unusually large image",
-                         refused=True) from None
+        raise ImageError(path, f"{exc}; a decompression bomb or an unusually large image", refused=True) from None
     except Exception:  # noqa: BLE001 - Pillow raises many types for unknown data
         head = data[:8]
-        raise ImageError(path, "not an image format geokit can read (JPEG, PNG, BMP, TIFF, WebP, "
-                               f"GIF, ...); the file starts with {head!r} ({len(data):,} bytes)") from None
+        raise ImageError(
+            path,
+            "not an image format geokit can read (JPEG, PNG, BMP, TIFF, WebP, "
+            f"GIF, ...); the file starts with {head!r} ({len(data):,} bytes)",
+        ) from None
 
 
 def check_pixels(info: ImageInfo, path: str | Path, limit: int) -> None:
     """Refuse an image whose header declares more than ``limit`` pixels (or zero)."""
     if info.width <= 0 or info.height <= 0:
-        raise ImageError(path, f"its {info.format} header declares an empty image "
-                               f"({info.width}x{info.height})")
+        raise ImageError(path, f"its {info.format} header declares an empty image ({info.width}x{info.height})")
     if info.pixels > limit:
         raise ImageError(
-            path, f"its {info.format} header declares {info.width}x{info.height} = {info.pixels:,} "
+            path,
+            f"its {info.format} header declares {info.width}x{info.height} = {info.pixels:,} "
             f"pixels, over the limit of {limit:,} (images.max_pixels); a decompression bomb or an "
-            "unusually large image (raise images.max_pixels if you trust it)", refused=True)
+            "unusually large image (raise images.max_pixels if you trust it)",
+            refused=True,
+        )
 
 
 # ------------------------------------------------------------------------------ decoding
@@ -327,9 +336,12 @@ def _reduction(info: ImageInfo, size: Size) -> int:
 
 
 def _corrupt(path: str | Path, info: ImageInfo, data: bytes, decoder: str, why: str = "") -> ImageError:
-    return ImageError(path, f"the {info.format} data ({len(data):,} bytes, {info.width}x{info.height}) "
-                            f"is truncated or corrupt{' (' + why + ')' if why else ''}; {decoder} "
-                            "could not decode it")
+    return ImageError(
+        path,
+        f"the {info.format} data ({len(data):,} bytes, {info.width}x{info.height}) "
+        f"is truncated or corrupt{' (' + why + ')' if why else ''}; {decoder} "
+        "could not decode it",
+    )
 
 
 _cv2: Any = None
@@ -349,8 +361,9 @@ def _opencv() -> Any:
     return _cv2
 
 
-def _decode_opencv(data: bytes, info: ImageInfo, size: Size | None, reduced: bool,
-                   path: str | Path, limit: int) -> np.ndarray:
+def _decode_opencv(
+    data: bytes, info: ImageInfo, size: Size | None, reduced: bool, path: str | Path, limit: int
+) -> np.ndarray:
     """RGB uint8, EXIF orientation applied, resized with INTER_LINEAR_EXACT when ``size``."""
     cv2 = _opencv()
     rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10/5: RGB from the decoder
@@ -360,8 +373,11 @@ def _decode_opencv(data: bytes, info: ImageInfo, size: Size | None, reduced: boo
     if reduced and size is not None and info.format == "JPEG":
         f = _reduction(info, size)
         if f > 1:
-            base = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
-                    8: cv2.IMREAD_REDUCED_GRAYSCALE_8}[f]
+            base = {
+                2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
+                4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+                8: cv2.IMREAD_REDUCED_GRAYSCALE_8,
+            }[f]
             img = cv2.imdecode(buf, base | colour)
             if img is not None and (img.ndim != 3 or img.shape[0] < size[0] or img.shape[1] < size[1]):
                 img = None  # an unexpected orientation or shape: decode at full size instead
@@ -422,16 +438,18 @@ def _decode_pil_array(data: bytes, path: str | Path, info: ImageInfo, limit: int
     return np.array(_open_pil(data, path, info, None, limit))
 
 
-def _decode_pil(data: bytes, info: ImageInfo, size: Size | None, reduced: bool,
-                path: str | Path, limit: int) -> np.ndarray:
+def _decode_pil(
+    data: bytes, info: ImageInfo, size: Size | None, reduced: bool, path: str | Path, limit: int
+) -> np.ndarray:
     im = _open_pil(data, path, info, size if reduced else None, limit)
     if size is not None and im.size != (size[1], size[0]):
         im = im.resize((size[1], size[0]), _pil().BILINEAR)
     return np.array(im)  # a writable copy (torch.from_numpy warns on read-only arrays)
 
 
-def decode_bytes(data: bytes, size: Size | None = None, options: ImageOptions | None = None,
-                 path: str | Path = "<bytes>") -> np.ndarray:
+def decode_bytes(
+    data: bytes, size: Size | None = None, options: ImageOptions | None = None, path: str | Path = "<bytes>"
+) -> np.ndarray:
     """Decode encoded image bytes to RGB uint8 ``(H, W, 3)``, resized to ``size`` (height, width)
     when given. The header is checked against ``max_pixels`` before anything is decoded."""
     opts = options or current()

@@ -22,6 +22,7 @@ stream to a spool file on disk (under torchrun every rank embeds its share of ea
 rank 0 writes), then :func:`write_index_from_spool` writes the same file from it, reading the
 spool piece by piece (a flat index never sits in memory; a faiss index is trained on a sample).
 """
+
 from __future__ import annotations
 
 import csv
@@ -80,18 +81,24 @@ class IndexSpec:
             if dim % m:
                 raise GeokitError(f"ivfpq: m={m} must divide the embedding dimension {dim}")
         if self.type in ("ivf", "ivfpq") and n < self.nlist_for(n):
-            raise GeokitError(f"{self.type}: {n} references are fewer than nlist={self.nlist_for(n)}; "
-                              "use --type flat or a smaller --nlist")
+            raise GeokitError(
+                f"{self.type}: {n} references are fewer than nlist={self.nlist_for(n)}; "
+                "use --type flat or a smaller --nlist"
+            )
         # faiss's k-means refuses fewer training vectors than centroids (a C++ error otherwise)
         train = self.train_size_for(n, dim)
         if self.type in ("ivf", "ivfpq") and train < self.nlist_for(n):
-            raise GeokitError(f"{self.type}: a training sample of {train} vectors is smaller than nlist="
-                              f"{self.nlist_for(n)}; raise IndexSpec.train_size or lower --nlist")
-        if self.type == "ivfpq" and not (1 <= self.nbits <= 16 and train >= 2 ** self.nbits):
-            raise GeokitError(f"ivfpq: nbits={self.nbits} needs 1 ≤ nbits ≤ 16 and at least {2 ** min(self.nbits, 16):,} "
-                              f"training vectors (faiss trains {2 ** min(self.nbits, 16):,} centroids per "
-                              f"sub-quantiser), but {train} are available; lower --nbits (e.g. "
-                              f"{max(1, int(math.log2(max(train, 2))))}) or use --type ivf/flat")
+            raise GeokitError(
+                f"{self.type}: a training sample of {train} vectors is smaller than nlist="
+                f"{self.nlist_for(n)}; raise IndexSpec.train_size or lower --nlist"
+            )
+        if self.type == "ivfpq" and not (1 <= self.nbits <= 16 and train >= 2**self.nbits):
+            raise GeokitError(
+                f"ivfpq: nbits={self.nbits} needs 1 ≤ nbits ≤ 16 and at least {2 ** min(self.nbits, 16):,} "
+                f"training vectors (faiss trains {2 ** min(self.nbits, 16):,} centroids per "
+                f"sub-quantiser), but {train} are available; lower --nbits (e.g. "
+                f"{max(1, int(math.log2(max(train, 2))))}) or use --type ivf/flat"
+            )
 
     def nlist_for(self, n: int) -> int:
         return int(self.nlist or max(1, min(65536, round(4 * math.sqrt(max(n, 1))))))
@@ -100,14 +107,14 @@ class IndexSpec:
         if self.m:
             return int(self.m)
         for m in (64, 32, 16, 8, 4, 2, 1):  # ≤ 64 sub-quantisers, dividing dim
-            if dim % m == 0 and dim // m >= 4 or m == 1:
+            if (dim % m == 0 and dim // m >= 4) or m == 1:
                 return m
         return 1
 
     def train_size_for(self, n: int, dim: int) -> int:
         if self.type not in ("ivf", "ivfpq"):
             return 0
-        want = self.train_size or max(64 * self.nlist_for(n), 2 ** self.nbits * 64 if self.type == "ivfpq" else 0)
+        want = self.train_size or max(64 * self.nlist_for(n), 2**self.nbits * 64 if self.type == "ivfpq" else 0)
         return int(min(n, want))
 
 
@@ -131,8 +138,16 @@ class GeoIndex:
 
     tiles_root: str | None = None  # the gallery folder its tile paths were checked against (load)
 
-    def __init__(self, meta: dict[str, Any], paths: list[str], latlon: np.ndarray, *,
-                 vectors: np.ndarray | None = None, faiss_index: Any = None, source: str = ""):
+    def __init__(
+        self,
+        meta: dict[str, Any],
+        paths: list[str],
+        latlon: np.ndarray,
+        *,
+        vectors: np.ndarray | None = None,
+        faiss_index: Any = None,
+        source: str = "",
+    ):
         self.meta = meta
         self.paths = paths
         self.latlon = latlon
@@ -155,16 +170,24 @@ class GeoIndex:
     def gallery(self) -> np.ndarray:
         """The L2-normalised float32 vectors of an exact (``flat``) index, for re-rankers."""
         if self.vectors is None:
-            raise GeokitError(f"this {self.type} index does not keep its vectors, which the recorded "
-                              "re-rankers need; build the index with --type flat")
+            raise GeokitError(
+                f"this {self.type} index does not keep its vectors, which the recorded "
+                "re-rankers need; build the index with --type flat"
+            )
         if self._unit is None:
             from geokit.retrieval import as_matrix
 
             self._unit = as_matrix(self.vectors)
         return self._unit.numpy()
 
-    def search(self, query: np.ndarray, k: int, *, nprobe: int | None = None, ef_search: int | None = None,
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self,
+        query: np.ndarray,
+        k: int,
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(scores, ids)`` per query row, best first (ids −1 where an ANN index found
         fewer than ``k``). ``nprobe``/``ef_search`` override the saved search parameters."""
         query = np.asarray(query, dtype=np.float32).reshape(-1, self.dim)
@@ -220,8 +243,7 @@ class GeoIndex:
         atomic_write(path, lambda p: save_file(tensors, str(p), metadata={META_KEY: json.dumps(meta)}))
 
     @classmethod
-    def load(cls, path: str | Path, *, tiles_root: str | Path | None = None,
-             allow_outside: bool = False) -> GeoIndex:
+    def load(cls, path: str | Path, *, tiles_root: str | Path | None = None, allow_outside: bool = False) -> GeoIndex:
         """Read an index file; a missing, foreign, corrupt or truncated file is a GeokitError.
 
         The stored tile paths must lie inside one gallery folder (``tiles_root``; default: the
@@ -239,23 +261,26 @@ class GeoIndex:
             with safe_open(str(path), framework="numpy") as fh:
                 raw = (fh.metadata() or {}).get(META_KEY)
                 if raw is None:
-                    raise GeokitError(f"{path} is a safetensors file but not a geokit index (no "
-                                      f"'{META_KEY}' metadata); {hint}")
+                    raise GeokitError(
+                        f"{path} is a safetensors file but not a geokit index (no '{META_KEY}' metadata); {hint}"
+                    )
                 meta = json.loads(raw)
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}
         except GeokitError:
             raise
         except Exception as exc:
-            raise GeokitError(f"{path} is not a readable geokit index: it is truncated, corrupt or "
-                              f"not an index file ({type(exc).__name__}: {exc}); {hint}") from None
+            raise GeokitError(
+                f"{path} is not a readable geokit index: it is truncated, corrupt or "
+                f"not an index file ({type(exc).__name__}: {exc}); {hint}"
+            ) from None
         if meta.get("format") != FORMAT:
-            raise GeokitError(f"{path}: index format {meta.get('format')} is not supported by this "
-                              f"geokit (format {FORMAT}); {hint}")
+            raise GeokitError(
+                f"{path}: index format {meta.get('format')} is not supported by this geokit (format {FORMAT}); {hint}"
+            )
         sums = meta.get("checksums", {})
         for name, arr in tensors.items():
             if name in sums and _crc(arr) != sums[name]:
-                raise GeokitError(f"{path}: the '{name}' data fails its checksum: the file is "
-                                  f"corrupt; {hint}")
+                raise GeokitError(f"{path}: the '{name}' data fails its checksum: the file is corrupt; {hint}")
         try:
             paths = tensors["paths"].tobytes().decode("utf-8").split("\n") if len(tensors["paths"]) else []
             latlon = tensors["latlon"].reshape(-1, 2)
@@ -275,20 +300,32 @@ class GeoIndex:
             raise GeokitError(f"{path}: holds neither 'vectors' nor 'faiss' data; {hint}")
         n = len(vectors) if vectors is not None else faiss_index.ntotal
         if not (n == len(paths) == len(latlon) == meta.get("count")):
-            raise GeokitError(f"{path}: inconsistent index ({n} vectors, {len(paths)} paths, "
-                              f"{len(latlon)} locations, count {meta.get('count')}); {hint}")
-        if not isinstance(meta.get("dim"), int) or (vectors is not None and vectors.ndim != 2) \
-                or (faiss_index is not None and faiss_index.d != meta.get("dim")) \
-                or (vectors is not None and vectors.shape[1] != meta.get("dim")):
-            raise GeokitError(f"{path}: inconsistent index (dimension {short_dim(vectors, faiss_index)} "
-                              f"vs recorded {meta.get('dim')!s:.20}); {hint}")
+            raise GeokitError(
+                f"{path}: inconsistent index ({n} vectors, {len(paths)} paths, "
+                f"{len(latlon)} locations, count {meta.get('count')}); {hint}"
+            )
+        if (
+            not isinstance(meta.get("dim"), int)
+            or (vectors is not None and vectors.ndim != 2)
+            or (faiss_index is not None and faiss_index.d != meta.get("dim"))
+            or (vectors is not None and vectors.shape[1] != meta.get("dim"))
+        ):
+            raise GeokitError(
+                f"{path}: inconsistent index (dimension {short_dim(vectors, faiss_index)} "
+                f"vs recorded {meta.get('dim')!s:.20}); {hint}"
+            )
         params = meta.get("params", {})
-        bad = [k for k in ("nprobe", "ef_search", "ef_construction", "hnsw_m")
-               if k in (params if isinstance(params, dict) else {})
-               and not (isinstance(params[k], int) and 1 <= params[k] <= 1 << 16)]
+        bad = [
+            k
+            for k in ("nprobe", "ef_search", "ef_construction", "hnsw_m")
+            if k in (params if isinstance(params, dict) else {})
+            and not (isinstance(params[k], int) and 1 <= params[k] <= 1 << 16)
+        ]
         if not isinstance(params, dict) or bad:  # search would allocate what these say
-            raise GeokitError(f"{path}: index metadata is damaged (search parameter "
-                              f"{', '.join(bad) or 'params'} out of range); {hint}")
+            raise GeokitError(
+                f"{path}: index metadata is damaged (search parameter "
+                f"{', '.join(bad) or 'params'} out of range); {hint}"
+            )
         record = meta.get("encoder_record")
         if record is not None:
             from geokit.checkpoint import validate_record
@@ -302,25 +339,33 @@ class GeoIndex:
 
     # --------------------------------------------------------------------------- checkpoints
 
-    def check_encoder(self, record: Mapping[str, Any], weights_fingerprint: str | None,
-                      source: str = "the checkpoint") -> None:
+    def check_encoder(
+        self, record: Mapping[str, Any], weights_fingerprint: str | None, source: str = "the checkpoint"
+    ) -> None:
         """Refuse an encoder that is not the one that embedded this index."""
         mine = self.meta.get("encoder_record", {})
-        diff = [k for k in RECORD_KEYS if k in mine and json.dumps(mine[k], sort_keys=True)
-                != json.dumps(record.get(k), sort_keys=True)]
+        diff = [
+            k
+            for k in RECORD_KEYS
+            if k in mine and json.dumps(mine[k], sort_keys=True) != json.dumps(record.get(k), sort_keys=True)
+        ]
         if diff:
             from geokit.registry import short_repr
 
             shown = "; ".join(f"{k}: index {short_repr(mine[k])} vs {short_repr(record.get(k))}" for k in diff[:3])
-            raise GeokitError(f"{source} does not match the encoder that built index {self.source or ''}"
-                              f" ({shown}). Use the checkpoint the index was built with "
-                              f"({self.meta.get('checkpoint')}) or rebuild the index.")
+            raise GeokitError(
+                f"{source} does not match the encoder that built index {self.source or ''}"
+                f" ({shown}). Use the checkpoint the index was built with "
+                f"({self.meta.get('checkpoint')}) or rebuild the index."
+            )
         want = self.meta.get("encoder_fingerprint")
         if want and weights_fingerprint and want != weights_fingerprint:
-            raise GeokitError(f"{source} has the same architecture as the encoder that built index "
-                              f"{self.source or ''} but different weights (fingerprint "
-                              f"{weights_fingerprint[:12]} vs {want[:12]}); its embeddings would not be "
-                              f"comparable. Use {self.meta.get('checkpoint')} or rebuild the index.")
+            raise GeokitError(
+                f"{source} has the same architecture as the encoder that built index "
+                f"{self.source or ''} but different weights (fingerprint "
+                f"{weights_fingerprint[:12]} vs {want[:12]}); its embeddings would not be "
+                f"comparable. Use {self.meta.get('checkpoint')} or rebuild the index."
+            )
 
 
 def short_dim(vectors: Any, faiss_index: Any) -> str:
@@ -344,15 +389,22 @@ def recorded_tiles_root(meta: Mapping[str, Any], paths: Sequence[str]) -> str | 
         return None
 
 
-def check_tile_paths(paths: Sequence[str], meta: Mapping[str, Any], source: Any,
-                     tiles_root: str | Path | None = None, allow_outside: bool = False) -> str | None:
+def check_tile_paths(
+    paths: Sequence[str],
+    meta: Mapping[str, Any],
+    source: Any,
+    tiles_root: str | Path | None = None,
+    allow_outside: bool = False,
+) -> str | None:
     """The gallery root; refuses stored paths outside it (see :meth:`GeoIndex.load`)."""
     user = tiles_root is not None
     root = os.path.abspath(os.fspath(tiles_root)) if user else recorded_tiles_root(meta, paths)
     if allow_outside:
         return root
-    how = ("Pass --tiles-root FOLDER to name the folder that holds its tiles, or "
-           "--allow-outside-paths if you trust this index file")
+    how = (
+        "Pass --tiles-root FOLDER to name the folder that holds its tiles, or "
+        "--allow-outside-paths if you trust this index file"
+    )
     for n, p in enumerate(paths):
         if "\x00" in p:
             raise GeokitError(f"{source}: tile path {n + 1} contains a NUL byte; the index is damaged")
@@ -360,27 +412,39 @@ def check_tile_paths(paths: Sequence[str], meta: Mapping[str, Any], source: Any,
         for n, p in enumerate(paths):
             norm = os.path.normpath(p)
             if os.path.isabs(p) or norm == ".." or norm.startswith(".." + os.sep):
-                raise GeokitError(f"{source}: tile path {n + 1} ({p[:200]}) leaves the folder its "
-                                  f"relative tile paths are read from; geokit does not read it. {how}.")
+                raise GeokitError(
+                    f"{source}: tile path {n + 1} ({p[:200]}) leaves the folder its "
+                    f"relative tile paths are read from; geokit does not read it. {how}."
+                )
         return None
     if os.path.dirname(root) == root:  # "/": an index naming files all over the filesystem
-        raise GeokitError(f"{source}: its tiles are not in one gallery folder (they share only {root}). "
-                          f"{how}.")
+        raise GeokitError(f"{source}: its tiles are not in one gallery folder (they share only {root}). {how}.")
     prefix = root.rstrip(os.sep) + os.sep
     for n, p in enumerate(paths):
         full = os.path.normpath(os.path.join(root, p))
         if not full.startswith(prefix):
-            raise GeokitError(f"{source}: tile path {n + 1} ({p[:200]}) is outside the gallery folder "
-                              f"{root}; geokit does not read files outside it. {how}.")
+            raise GeokitError(
+                f"{source}: tile path {n + 1} ({p[:200]}) is outside the gallery folder "
+                f"{root}; geokit does not read files outside it. {how}."
+            )
     return root
 
 
 # ------------------------------------------------------------------------------ building
 
 
-def build_index(embed: Callable[[np.ndarray], np.ndarray], n: int, dim: int, spec: IndexSpec,
-                *, paths: Sequence[str], latlon: np.ndarray, meta: Mapping[str, Any] | None = None,
-                chunk: int = 1024, show: bool | None = None) -> GeoIndex:
+def build_index(
+    embed: Callable[[np.ndarray], np.ndarray],
+    n: int,
+    dim: int,
+    spec: IndexSpec,
+    *,
+    paths: Sequence[str],
+    latlon: np.ndarray,
+    meta: Mapping[str, Any] | None = None,
+    chunk: int = 1024,
+    show: bool | None = None,
+) -> GeoIndex:
     """Build an index of ``n`` vectors, ``embed(positions)`` giving ``(len, dim)`` unit float32
     rows for an array of positions, called ``chunk`` positions at a time (memory: the index plus
     one chunk, plus the training sample for ``ivf``/``ivfpq``)."""
@@ -390,12 +454,18 @@ def build_index(embed: Callable[[np.ndarray], np.ndarray], n: int, dim: int, spe
     if n == 0:
         raise GeokitError("no references to index")
     starts = range(0, n, chunk)
-    info: dict[str, Any] = {"format": FORMAT, "type": spec.type, "count": n, "dim": dim,
-                            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(meta or {})}
+    info: dict[str, Any] = {
+        "format": FORMAT,
+        "type": spec.type,
+        "count": n,
+        "dim": dim,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(meta or {}),
+    }
     if spec.type == "flat":
         vectors = np.empty((n, dim), dtype=np.float16 if spec.dtype == "float16" else np.float32)
         for s in progress(starts, total=len(starts), desc="index: embed", enabled=show):
-            vectors[s:s + chunk] = embed(np.arange(s, min(s + chunk, n)))
+            vectors[s : s + chunk] = embed(np.arange(s, min(s + chunk, n)))
         info["params"] = {"dtype": spec.dtype}
         return GeoIndex(info, list(paths), latlon, vectors=vectors)
 
@@ -420,9 +490,10 @@ def build_index(embed: Callable[[np.ndarray], np.ndarray], n: int, dim: int, spe
         n_train = spec.train_size_for(n, dim)
         sample = np.sort(np.random.default_rng(spec.seed).choice(n, n_train, replace=False))
         train = np.empty((n_train, dim), dtype=np.float32)
-        for s in progress(range(0, n_train, chunk), total=-(-n_train // chunk), desc="index: train sample",
-                          enabled=show):
-            train[s:s + chunk] = embed(sample[s:s + chunk])
+        for s in progress(
+            range(0, n_train, chunk), total=-(-n_train // chunk), desc="index: train sample", enabled=show
+        ):
+            train[s : s + chunk] = embed(sample[s : s + chunk])
         index.train(train)
         params["train_size"] = n_train
         # keep the sample's embeddings: they are added below without embedding them again
@@ -445,8 +516,12 @@ def build_index(embed: Callable[[np.ndarray], np.ndarray], n: int, dim: int, spe
 # ------------------------------------------------------------------------------ streaming build
 
 # Dtype codes of the safetensors format, for the file written piece by piece.
-_ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.float64): "F64",
-              np.dtype(np.uint8): "U8"}
+_ST_DTYPES = {
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float16): "F16",
+    np.dtype(np.float64): "F64",
+    np.dtype(np.uint8): "U8",
+}
 _COPY_BLOCK = 1 << 22  # bytes copied at a time from a spool into the index file (4 MiB)
 
 
@@ -480,9 +555,17 @@ class Spool:
         return out
 
 
-def spool_embeddings(embed: Callable[[np.ndarray], np.ndarray], n: int, dim: int, path: str | Path, *,
-                     dtype: Any = np.float32, chunk: int = 1024, write: bool = True,
-                     show: bool | None = None) -> Spool:
+def spool_embeddings(
+    embed: Callable[[np.ndarray], np.ndarray],
+    n: int,
+    dim: int,
+    path: str | Path,
+    *,
+    dtype: Any = np.float32,
+    chunk: int = 1024,
+    write: bool = True,
+    show: bool | None = None,
+) -> Spool:
     """Call ``embed(positions)`` ``chunk`` positions at a time, in order, and append the rows
     (cast to ``dtype``) to the raw file ``path``. Memory: one chunk.
 
@@ -499,8 +582,9 @@ def spool_embeddings(embed: Callable[[np.ndarray], np.ndarray], n: int, dim: int
         for s in progress(starts, total=len(starts), desc="index: embed", enabled=show):
             rows = embed(np.arange(s, min(s + chunk, n)))
             if rows.shape != (min(s + chunk, n) - s, dim):
-                raise GeokitError(f"embedding gave rows of shape {rows.shape}, expected "
-                                  f"({min(s + chunk, n) - s}, {dim})")
+                raise GeokitError(
+                    f"embedding gave rows of shape {rows.shape}, expected ({min(s + chunk, n) - s}, {dim})"
+                )
             if fh is not None:
                 data = np.ascontiguousarray(rows, dtype=dtype)
                 spool.crc = zlib.crc32(memoryview(data).cast("B"), spool.crc)
@@ -511,8 +595,9 @@ def spool_embeddings(embed: Callable[[np.ndarray], np.ndarray], n: int, dim: int
     return spool
 
 
-def _safetensors_header(entries: Sequence[tuple[str, np.dtype, tuple[int, ...], int]],
-                        metadata: Mapping[str, str]) -> bytes:
+def _safetensors_header(
+    entries: Sequence[tuple[str, np.dtype, tuple[int, ...], int]], metadata: Mapping[str, str]
+) -> bytes:
     header: dict[str, Any] = {"__metadata__": dict(metadata)}
     pos = 0
     for name, dtype, shape, nbytes in entries:
@@ -531,9 +616,17 @@ def _file_crc(path: Path) -> int:
     return crc
 
 
-def write_index_from_spool(spool: Spool, spec: IndexSpec, output: str | Path, *, paths: Sequence[str],
-                           latlon: np.ndarray, meta: Mapping[str, Any] | None = None, chunk: int = 65536,
-                           show: bool | None = None) -> dict[str, Any]:
+def write_index_from_spool(
+    spool: Spool,
+    spec: IndexSpec,
+    output: str | Path,
+    *,
+    paths: Sequence[str],
+    latlon: np.ndarray,
+    meta: Mapping[str, Any] | None = None,
+    chunk: int = 65536,
+    show: bool | None = None,
+) -> dict[str, Any]:
     """Turn spooled embeddings into the index file ``output`` (the layout :meth:`GeoIndex.save`
     writes, byte for byte the same tensors), without holding the vectors in memory.
 
@@ -557,10 +650,18 @@ def write_index_from_spool(spool: Spool, spec: IndexSpec, output: str | Path, *,
             raise GeokitError(f"reference path contains a line break: {p!r}")
     if len(paths) != n or len(latlon) != n:
         raise GeokitError(f"{n} embeddings but {len(paths)} paths and {len(latlon)} locations")
-    info: dict[str, Any] = {"format": FORMAT, "type": spec.type, "count": n, "dim": dim,
-                            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(meta or {})}
-    small = {"latlon": np.ascontiguousarray(latlon, dtype=np.float64).reshape(-1, 2),
-             "paths": np.frombuffer("\n".join(paths).encode("utf-8"), dtype=np.uint8).copy()}
+    info: dict[str, Any] = {
+        "format": FORMAT,
+        "type": spec.type,
+        "count": n,
+        "dim": dim,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(meta or {}),
+    }
+    small = {
+        "latlon": np.ascontiguousarray(latlon, dtype=np.float64).reshape(-1, 2),
+        "paths": np.frombuffer("\n".join(paths).encode("utf-8"), dtype=np.uint8).copy(),
+    }
     faiss_file: Path | None = None
     try:
         if spec.type == "flat":
@@ -578,13 +679,20 @@ def write_index_from_spool(spool: Spool, spec: IndexSpec, output: str | Path, *,
             faiss.write_index(index, str(faiss_file))
             del index  # the memory ceiling is one faiss index, not the index and its serialised copy
             size = faiss_file.stat().st_size
-            big_name, big_dtype, big_shape, big_file, big_crc = "faiss", np.dtype(np.uint8), (size,), faiss_file, \
-                _file_crc(faiss_file)
+            big_name, big_dtype, big_shape, big_file, big_crc = (
+                "faiss",
+                np.dtype(np.uint8),
+                (size,),
+                faiss_file,
+                _file_crc(faiss_file),
+            )
         big_bytes = int(np.prod(big_shape)) * big_dtype.itemsize
         if big_file.stat().st_size != big_bytes:
             raise GeokitError(f"{big_file} holds {big_file.stat().st_size} bytes, expected {big_bytes}")
         info["checksums"] = {**{k: _crc(v) for k, v in small.items()}, big_name: big_crc}
-        entries = [(k, v.dtype, v.shape, v.nbytes) for k, v in small.items()] + [(big_name, big_dtype, big_shape, big_bytes)]
+        entries = [(k, v.dtype, v.shape, v.nbytes) for k, v in small.items()] + [
+            (big_name, big_dtype, big_shape, big_bytes)
+        ]
         header = _safetensors_header(entries, {META_KEY: json.dumps(info)})
 
         def write(tmp: Path) -> None:
@@ -615,8 +723,11 @@ def _faiss_from_spool(spool: Spool, spec: IndexSpec, chunk: int, show: bool | No
     if spec.type == "hnsw":
         index = faiss.IndexHNSWFlat(dim, spec.hnsw_m, metric)
         index.hnsw.efConstruction = spec.ef_construction
-        params: dict[str, Any] = {"hnsw_m": spec.hnsw_m, "ef_construction": spec.ef_construction,
-                                  "ef_search": spec.ef_search}
+        params: dict[str, Any] = {
+            "hnsw_m": spec.hnsw_m,
+            "ef_construction": spec.ef_construction,
+            "ef_search": spec.ef_search,
+        }
     else:
         nlist = spec.nlist_for(n)
         quantizer = faiss.IndexFlatIP(dim)
@@ -665,8 +776,10 @@ def read_references(source: str | Path) -> References:
         if len(csvs) == 1:
             return _read_reference_csv(csvs[0])
         if len(csvs) > 1:
-            raise GeokitError(f"{source} holds several CSV files ({', '.join(c.name for c in csvs[:5])}); "
-                              "name the one listing the tiles (path,lat,lon) or call it references.csv")
+            raise GeokitError(
+                f"{source} holds several CSV files ({', '.join(c.name for c in csvs[:5])}); "
+                "name the one listing the tiles (path,lat,lon) or call it references.csv"
+            )
         images = sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise GeokitError(f"{source} holds no CSV and no images ({', '.join(IMAGE_SUFFIXES)})")
@@ -683,8 +796,10 @@ def _read_reference_csv(path: Path) -> References:
         fields = [f.strip() for f in (reader.fieldnames or [])]
         reader.fieldnames = fields
         if "path" not in fields:
-            raise GeokitError(f"{path}: missing column 'path' (found: {', '.join(fields) or 'nothing'}); "
-                              "the header must name path,lat,lon")
+            raise GeokitError(
+                f"{path}: missing column 'path' (found: {', '.join(fields) or 'nothing'}); "
+                "the header must name path,lat,lon"
+            )
         has_gps = "lat" in fields and "lon" in fields
         if ("lat" in fields) != ("lon" in fields):
             raise GeokitError(f"{path}: has only one of the columns lat/lon; give both or neither")
@@ -701,8 +816,9 @@ def _read_reference_csv(path: Path) -> References:
                 try:
                     lat, lon = float(row["lat"]), float(row["lon"])
                 except (TypeError, ValueError):
-                    raise GeokitError(f"{path} line {line}: lat/lon {row.get('lat')!r}, {row.get('lon')!r} "
-                                      "are not numbers") from None
+                    raise GeokitError(
+                        f"{path} line {line}: lat/lon {row.get('lat')!r}, {row.get('lon')!r} are not numbers"
+                    ) from None
                 if not (abs(lat) <= 90 and abs(lon) <= 180):
                     raise GeokitError(f"{path} line {line}: lat/lon ({lat}, {lon}) out of range")
                 coords.append((lat, lon))
@@ -712,8 +828,11 @@ def _read_reference_csv(path: Path) -> References:
     return References(paths, latlon, str(path))
 
 
-def dataset_references(config_path: str | Path, overrides: Sequence[str] = (), split: str | None = None,
-                       ) -> References:
+def dataset_references(
+    config_path: str | Path,
+    overrides: Sequence[str] = (),
+    split: str | None = None,
+) -> References:
     """The reference set of a configured dataset's evaluation split (and its lat/lon if known)."""
     from geokit import config
     from geokit.registry import create
@@ -723,8 +842,11 @@ def dataset_references(config_path: str | Path, overrides: Sequence[str] = (), s
     ds.name = cfg.names["dataset"]
     es = ds.eval_set(ds.check_split(split or cfg.eval.split))
     gps = es.reference_gps
-    latlon = np.asarray(gps, dtype=np.float64).reshape(-1, 2) if gps is not None \
+    latlon = (
+        np.asarray(gps, dtype=np.float64).reshape(-1, 2)
+        if gps is not None
         else np.full((len(es.reference_paths), 2), np.nan)
+    )
     return References(list(es.reference_paths), latlon, f"{config_path} ({ds.name} {es.name})", dataset=ds)
 
 
@@ -770,19 +892,25 @@ def load_encoder(checkpoint: str | Path, device: Any = None) -> Encoder:
     from geokit.model import BuildContext, build_component, without_initial_weights
 
     tensors, record = load_weights(checkpoint)
-    missing = [k for k in ("encoder", "embedding_dim", "mean", "std", "query_size", "reference_size")
-               if k not in record]
+    missing = [
+        k for k in ("encoder", "embedding_dim", "mean", "std", "query_size", "reference_size") if k not in record
+    ]
     if missing:
-        raise GeokitError(f"{checkpoint}: the checkpoint record lacks {', '.join(missing)}; "
-                          "it was not written by 'geokit train'")
+        raise GeokitError(
+            f"{checkpoint}: the checkpoint record lacks {', '.join(missing)}; it was not written by 'geokit train'"
+        )
     options = dict(record["encoder"])
     name = options.pop("name", None)
     if not name:
         raise GeokitError(f"{checkpoint}: the record's encoder has no name")
-    context = BuildContext("encoder", dataset_name=str(record.get("dataset", "dataset")),
-                           query_size=tuple(record["query_size"]), reference_size=tuple(record["reference_size"]))
+    context = BuildContext(
+        "encoder",
+        dataset_name=str(record.get("dataset", "dataset")),
+        query_size=tuple(record["query_size"]),
+        reference_size=tuple(record["reference_size"]),
+    )
     module = build_component("encoder", name, without_initial_weights(options), context)
-    enc = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
+    enc = {k[len("encoder.") :]: v for k, v in tensors.items() if k.startswith("encoder.")}
     load_module_strict(module, enc, f"{checkpoint} (encoder)")
     if device is not None:
         module.to(device)
@@ -795,10 +923,12 @@ def load_encoder(checkpoint: str | Path, device: Any = None) -> Encoder:
 
 def encoder_meta(encoder: Encoder) -> dict[str, Any]:
     """What an index stores about the encoder that embedded it."""
-    return {"encoder_record": {k: encoder.record.get(k) for k in RECORD_KEYS},
-            "encoder_fingerprint": encoder.fingerprint,
-            "checkpoint": str(Path(encoder.source).resolve()),
-            "view": "reference"}
+    return {
+        "encoder_record": {k: encoder.record.get(k) for k in RECORD_KEYS},
+        "encoder_fingerprint": encoder.fingerprint,
+        "checkpoint": str(Path(encoder.source).resolve()),
+        "view": "reference",
+    }
 
 
 def _run_rerankers(enc: Encoder, spec: IndexSpec) -> list[dict[str, Any]]:
@@ -811,16 +941,27 @@ def _run_rerankers(enc: Encoder, spec: IndexSpec) -> list[dict[str, Any]]:
     if sections:
         build_rerankers(sections)  # an unknown re-ranker or option fails now, not after embedding
         if spec.type != "flat":
-            raise GeokitError(f"{enc.source} was trained with re-rankers "
-                              f"({', '.join(str(s.get('name')) for s in sections)}), which need the gallery's "
-                              "vectors at locate time: build this index with --type flat")
+            raise GeokitError(
+                f"{enc.source} was trained with re-rankers "
+                f"({', '.join(str(s.get('name')) for s in sections)}), which need the gallery's "
+                "vectors at locate time: build this index with --type flat"
+            )
     return sections
 
 
-def build_from_checkpoint(checkpoint: str | Path, references: References, output: str | Path,
-                          spec: IndexSpec, *, batch_size: int = 64, chunk: int = 1024, device: str = "auto",
-                          show: bool | None = None, load: bool = True, dist_timeout: float = 1800.0,
-                          ) -> GeoIndex | dict[str, Any] | None:
+def build_from_checkpoint(
+    checkpoint: str | Path,
+    references: References,
+    output: str | Path,
+    spec: IndexSpec,
+    *,
+    batch_size: int = 64,
+    chunk: int = 1024,
+    device: str = "auto",
+    show: bool | None = None,
+    load: bool = True,
+    dist_timeout: float = 1800.0,
+) -> GeoIndex | dict[str, Any] | None:
     """``geokit index build``: embed ``references`` with the checkpoint's encoder (reference view)
     and save the index at ``output``.
 
@@ -852,9 +993,18 @@ def build_from_checkpoint(checkpoint: str | Path, references: References, output
             raise GeokitError("no references to index")
 
         def embed(positions: np.ndarray) -> np.ndarray:
-            return D.embed_sharded(world, enc.module, dataset, [references.paths[int(i)] for i in positions], size,
-                                   enc.norm_for("reference"), batch_size=batch_size, device=dev, show=False,
-                                   view="reference")
+            return D.embed_sharded(
+                world,
+                enc.module,
+                dataset,
+                [references.paths[int(i)] for i in positions],
+                size,
+                enc.norm_for("reference"),
+                batch_size=batch_size,
+                device=dev,
+                show=False,
+                view="reference",
+            )
 
         if world.is_main:
             output.parent.mkdir(parents=True, exist_ok=True)
@@ -862,15 +1012,24 @@ def build_from_checkpoint(checkpoint: str | Path, references: References, output
             os.close(fd)
             spool_path = Path(tmp)
         dtype = np.float16 if spec.type == "flat" and spec.dtype == "float16" else np.float32
-        spool = spool_embeddings(embed, n, dim, spool_path or os.devnull, dtype=dtype, chunk=chunk,
-                                 write=world.is_main, show=show if world.is_main else False)
+        spool = spool_embeddings(
+            embed,
+            n,
+            dim,
+            spool_path or os.devnull,
+            dtype=dtype,
+            chunk=chunk,
+            write=world.is_main,
+            show=show if world.is_main else False,
+        )
         clean = True
     except GeokitError:
         raise
     except Exception as exc:
         if world.distributed and D.is_comm_error(exc):
-            raise D.comm_error(world, "distributed index building", exc, "Re-run the command.",
-                               "--dist-timeout") from None
+            raise D.comm_error(
+                world, "distributed index building", exc, "Re-run the command.", "--dist-timeout"
+            ) from None
         raise
     finally:
         # Every rank has embedded its share: leave the process group before rank 0 builds the
@@ -884,8 +1043,16 @@ def build_from_checkpoint(checkpoint: str | Path, references: References, output
         meta = {**encoder_meta(enc), "references": references.source}
         if rerankers:
             meta["rerankers"] = rerankers
-        info = write_index_from_spool(spool, spec, output, paths=references.paths, latlon=references.latlon,
-                                      meta=meta, chunk=max(chunk, 65536), show=show)
+        info = write_index_from_spool(
+            spool,
+            spec,
+            output,
+            paths=references.paths,
+            latlon=references.latlon,
+            meta=meta,
+            chunk=max(chunk, 65536),
+            show=show,
+        )
     finally:
         spool.path.unlink(missing_ok=True)
     if not load:

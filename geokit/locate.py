@@ -21,6 +21,7 @@ that circle (the top-1 included): a confidence, not a different answer. (An earl
 averaged the largest group of candidates wherever it was; on the synthetic world that was far
 worse than the top-1 — BENCHMARKS.md, "locate: consensus vs top-1".)
 """
+
 from __future__ import annotations
 
 import csv
@@ -106,8 +107,7 @@ def consensus(candidates: Sequence[Candidate], radius_m: float, *, min_support: 
     if len(near) < max(min_support, 2):
         return None
     order = sorted(near, key=lambda i: geo[i].rank)
-    return Consensus(float(top.lat), float(top.lon), int(len(near)), float(d[near].max()),
-                     [geo[i].rank for i in order])
+    return Consensus(float(top.lat), float(top.lon), int(len(near)), float(d[near].max()), [geo[i].rank for i in order])
 
 
 class Localizer:
@@ -121,24 +121,37 @@ class Localizer:
     :param consensus_radius_m: candidates closer than this to the top-1 tile support it.
     """
 
-    def __init__(self, index: str | Path, checkpoint: str | Path | None = None, *, view: str = "query",
-                 device: str = "auto", batch_size: int = 16, consensus_radius_m: float = 100.0,
-                 tiles_root: str | Path | None = None, allow_outside: bool = False):
+    def __init__(
+        self,
+        index: str | Path,
+        checkpoint: str | Path | None = None,
+        *,
+        view: str = "query",
+        device: str = "auto",
+        batch_size: int = 16,
+        consensus_radius_m: float = 100.0,
+        tiles_root: str | Path | None = None,
+        allow_outside: bool = False,
+    ):
         from geokit.index import GeoIndex, load_encoder
         from geokit.runtime import select_device
 
         if view not in ("query", "reference"):
             raise GeokitError(f"view must be 'query' or 'reference', not {str(view)[:40]!r}")
         if not (batch_size >= 1 and math.isfinite(consensus_radius_m) and consensus_radius_m >= 0):
-            raise GeokitError(f"batch_size must be ≥ 1 and the consensus radius a finite number ≥ 0 "
-                              f"(got {batch_size}, {consensus_radius_m})")
+            raise GeokitError(
+                f"batch_size must be ≥ 1 and the consensus radius a finite number ≥ 0 "
+                f"(got {batch_size}, {consensus_radius_m})"
+            )
         # tile paths checked against the gallery folder (see GeoIndex.load)
         self.index = GeoIndex.load(index, tiles_root=tiles_root, allow_outside=allow_outside)
         if checkpoint is None:
             checkpoint = self.index.meta.get("checkpoint")
             if not checkpoint or not Path(checkpoint).is_file():
-                raise GeokitError(f"index {index} was built with checkpoint {checkpoint}, which is not "
-                                  "there any more; pass the checkpoint (--checkpoint)")
+                raise GeokitError(
+                    f"index {index} was built with checkpoint {checkpoint}, which is not "
+                    "there any more; pass the checkpoint (--checkpoint)"
+                )
         self.device = select_device(device)
         self.encoder = load_encoder(checkpoint, self.device)
         self.index.check_encoder(self.encoder.record, self.encoder.fingerprint, str(checkpoint))
@@ -164,9 +177,17 @@ class Localizer:
         from geokit.data import CrossViewDataset
         from geokit.embedding import embed_paths
 
-        return embed_paths(self.encoder.module, CrossViewDataset(), [str(p) for p in photos], self.size,
-                           self.encoder.norm_for(self.view), batch_size=self.batch_size, device=self.device,
-                           show=False, view=self.view)
+        return embed_paths(
+            self.encoder.module,
+            CrossViewDataset(),
+            [str(p) for p in photos],
+            self.size,
+            self.encoder.norm_for(self.view),
+            batch_size=self.batch_size,
+            device=self.device,
+            show=False,
+            view=self.view,
+        )
 
     def locate(self, photos: str | Path | Sequence[str | Path], k: int = 5) -> list[Location]:
         """Top-``k`` tiles per photo, best first, with a consensus where others lie near the top-1."""
@@ -181,8 +202,9 @@ class Localizer:
         emb = self.embed(photos)
         if not np.isfinite(emb).all():  # never a NaN score with exit status 0
             bad = photos[int(np.flatnonzero(~np.isfinite(emb).all(1))[0])]
-            raise GeokitError(f"the embedding of {bad} is not finite: the checkpoint's weights or "
-                              "normalisation are damaged")
+            raise GeokitError(
+                f"the embedding of {bad} is not finite: the checkpoint's weights or normalisation are damaged"
+            )
         if self.rerankers:
             from geokit.evaluation import apply_rerankers
             from geokit.retrieval import search
@@ -199,8 +221,16 @@ class Localizer:
                     continue
                 lat, lon = (float(x) for x in self.index.latlon[i])
                 known = math.isfinite(lat) and math.isfinite(lon)
-                cands.append(Candidate(len(cands) + 1, int(i), self.index.paths[i], lat if known else None,
-                                       lon if known else None, float(s)))
+                cands.append(
+                    Candidate(
+                        len(cands) + 1,
+                        int(i),
+                        self.index.paths[i],
+                        lat if known else None,
+                        lon if known else None,
+                        float(s),
+                    )
+                )
             out.append(Location(photo, cands, consensus(cands, self.consensus_radius_m)))
         return out
 
@@ -217,13 +247,25 @@ def format_results(results: Sequence[Location], fmt: str = "table") -> str:
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["photo", "rank", "path", "lat", "lon", "score", "consensus_lat", "consensus_lon",
-                    "consensus_support"])
+        w.writerow(
+            ["photo", "rank", "path", "lat", "lon", "score", "consensus_lat", "consensus_lon", "consensus_support"]
+        )
         for r in results:
             c = r.consensus
             for cand in r.candidates:
-                w.writerow([r.photo, cand.rank, cand.path, _num(cand.lat), _num(cand.lon), f"{cand.score:.6f}",
-                            _num(c.lat if c else None), _num(c.lon if c else None), c.support if c else ""])
+                w.writerow(
+                    [
+                        r.photo,
+                        cand.rank,
+                        cand.path,
+                        _num(cand.lat),
+                        _num(cand.lon),
+                        f"{cand.score:.6f}",
+                        _num(c.lat if c else None),
+                        _num(c.lon if c else None),
+                        c.support if c else "",
+                    ]
+                )
         return buf.getvalue()
     if fmt != "table":
         raise GeokitError(f"unknown format {fmt!r}: table, json or csv")
@@ -235,8 +277,10 @@ def format_results(results: Sequence[Location], fmt: str = "table") -> str:
             lines.append(f"  {cand.rank:>3}  {cand.score:7.4f}  {where}  {cand.path}")
         c = r.consensus
         if c:
-            lines.append(f"  consensus: {c.lat:.6f} {c.lon:.6f}, the top-1 ({c.support} of {len(r.candidates)} "
-                         f"candidates within {c.spread_m:.0f} m of it)")
+            lines.append(
+                f"  consensus: {c.lat:.6f} {c.lon:.6f}, the top-1 ({c.support} of {len(r.candidates)} "
+                f"candidates within {c.spread_m:.0f} m of it)"
+            )
         else:
             lines.append("  consensus: none (no other candidate near the top-1)")
     return "\n".join(lines)
@@ -279,10 +323,19 @@ def contact_sheet(results: Sequence[Location], path: str | Path, *, thumb: int =
     row_h = thumb + label + pad
     sheet = Image.new("RGB", (pad + cols * cell_w, head + len(results) * row_h + pad), "white")
     draw = ImageDraw.Draw(sheet)
-    draw.text((pad, 6), "geokit locate: each photo, then its top-k tiles (rank, cosine score, lat/lon, file)",
-              fill=INK, font=font)
-    draw.text((pad, 22), "thick outline: top-1 tile;  blue: tiles within the consensus radius of the top-1 "
-              "(the consensus is the top-1's location)", fill=GREY, font=small)
+    draw.text(
+        (pad, 6),
+        "geokit locate: each photo, then its top-k tiles (rank, cosine score, lat/lon, file)",
+        fill=INK,
+        font=font,
+    )
+    draw.text(
+        (pad, 22),
+        "thick outline: top-1 tile;  blue: tiles within the consensus radius of the top-1 "
+        "(the consensus is the top-1's location)",
+        fill=GREY,
+        font=small,
+    )
 
     def picture(img_path: str, x: int, y: int) -> None:
         try:
@@ -300,18 +353,28 @@ def contact_sheet(results: Sequence[Location], path: str | Path, *, thumb: int =
         x = pad
         picture(r.photo, x, y)
         c = r.consensus
-        texts = [_tail(r.photo), f"consensus: {c.support} of {len(r.candidates)}" if c else "no consensus",
-                 f"{c.lat:.5f}, {c.lon:.5f}" if c else "(no tile near the top-1)"]
+        texts = [
+            _tail(r.photo),
+            f"consensus: {c.support} of {len(r.candidates)}" if c else "no consensus",
+            f"{c.lat:.5f}, {c.lon:.5f}" if c else "(no tile near the top-1)",
+        ]
         for i, t in enumerate(texts):
-            draw.text((x, y + thumb + 3 + 15 * i), _short(t, font if i == 0 else small, thumb),
-                      fill=INK if c or i < 2 else GREY, font=font if i == 0 else small)
+            draw.text(
+                (x, y + thumb + 3 + 15 * i),
+                _short(t, font if i == 0 else small, thumb),
+                fill=INK if c or i < 2 else GREY,
+                font=font if i == 0 else small,
+            )
         members = set(c.members) if c else set()
         for col, cand in enumerate(r.candidates, start=1):
             x = pad + col * cell_w
             picture(cand.path, x, y)
             if cand.rank in members or cand.rank == 1:
-                draw.rectangle([x - 2, y - 2, x + thumb + 1, y + thumb + 1],
-                               outline=BLUE if cand.rank in members else INK, width=3 if cand.rank == 1 else 2)
+                draw.rectangle(
+                    [x - 2, y - 2, x + thumb + 1, y + thumb + 1],
+                    outline=BLUE if cand.rank in members else INK,
+                    width=3 if cand.rank == 1 else 2,
+                )
             where = f"{cand.lat:.5f}, {cand.lon:.5f}" if cand.lat is not None else "no lat/lon"
             draw.text((x, y + thumb + 3), f"#{cand.rank}   {cand.score:.3f}", fill=INK, font=font)
             draw.text((x, y + thumb + 18), _short(where, small, thumb), fill=INK, font=small)

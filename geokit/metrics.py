@@ -29,6 +29,7 @@ AP counts the references above each true match in one pass over float32 blocks (
 score among the sorted true-match scores), so it costs one extra pass whatever the number of true
 matches; its counts are float32's.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -46,7 +47,7 @@ def _pad(lists: Sequence[Sequence[int]] | np.ndarray, fill: int = -1) -> np.ndar
     width = max((len(x) for x in lists), default=0)
     out = np.full((len(lists), max(width, 1)), fill, dtype=np.int64)
     for i, x in enumerate(lists):
-        out[i, :len(x)] = np.asarray(x, dtype=np.int64)
+        out[i, : len(x)] = np.asarray(x, dtype=np.int64)
     return out
 
 
@@ -55,16 +56,24 @@ def _clean_semi(semi: np.ndarray, pos: np.ndarray) -> np.ndarray:
     (those must not be subtracted twice from the strict count)."""
     semi = semi.copy()
     for j in range(semi.shape[1]):
-        col = semi[:, j:j + 1]
+        col = semi[:, j : j + 1]
         dup = (col == pos).any(1) | (col == semi[:, :j]).any(1)
         semi[dup, j] = -1
     return semi
 
 
-def retrieval_metrics(query: Any, reference: Any, positives: Any, *, semi_positives: Any = None,
-                      ks: Sequence[int] = (1, 5, 10), chunk_size: int | None = None,
-                      ap: bool | None = None, threads: int | None = None,
-                      bf16_screen: bool | None = None) -> dict[str, float]:
+def retrieval_metrics(
+    query: Any,
+    reference: Any,
+    positives: Any,
+    *,
+    semi_positives: Any = None,
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int | None = None,
+    ap: bool | None = None,
+    threads: int | None = None,
+    bf16_screen: bool | None = None,
+) -> dict[str, float]:
     """Recall@k, R@1%, and (when applicable) VIGOR hit rates and AP, without the Q×R matrix.
 
     :param query: ``(Q, D)`` embeddings (numpy or torch, float16/32/64; L2-normalised here).
@@ -122,12 +131,12 @@ def retrieval_metrics(query: Any, reference: Any, positives: Any, *, semi_positi
     else:  # AP: float32 scores, every one bucketed among the true matches' scores
         for start, _, s in _blocks(q, r, chunk_size, threads):
             b = len(s)
-            p = pos_t[start:start + b]
+            p = pos_t[start : start + b]
             valid = p >= 0
             pscores = torch.where(valid, s.gather(1, p.clamp(min=0)), neg_inf)
             best_pos = pscores.max(dim=1, keepdim=True).values
-            ranks[start:start + b] = count_above(s, best_pos).numpy()
-            aps[start:start + b] = _average_precision(s, pscores, valid)
+            ranks[start : start + b] = count_above(s, best_pos).numpy()
+            aps[start : start + b] = _average_precision(s, pscores, valid)
 
     out: dict[str, float] = {}
     for k in ks:
@@ -143,8 +152,18 @@ def retrieval_metrics(query: Any, reference: Any, positives: Any, *, semi_positi
     return out
 
 
-def _exact_scan(q: Any, r: Any, pos_t: Any, semi_t: Any, ranks: np.ndarray, hits: np.ndarray | None,
-                hits_strict: np.ndarray | None, chunk_size: int | None, threads: int | None, screen: bool) -> None:
+def _exact_scan(
+    q: Any,
+    r: Any,
+    pos_t: Any,
+    semi_t: Any,
+    ranks: np.ndarray,
+    hits: np.ndarray | None,
+    hits_strict: np.ndarray | None,
+    chunk_size: int | None,
+    threads: int | None,
+    screen: bool,
+) -> None:
     """The rank (and VIGOR hit) loop, filled in place, with the counts of the vectors' float64
     scores (:mod:`geokit.screening`): on bfloat16 blocks shifted by each query's best true-match
     score (``screen``), else on float32 blocks; the same numbers either way."""
@@ -165,7 +184,7 @@ def _exact_scan(q: Any, r: Any, pos_t: Any, semi_t: Any, ranks: np.ndarray, hits
 
     for start, qb, s32 in _blocks(q, r, chunk, threads, multiply=not screen):
         b = len(qb)
-        p = pos_t[start:start + b]
+        p = pos_t[start : start + b]
         best_pos = scores_at(qb, p).max(dim=1).values
         if gallery is not None:
             s16, err = gallery.shifted_scores(qb, best_pos, out=buf[:b])
@@ -177,13 +196,13 @@ def _exact_scan(q: Any, r: Any, pos_t: Any, semi_t: Any, ranks: np.ndarray, hits
 
         every = slice(None)
         rank = above(every, best_pos, p)
-        ranks[start:start + b] = rank.numpy()
+        ranks[start : start + b] = rank.numpy()
         if semi_t is None:
             continue
-        sp = semi_t[start:start + b]
+        sp = semi_t[start : start + b]
         sscores = scores_at(qb, sp)
         strict = rank == (sscores > best_pos.unsqueeze(1)).sum(1)
-        hits_strict[start:start + b] = strict.numpy()
+        hits_strict[start : start + b] = strict.numpy()
         # a strict hit is a hit; otherwise a hit means that nothing but true matches and
         # semi-positives scores above the best allowed score
         hit = strict.clone()
@@ -191,7 +210,7 @@ def _exact_scan(q: Any, r: Any, pos_t: Any, semi_t: Any, ranks: np.ndarray, hits
         if len(rest):
             best_ok = torch.maximum(best_pos[rest], sscores[rest].max(dim=1).values)
             hit[rest] = above(rest, best_ok, torch.cat([p[rest], sp[rest]], dim=1)) == 0
-        hits[start:start + b] = hit.numpy()
+        hits[start : start + b] = hit.numpy()
 
 
 def _average_precision(s: Any, pscores: Any, valid: Any) -> np.ndarray:

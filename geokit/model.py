@@ -1,4 +1,5 @@
 """Build the components of a run from its config, and move weights in and out of checkpoints."""
+
 from __future__ import annotations
 
 import logging
@@ -173,8 +174,8 @@ class Parts:
     def load(self, path: str | Path) -> dict[str, Any]:
         """Load weights strictly from a geokit checkpoint; returns its record."""
         tensors, record = load_weights(path)
-        enc = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
-        loss = {k[len("loss."):]: v for k, v in tensors.items() if k.startswith("loss.")}
+        enc = {k[len("encoder.") :]: v for k, v in tensors.items() if k.startswith("encoder.")}
+        loss = {k[len("loss.") :]: v for k, v in tensors.items() if k.startswith("loss.")}
         other = sorted(k for k in tensors if not k.startswith(("encoder.", "loss.")))
         if other:
             raise GeokitError(f"{path}: unexpected tensors {other[:5]} (not encoder.* or loss.*)")
@@ -200,18 +201,28 @@ def build(config: Config, *, dataset: CrossViewDataset | None = None, for_checkp
         size = tuple(getattr(ds, f"{view}_size"))
         if not all(1 <= int(x) <= MAX_INPUT_SIDE for x in size):
             raise GeokitError(f"dataset.{view}_size {list(size)}: each side must be from 1 to {MAX_INPUT_SIDE} px")
-    context = BuildContext("transform", dataset_name=ds.name, query_size=tuple(ds.query_size),
-                           reference_size=tuple(ds.reference_size), query_view=ds.query_view,
-                           reference_view=ds.reference_view, _train=ds.train_set)
+    context = BuildContext(
+        "transform",
+        dataset_name=ds.name,
+        query_size=tuple(ds.query_size),
+        reference_size=tuple(ds.reference_size),
+        query_view=ds.query_view,
+        reference_view=ds.reference_view,
+        _train=ds.train_set,
+    )
     transforms = [build_component("transform", name, opts, context) for name, opts in config.transforms]
-    context = context.for_kind("encoder", query_size=transformed_size(ds.query_size, transforms, "query"),
-                               reference_size=transformed_size(ds.reference_size, transforms, "reference"))
+    context = context.for_kind(
+        "encoder",
+        query_size=transformed_size(ds.query_size, transforms, "query"),
+        reference_size=transformed_size(ds.reference_size, transforms, "reference"),
+    )
     enc_opts = without_initial_weights(config.encoder) if for_checkpoint else config.encoder
     encoder = build_component("encoder", config.names["encoder"], enc_opts, context)
     for attr in ("embedding_dim", "mean", "std"):
         if not hasattr(encoder, attr):
-            raise GeokitError(f"encoder '{config.names['encoder']}' has no '{attr}' attribute "
-                              "(see geokit_register_encoders)")
+            raise GeokitError(
+                f"encoder '{config.names['encoder']}' has no '{attr}' attribute (see geokit_register_encoders)"
+            )
     context = context.for_kind("loss", embedding_dim=int(encoder.embedding_dim))
     loss = build_component("loss", config.names["loss"], config.loss, context) if "loss" in config.names else None
     if getattr(encoder, "loss_state", None) and loss is not None:  # evaluation may have no loss
@@ -226,8 +237,11 @@ def hand_over_loss_state(state: dict[str, Any], loss: Any, loss_name: str) -> li
     import torch
 
     own = loss.state_dict()
-    placed = sorted(k for k, v in state.items()
-                    if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(own[k].shape))
+    placed = sorted(
+        k
+        for k, v in state.items()
+        if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(own[k].shape)
+    )
     with torch.no_grad():
         for k in placed:
             own[k].copy_(state[k])
@@ -236,7 +250,10 @@ def hand_over_loss_state(state: dict[str, Any], loss: Any, loss_name: str) -> li
         log.info("loss '%s': %s from the encoder's initial weights", loss_name, shown)
     rest = sorted(set(state) - set(placed))
     if rest:
-        log.warning("the encoder's initial weights hold tensors for the loss that loss '%s' has no "
-                    "place for (other name or shape), ignored: %s", loss_name,
-                    ", ".join(rest[:6]) + (f" (+{len(rest) - 6} more)" if len(rest) > 6 else ""))
+        log.warning(
+            "the encoder's initial weights hold tensors for the loss that loss '%s' has no "
+            "place for (other name or shape), ignored: %s",
+            loss_name,
+            ", ".join(rest[:6]) + (f" (+{len(rest) - 6} more)" if len(rest) > 6 else ""),
+        )
     return placed

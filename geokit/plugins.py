@@ -8,6 +8,7 @@ entry points of the ``geokit`` distribution itself; ``GEOKIT_DISABLE_PLUGINS=nam
 hook signature, or whose registration hook raises is reported with a warning naming its entry
 point and distribution, is listed as broken by ``geokit plugins``, and the others still load.
 """
+
 from __future__ import annotations
 
 import os
@@ -67,8 +68,11 @@ class Manager:
 
     def add_plugin(self, obj: Any, info: PluginInfo) -> bool:
         """Register ``obj``; on a bad hook, warn and leave it out. Returns whether it loaded."""
-        unknown = [n for n in dir(obj) if n.startswith("geokit_") and callable(getattr(obj, n, None))
-                   and not hasattr(self.pm.hook, n)]
+        unknown = [
+            n
+            for n in dir(obj)
+            if n.startswith("geokit_") and callable(getattr(obj, n, None)) and not hasattr(self.pm.hook, n)
+        ]
         if unknown:
             hooks = [n for n in hookspecs.REGISTRATION_HOOKS.values()] + ["geokit_register_commands"]
             details = ", ".join(f"'{n}'{closest(n, hooks)}" for n in unknown)
@@ -106,9 +110,11 @@ class Manager:
                 except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the others down
                     del reg._pending[before:]
                     reg._entries = None
-                    self.mark_broken(self.info(impl.plugin_name),
-                                     f"failed in {hookspecs.REGISTRATION_HOOKS[kind]}: "
-                                     f"{type(exc).__name__}: {_first_line(exc)}; its {kind}s are left out")
+                    self.mark_broken(
+                        self.info(impl.plugin_name),
+                        f"failed in {hookspecs.REGISTRATION_HOOKS[kind]}: "
+                        f"{type(exc).__name__}: {_first_line(exc)}; its {kind}s are left out",
+                    )
             self._registries[kind] = reg
         return self._registries[kind]
 
@@ -122,9 +128,11 @@ class Manager:
                 if hasattr(cli, "commands"):  # drop what it half-registered
                     cli.commands.clear()
                     cli.commands.update(before)
-                self.mark_broken(self.info(impl.plugin_name),
-                                 f"failed in geokit_register_commands: {type(exc).__name__}: "
-                                 f"{_first_line(exc)}; its commands are left out")
+                self.mark_broken(
+                    self.info(impl.plugin_name),
+                    f"failed in geokit_register_commands: {type(exc).__name__}: "
+                    f"{_first_line(exc)}; its commands are left out",
+                )
 
 
 def _first_line(exc: BaseException, limit: int = 300) -> str:

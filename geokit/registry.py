@@ -3,6 +3,7 @@
 Plugins fill them through the registration hooks (see ``geokit.hookspecs``); the engines build
 components with :func:`create`. Lookup errors list what is available and the closest name.
 """
+
 from __future__ import annotations
 
 import reprlib
@@ -74,8 +75,9 @@ class Registry:
         if summary == "" and factory.__doc__:
             summary = factory.__doc__.strip().splitlines()[0]
         self._pending.append(
-            Component(self.kind, name, factory, options or NoOptions, self._plugin,
-                      self._distribution, summary, replace)
+            Component(
+                self.kind, name, factory, options or NoOptions, self._plugin, self._distribution, summary, replace
+            )
         )
         self._entries = None
 
@@ -97,16 +99,14 @@ class Registry:
                 out[name] = comps[0]
                 continue
             winners = [c for c in comps if c.replace]
-            who = ", ".join(f"{c.plugin}" + (f" ({c.distribution})" if c.distribution else "")
-                            for c in comps)
+            who = ", ".join(f"{c.plugin}" + (f" ({c.distribution})" if c.distribution else "") for c in comps)
             if len(winners) != 1:
                 raise GeokitError(
                     f"{self.kind} '{name}' is registered by more than one plugin: {who}. "
                     "Uninstall one of them, or let exactly one register it with replace=True."
                 )
             win = winners[0]
-            out[name] = Component(**{**win.__dict__, "replaced": tuple(
-                c.plugin for c in comps if c is not win)})
+            out[name] = Component(**{**win.__dict__, "replaced": tuple(c.plugin for c in comps if c is not win)})
         return dict(sorted(out.items()))
 
     def __contains__(self, name: str) -> bool:
@@ -208,18 +208,21 @@ def create(kind: str, name: str, options: Mapping[str, Any] | BaseModel | None =
         raise
     except Exception as exc:  # a plugin's bug: one paragraph naming the plugin, not a traceback
         text = (str(exc).strip().splitlines() or [""])[0]
-        raise GeokitError(f"{kind} '{name}' {_origin(comp)} failed to build: {type(exc).__name__}: "
-                          f"{_short(text)}. Report this to the plugin's authors, or disable the plugin "
-                          "(GEOKIT_DISABLE_PLUGINS).") from exc
+        raise GeokitError(
+            f"{kind} '{name}' {_origin(comp)} failed to build: {type(exc).__name__}: "
+            f"{_short(text)}. Report this to the plugin's authors, or disable the plugin "
+            "(GEOKIT_DISABLE_PLUGINS)."
+        ) from exc
     problem = _wrong_kind(kind, obj)
     if problem:
-        raise GeokitError(f"{kind} '{name}' {_origin(comp)} is broken: its factory returned "
-                          f"{type(obj).__name__}, {problem}")
+        raise GeokitError(
+            f"{kind} '{name}' {_origin(comp)} is broken: its factory returned {type(obj).__name__}, {problem}"
+        )
     return obj
 
 
 def origin(kind: str, name: str) -> str:
-    """"(plugin P, distribution D)" of a registered component, for messages."""
+    """ "(plugin P, distribution D)" of a registered component, for messages."""
     return _origin(get_registry(kind).get(name))
 
 

@@ -6,6 +6,7 @@ Generic over :class:`~geokit.data.EvalSet` (the map needs its GPS) and drawn wit
     res = run_protocol(parts, "test")
     retrieval_sheet(parts.dataset, res.eval_set, res.query, res.reference, "sheet.png")
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,10 @@ def _font(size: int) -> Any:
 def haversine_m(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Great-circle distance in metres between ``(lat, lon)`` rows in degrees."""
     a, b = np.radians(np.asarray(a, np.float64)), np.radians(np.asarray(b, np.float64))
-    h = (np.sin((b[..., 0] - a[..., 0]) / 2) ** 2
-         + np.cos(a[..., 0]) * np.cos(b[..., 0]) * np.sin((b[..., 1] - a[..., 1]) / 2) ** 2)
+    h = (
+        np.sin((b[..., 0] - a[..., 0]) / 2) ** 2
+        + np.cos(a[..., 0]) * np.cos(b[..., 0]) * np.sin((b[..., 1] - a[..., 1]) / 2) ** 2
+    )
     return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
 
 
@@ -56,9 +59,18 @@ def localisation_errors(eval_set: EvalSet, top1: np.ndarray) -> np.ndarray | Non
 # ------------------------------------------------------------------------------ retrieval sheet
 
 
-def retrieval_sheet(dataset: CrossViewDataset, eval_set: EvalSet, query: np.ndarray, reference: np.ndarray,
-                    path: str | Path, *, rows: int = 6, k: int = 5, cell: int = 96,
-                    indices: Sequence[int] | None = None) -> Path:
+def retrieval_sheet(
+    dataset: CrossViewDataset,
+    eval_set: EvalSet,
+    query: np.ndarray,
+    reference: np.ndarray,
+    path: str | Path,
+    *,
+    rows: int = 6,
+    k: int = 5,
+    cell: int = 96,
+    indices: Sequence[int] | None = None,
+) -> Path:
     """A PNG: ``rows`` queries (evenly spread over the set), each with its top-``k`` references,
     true matches outlined in green, others in red, with the rank and the distance when GPS is known."""
     from PIL import Image, ImageDraw
@@ -75,10 +87,18 @@ def retrieval_sheet(dataset: CrossViewDataset, eval_set: EvalSet, query: np.ndar
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
     font, small = _font(14), _font(11)
-    draw.text((pad, 8), f"{dataset.query_view} query  ->  top-{k} {dataset.reference_view} "
-              f"({eval_set.name}; green = true match"
-              + ("; #rank, metres from the query's true location)" if eval_set.query_gps is not None
-                 and eval_set.reference_gps is not None else ")"), fill=INK, font=font)
+    draw.text(
+        (pad, 8),
+        f"{dataset.query_view} query  ->  top-{k} {dataset.reference_view} "
+        f"({eval_set.name}; green = true match"
+        + (
+            "; #rank, metres from the query's true location)"
+            if eval_set.query_gps is not None and eval_set.reference_gps is not None
+            else ")"
+        ),
+        fill=INK,
+        font=font,
+    )
     for row, qi in enumerate(indices):
         y = head + row * (cell + label + pad)
         q = Image.fromarray(dataset.load_image(eval_set.query_paths[qi], dataset.query_size))
@@ -89,8 +109,9 @@ def retrieval_sheet(dataset: CrossViewDataset, eval_set: EvalSet, query: np.ndar
             r = Image.fromarray(dataset.load_image(eval_set.reference_paths[ri], dataset.reference_size))
             sheet.paste(r.resize((cell, cell), Image.BILINEAR), (x, y))
             hit = eval_set.reference_labels[ri] == eval_set.query_labels[qi]
-            draw.rectangle((x - 2, y - 2, x + cell + 1, y + cell + 1), outline=GREEN if hit else RED,
-                           width=4 if hit else 1)
+            draw.rectangle(
+                (x - 2, y - 2, x + cell + 1, y + cell + 1), outline=GREEN if hit else RED, width=4 if hit else 1
+            )
             text = f"#{j + 1}"
             if eval_set.query_gps is not None and eval_set.reference_gps is not None:
                 text += f"  {haversine_m(eval_set.query_gps[qi], eval_set.reference_gps[ri]):.0f} m"
@@ -122,14 +143,23 @@ def nice_ticks(lo: float, hi: float, most: int = 6) -> list[float]:
 def _tick_label(v: float, ticks: Sequence[float]) -> str:
     step = ticks[1] - ticks[0] if len(ticks) > 1 else abs(v) or 1.0
     digits = max(0, -math.floor(math.log10(step) + 1e-9)) if step < 1 else 0
-    if step < 1 and abs(step * 10 ** digits - round(step * 10 ** digits)) > 1e-6:
+    if step < 1 and abs(step * 10**digits - round(step * 10**digits)) > 1e-6:
         digits += 1  # 0.25 needs two decimals
     return f"{v:.{digits}f}"
 
 
-def _panel(draw: Any, box: tuple[int, int, int, int], xs: Sequence[float], ys: Sequence[float],
-           title: str, colour: tuple[int, int, int], *, y_range: tuple[float, float] | None = None,
-           x_label: str = "epoch", y_label: str = "") -> None:
+def _panel(
+    draw: Any,
+    box: tuple[int, int, int, int],
+    xs: Sequence[float],
+    ys: Sequence[float],
+    title: str,
+    colour: tuple[int, int, int],
+    *,
+    y_range: tuple[float, float] | None = None,
+    x_label: str = "epoch",
+    y_label: str = "",
+) -> None:
     """A line plot with round ticks, a light grid, axis labels and a title inside ``box``."""
     font = _font(12)
     x0, y0, x1, y1 = box
@@ -157,8 +187,7 @@ def _panel(draw: Any, box: tuple[int, int, int, int], xs: Sequence[float], ys: S
         xmin, xmax = xmin - 0.5, xmax + 0.5
 
     def px(x: float, y: float) -> tuple[float, float]:
-        return (left + (x - xmin) / (xmax - xmin) * (right - left),
-                bottom - (y - lo) / (hi - lo) * (bottom - top))
+        return (left + (x - xmin) / (xmax - xmin) * (right - left), bottom - (y - lo) / (hi - lo) * (bottom - top))
 
     for v in yt:
         _, yy = px(xmin, v)
@@ -185,8 +214,9 @@ def _panel(draw: Any, box: tuple[int, int, int, int], xs: Sequence[float], ys: S
         draw.text((x0, top - 16), y_label, fill=GREY, font=font)
 
 
-def training_curve(history: Sequence[Mapping[str, Any]], path: str | Path, *,
-                   metric: str = "eval/R@1", label: str | None = None) -> Path:
+def training_curve(
+    history: Sequence[Mapping[str, Any]], path: str | Path, *, metric: str = "eval/R@1", label: str | None = None
+) -> Path:
     """A PNG with the mean training loss per epoch and, when the run evaluated during training
     (``train.eval_every``), ``metric`` per epoch (the eval split's R@1, in percent)."""
     from PIL import Image, ImageDraw
@@ -202,8 +232,16 @@ def training_curve(history: Sequence[Mapping[str, Any]], path: str | Path, *,
     ticks = nice_ticks(0.0, hi * 1.1)
     step = ticks[1] - ticks[0] if len(ticks) > 1 else 10.0
     top = min(100.0, math.ceil(hi * 1.05 / step) * step)  # a round top above the best value
-    _panel(draw, (460, 10, 890, 330), [e for e, _ in ev], [v for _, v in ev],
-           label or f"{metric} (%)", (200, 80, 40), y_range=(0.0, top), y_label="%")
+    _panel(
+        draw,
+        (460, 10, 890, 330),
+        [e for e, _ in ev],
+        [v for _, v in ev],
+        label or f"{metric} (%)",
+        (200, 80, 40),
+        y_range=(0.0, top),
+        y_label="%",
+    )
     img.save(path)
     return path
 
@@ -211,9 +249,17 @@ def training_curve(history: Sequence[Mapping[str, Any]], path: str | Path, *,
 # ------------------------------------------------------------------------------ map
 
 
-def location_map(eval_set: EvalSet, top1: np.ndarray, path: str | Path, *, size: int = 760,
-                 background: Any = None, bounds: Mapping[str, float] | None = None,
-                 title: str | None = None, near_m: float = 50.0) -> Path:
+def location_map(
+    eval_set: EvalSet,
+    top1: np.ndarray,
+    path: str | Path,
+    *,
+    size: int = 760,
+    background: Any = None,
+    bounds: Mapping[str, float] | None = None,
+    title: str | None = None,
+    near_m: float = 50.0,
+) -> Path:
     """A PNG map of the evaluation area, readable on its own: every reference tile (grey dot),
     every query at its true location — green when its top-1 is its own tile, orange when the
     top-1 is another tile within ``near_m`` metres, red when farther, with a faint line to where
@@ -274,10 +320,14 @@ def location_map(eval_set: EvalSet, top1: np.ndarray, path: str | Path, *, size:
     font, small, big = _font(13), _font(12), _font(15)
     # header: what the map shows, and the numbers
     draw.text((10, 6), title or f"{eval_set.name}: where each query photo's top-1 tile is", fill=INK, font=big)
-    draw.text((10, 27), f"{len(qg)} queries, {len(rg)} reference tiles:  top-1 is the true tile for "
-              f"{100 * hit.mean():.1f}%,  median error {np.median(err):.0f} m,  within 25 m "
-              f"{100 * (err <= 25).mean():.1f}%,  within 100 m {100 * (err <= 100).mean():.1f}%",
-              fill=INK, font=small)
+    draw.text(
+        (10, 27),
+        f"{len(qg)} queries, {len(rg)} reference tiles:  top-1 is the true tile for "
+        f"{100 * hit.mean():.1f}%,  median error {np.median(err):.0f} m,  within 25 m "
+        f"{100 * (err <= 25).mean():.1f}%,  within 100 m {100 * (err <= 100).mean():.1f}%",
+        fill=INK,
+        font=small,
+    )
     # scale bar (a round number of metres near a fifth of the width) and north
     metres_per_px = span * 111_195.0 / size
     target = metres_per_px * size / 5
@@ -300,10 +350,12 @@ def location_map(eval_set: EvalSet, top1: np.ndarray, path: str | Path, *, size:
     def dot(x: float, yy: float, colour: tuple[int, int, int], r: float = 4) -> None:
         draw.ellipse((x - r, yy - r, x + r, yy + r), fill=colour, outline="white")
 
-    rows = [(GREY, 2, "reference tile", ""),
-            (GREEN, 4, "query, top-1 = its tile", f"{int(hit.sum())}"),
-            (ORANGE, 4, f"query, other tile <= {near_m:.0f} m", f"{int(near.sum())}"),
-            (RED, 4, f"query, top-1 > {near_m:.0f} m away", f"{int(far.sum())}")]
+    rows = [
+        (GREY, 2, "reference tile", ""),
+        (GREEN, 4, "query, top-1 = its tile", f"{int(hit.sum())}"),
+        (ORANGE, 4, f"query, other tile <= {near_m:.0f} m", f"{int(near.sum())}"),
+        (RED, 4, f"query, top-1 > {near_m:.0f} m away", f"{int(far.sum())}"),
+    ]
     for colour, r, text, count in rows:
         dot(x0 + 6, y + 8, colour, r)
         draw.text((x0 + 18, y), text, fill=INK, font=small)

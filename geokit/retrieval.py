@@ -23,6 +23,7 @@ used for the approximate indexes (:mod:`geokit.index`).
 
 Ties: :func:`search` breaks equal scores by the lower reference index, also at the k-th place.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -96,8 +97,9 @@ def _check_query(query: Any, dim: int) -> Any:
     return query
 
 
-def score_blocks(query: Any, reference: Any, chunk_size: int | None = None, *,
-                 threads: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+def score_blocks(
+    query: Any, reference: Any, chunk_size: int | None = None, *, threads: int | None = None
+) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(start, scores)`` where ``scores[i, j]`` is the cosine similarity of query
     ``start + i`` and reference ``j``. Inputs may be numpy arrays (float16/32/64, memmaps) or
     tensors.
@@ -110,8 +112,9 @@ def score_blocks(query: Any, reference: Any, chunk_size: int | None = None, *,
         yield start, block
 
 
-def _blocks(q: Any, r: torch.Tensor, chunk_size: int | None, threads: int | None, *,
-            multiply: bool = True) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
+def _blocks(
+    q: Any, r: torch.Tensor, chunk_size: int | None, threads: int | None, *, multiply: bool = True
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
     """Yield ``(start, query_rows, scores)`` for a checked query and a normalised float32 gallery;
     ``query_rows`` are the block's normalised float32 queries. ``multiply=False``: scores None
     (the caller scores the block itself, e.g. the bfloat16 screen)."""
@@ -126,13 +129,14 @@ def _blocks(q: Any, r: torch.Tensor, chunk_size: int | None, threads: int | None
             qb = _rows(q, start, start + chunk)
             out = None
             if buf is not None:
-                out = buf[:len(qb)]
+                out = buf[: len(qb)]
                 torch.mm(qb, rt, out=out)
             yield start, qb, out
 
 
-def search(query: Any, reference: Any, k: int, *, chunk_size: int | None = None,
-           threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def search(
+    query: Any, reference: Any, k: int, *, chunk_size: int | None = None, threads: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` references per query: ``(scores, indices)``, each ``(Q, k)``, best first.
 
     Ties are broken by the lower reference index (also across the k-th place), so results are
@@ -159,7 +163,7 @@ def search(query: Any, reference: Any, k: int, *, chunk_size: int | None = None,
                 v = s[row, k - 1]
                 full = block[row].numpy()
                 above = np.flatnonzero(full > v)
-                tied = np.flatnonzero(full == v)[:k - len(above)]
+                tied = np.flatnonzero(full == v)[: k - len(above)]
                 keep = np.concatenate([above, tied])
                 s[row, :k], i[row, :k] = full[keep], keep
             s, i = s[:, :k], i[:, :k]
@@ -168,8 +172,8 @@ def search(query: Any, reference: Any, k: int, *, chunk_size: int | None = None,
             order = np.lexsort((i, -s), axis=1)
             s = np.take_along_axis(s, order, 1)
             i = np.take_along_axis(i, order, 1)
-        scores[start:start + len(s)] = s
-        indices[start:start + len(s)] = i
+        scores[start : start + len(s)] = s
+        indices[start : start + len(s)] = i
     return scores, indices
 
 
@@ -205,7 +209,7 @@ def count_above(scores: torch.Tensor, thresholds: torch.Tensor | float) -> torch
     above = torch.zeros(b, dtype=torch.int64)
     mask = torch.zeros(b, COUNT_TILE, dtype=torch.bool)
     for j in range(0, n, COUNT_TILE):
-        tile = scores[:, j:j + COUNT_TILE]
+        tile = scores[:, j : j + COUNT_TILE]
         w = tile.shape[1]
         if w < COUNT_TILE:
             mask[:, w:] = False
@@ -214,8 +218,15 @@ def count_above(scores: torch.Tensor, thresholds: torch.Tensor | float) -> torch
     return above
 
 
-def exact_dots(q: torch.Tensor, r: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, *,
-               exact: bool = True, pairs_per_chunk: int = 8192) -> torch.Tensor:
+def exact_dots(
+    q: torch.Tensor,
+    r: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    *,
+    exact: bool = True,
+    pairs_per_chunk: int = 8192,
+) -> torch.Tensor:
     """Dot products ``q[rows[i]] · r[cols[i]]`` of float32 vectors for index pairs, a chunk of
     pairs at a time (memory: two chunk × dim gathers).
 

@@ -1,4 +1,5 @@
 """Device, precision, seeding, progress and logging: the small facts every engine needs."""
+
 from __future__ import annotations
 
 import contextlib
@@ -67,8 +68,11 @@ def keep_freed_memory() -> bool:
         return _malloc_tuned
     _malloc_tuned = False
     env = os.environ
-    if env.get("GEOKIT_MALLOC_TUNING", "1") == "0" or "glibc.malloc" in env.get("GLIBC_TUNABLES", "") \
-            or any(k in env for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")):
+    if (
+        env.get("GEOKIT_MALLOC_TUNING", "1") == "0"
+        or "glibc.malloc" in env.get("GLIBC_TUNABLES", "")
+        or any(k in env for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"))
+    ):
         return False
     import platform
 
@@ -193,8 +197,13 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def progress(items: Iterable[T], *, total: int | None = None, desc: str = "", enabled: bool | None = None,
-             ) -> Iterator[T]:
+def progress(
+    items: Iterable[T],
+    *,
+    total: int | None = None,
+    desc: str = "",
+    enabled: bool | None = None,
+) -> Iterator[T]:
     """Where a long loop is and how long is left.
 
     ``enabled=None`` (the default): a tqdm bar when stderr is a terminal; otherwise (a log file,
@@ -277,8 +286,7 @@ def setup_logging(log_file: str | Path | None = None, *, level: int = logging.IN
     log.setLevel(level)
     log.propagate = False
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-               for h in log.handlers):
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in log.handlers):
         console = _StderrHandler()
         log.addHandler(console)
     for h in log.handlers:

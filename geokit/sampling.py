@@ -4,6 +4,7 @@ A sampler builds the *global* batches of an epoch (see ``geokit_register_sampler
 each rank trains on its slice of every global batch (:func:`rank_slice`), so neighbours the
 sampler grouped together stay in one loss.
 """
+
 from __future__ import annotations
 
 from bisect import bisect_right
@@ -258,8 +259,9 @@ class BatchPacker:
         self._reset()
 
 
-def pack_batches(order: Iterable[int], train: TrainSet, batch_size: int,
-                 last_batch: LastBatch = "drop") -> list[np.ndarray]:
+def pack_batches(
+    order: Iterable[int], train: TrainSet, batch_size: int, last_batch: LastBatch = "drop"
+) -> list[np.ndarray]:
     """Cut ``order`` into batches of ``batch_size`` with unique references per batch."""
     packer = BatchPacker(train, batch_size)
     for i in order:
@@ -284,8 +286,9 @@ class CheckedSampler:
         try:
             out = list(out)
         except TypeError:
-            raise GeokitError(f"{self._label} is broken: batches() returned {type(out).__name__}, "
-                              "not a list of index arrays") from None
+            raise GeokitError(
+                f"{self._label} is broken: batches() returned {type(out).__name__}, not a list of index arrays"
+            ) from None
         checked = [self.check(b, n, f"batch {k} of epoch {ctx.epoch}") for k, b in enumerate(out)]
         placed = len(np.unique(np.concatenate(checked))) if checked else 0
         full = (n // ctx.batch_size) * ctx.batch_size  # what full batches can hold (a partial last one may drop)
@@ -295,8 +298,16 @@ class CheckedSampler:
             logging.getLogger("geokit").warning(
                 "epoch %d: %s placed %d of the %d training pairs in its %d batches (%d left out): with "
                 "%d references for %d pairs, many pairs share a reference and a batch holds each "
-                "reference once. Lower train.batch_size or check the dataset.", ctx.epoch,
-                self._label, placed, n, len(checked), n - placed, len(ctx.train.reference_paths), n)
+                "reference once. Lower train.batch_size or check the dataset.",
+                ctx.epoch,
+                self._label,
+                placed,
+                n,
+                len(checked),
+                n - placed,
+                len(ctx.train.reference_paths),
+                n,
+            )
         return checked
 
     def check(self, batch: object, n: int, where: str, limit: int | None = None) -> np.ndarray:
@@ -322,4 +333,4 @@ class CheckedSampler:
 def rank_slice(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     """This rank's contiguous share of a global batch (sizes differ by at most one)."""
     bounds = np.linspace(0, len(batch), world_size + 1).round().astype(int)
-    return batch[bounds[rank]:bounds[rank + 1]]
+    return batch[bounds[rank] : bounds[rank + 1]]

@@ -27,6 +27,7 @@ The thresholds may also sit above ``t`` (the VIGOR hit rate compares with the be
 :func:`count_above_float32` is the same decision on a float32 block (CPUs without AMX), with the
 float32 multiply's own bound: both give the same counts, those of the vectors' float64 scores.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 from geokit.retrieval import COUNT_TILE, count_above, exact_dots
 
-U = 2.0 ** -8  # bfloat16 unit round-off (8-bit significand)
+U = 2.0**-8  # bfloat16 unit round-off (8-bit significand)
 PAIR_BUDGET = 4_000_000  # candidate (row, column) pairs per block (64 MB); beyond: a second pass
 
 
@@ -78,16 +79,20 @@ class ScreenedGallery:
         self.width = d + 32
         r16 = torch.zeros(n, self.width, dtype=torch.bfloat16)
         r16[:, :d] = r
-        r16[:, d:d + 2] = 1.0
+        r16[:, d : d + 2] = 1.0
         self.r16_t = r16.t()
         err = torch.empty(n, dtype=torch.float32)
         for s in range(0, n, 16384):  # row blocks: no full-size float32 temporary
-            err[s:s + 16384] = (r16[s:s + 16384, :d].float() - r[s:s + 16384]).norm(dim=1)
+            err[s : s + 16384] = (r16[s : s + 16384, :d].float() - r[s : s + 16384]).norm(dim=1)
         self.max_err_r = float(err.max()) if n else 0.0
         self.max_norm_r = float(r.norm(dim=1).max()) if n else 0.0
 
-    def shifted_scores(self, qb: torch.Tensor, t: torch.Tensor, out: torch.Tensor | None = None,
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    def shifted_scores(
+        self,
+        qb: torch.Tensor,
+        t: torch.Tensor,
+        out: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(s16, err)``: the bfloat16 block of ``q·r - t`` for float32 queries ``qb`` (b, D)
         and shifts ``t`` (b,), and the per-query bound ``E`` (float64, (b,)) on its error before
         the output rounding (module docstring, step 2)."""
@@ -105,12 +110,20 @@ class ScreenedGallery:
         q_hat = q16[:, :d].double()
         err_in = q_hat.norm(dim=1) * self.max_err_r + (q_hat - qb.double()).norm(dim=1) * self.max_norm_r
         sum_abs = q_hat.norm(dim=1) * (self.max_norm_r + self.max_err_r) + t.abs() * (1 + U)
-        err_acc = 2 * (d + 2) * 2.0 ** -24 * sum_abs
+        err_acc = 2 * (d + 2) * 2.0**-24 * sum_abs
         err = err_in * 1.001 + err_acc + U * U * t.abs() * 2 + 1e-7
         return s16, err
 
-    def count_above(self, qb: torch.Tensor, s16: torch.Tensor, t: torch.Tensor, err: torch.Tensor,
-                    theta: torch.Tensor, exclude: torch.Tensor, fallback: int) -> torch.Tensor:
+    def count_above(
+        self,
+        qb: torch.Tensor,
+        s16: torch.Tensor,
+        t: torch.Tensor,
+        err: torch.Tensor,
+        theta: torch.Tensor,
+        exclude: torch.Tensor,
+        fallback: int,
+    ) -> torch.Tensor:
         """Per query row, the number of references not in ``exclude`` ((b, P), −1 padded) whose
         score (:func:`exact_dots`, float64) is strictly above ``theta`` (float64, (b,)), counted on
         the shifted block ``s16`` from :meth:`shifted_scores` (shift ``t``, bound ``err``).
@@ -138,8 +151,9 @@ class ScreenedGallery:
         return counts
 
 
-def count_above_float32(qb: torch.Tensor, r: torch.Tensor, scores: torch.Tensor, theta: torch.Tensor,
-                        exclude: torch.Tensor) -> torch.Tensor:
+def count_above_float32(
+    qb: torch.Tensor, r: torch.Tensor, scores: torch.Tensor, theta: torch.Tensor, exclude: torch.Tensor
+) -> torch.Tensor:
     """:meth:`ScreenedGallery.count_above` for a float32 block ``scores = qb @ r.T``: a reference
     farther than the multiply's own error bound (``dim·2^-24`` for unit vectors, taken twice)
     from ``theta`` is decided by the block, the few closer ones are re-scored by
@@ -155,18 +169,23 @@ def count_above_float32(qb: torch.Tensor, r: torch.Tensor, scores: torch.Tensor,
 def float32_bound(dim: int) -> float:
     """A bound on |float32 dot product - exact| for unit vectors of ``dim``: dim·2^-24 taken
     twice over, plus slack (it also covers rounding the float64 thresholds to float32)."""
-    return dim * 2.0 ** -23 + 1e-6
+    return dim * 2.0**-23 + 1e-6
 
 
-def _float32_decided_and_open(scores: torch.Tensor, theta: torch.Tensor, exclude: torch.Tensor, dim: int,
-                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _float32_decided_and_open(
+    scores: torch.Tensor,
+    theta: torch.Tensor,
+    exclude: torch.Tensor,
+    dim: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = float32_bound(dim)
     th = theta.double().unsqueeze(1)
     return _decided_and_open(scores, (th - g).float(), (th + g).float(), exclude)
 
 
-def above_exact(q: torch.Tensor, r: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-                theta: torch.Tensor) -> torch.Tensor:
+def above_exact(
+    q: torch.Tensor, r: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, theta: torch.Tensor
+) -> torch.Tensor:
     """Whether the float64 score of each (row, column) pair is above its ``theta`` (float64):
     float32 dot products first, float64 only for the pairs within their error bound of ``theta``."""
     import torch
@@ -180,8 +199,12 @@ def above_exact(q: torch.Tensor, r: torch.Tensor, rows: torch.Tensor, cols: torc
     return above
 
 
-def _decided_and_open(scores: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, exclude: torch.Tensor,
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _decided_and_open(
+    scores: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    exclude: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(certain, rows, cols)``: per row the number of entries ``> hi`` outside ``exclude``, and
     the (row, column) pairs in ``[lo, hi]`` outside ``exclude`` (left open). One compare pass in
     cache-sized tiles when the entries ``>= lo`` fit :data:`PAIR_BUDGET`; a second otherwise."""
@@ -203,8 +226,9 @@ def _decided_and_open(scores: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, 
     return certain, rows[keep], cols[keep]
 
 
-def _at_least(scores: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor | None = None,
-              budget: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _at_least(
+    scores: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor | None = None, budget: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(rows, cols)`` of the entries ``>= lo`` (and, with ``hi``, ``<= hi``), one compare pass
     in cache-sized tiles; None once more than ``budget`` entries are found."""
     import torch
@@ -216,7 +240,7 @@ def _at_least(scores: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor | None = 
     cols: list[torch.Tensor] = []
     found = 0
     for j in range(0, n, COUNT_TILE):
-        tile = scores[:, j:j + COUNT_TILE]
+        tile = scores[:, j : j + COUNT_TILE]
         w = tile.shape[1]
         m = torch.ge(tile, lo, out=mask[:, :w])
         if m_hi is not None:

@@ -9,6 +9,7 @@ Third-party plugin tests::
 
 Every check raises ``AssertionError`` with a message saying which rule broke.
 """
+
 from __future__ import annotations
 
 import csv
@@ -20,13 +21,21 @@ import numpy as np
 
 from geokit._calls import accepts
 from geokit.data import CrossViewDataset, EvalSet, MatchTable, TrainSet
-from geokit.sampling import EpochContext, StepContext, TrainEmbeddings, is_step_level
+from geokit.sampling import StepContext, TrainEmbeddings, is_step_level
 
 # ------------------------------------------------------------------------------ tiny data
 
 
-def make_pairs_dataset(root: str | Path, *, n_train: int = 48, n_test: int = 24, size: int = 32,
-                       gps: bool = True, seed: int = 0, val: bool = False) -> Path:
+def make_pairs_dataset(
+    root: str | Path,
+    *,
+    n_train: int = 48,
+    n_test: int = 24,
+    size: int = 32,
+    gps: bool = True,
+    seed: int = 0,
+    val: bool = False,
+) -> Path:
     """Write a small learnable ``pairs`` dataset: each location is a random colour field; its
     reference is a north-up tile and its query a panorama strip derived from the same field."""
     from PIL import Image
@@ -74,33 +83,48 @@ def tiny_config(root: str | Path, **sections: Any) -> dict[str, Any]:
     return cfg
 
 
-def synthetic_train_set(n: int = 64, *, n_refs: int | None = None, gps: bool = True,
-                        conflicts: bool = False, seed: int = 0) -> TrainSet:
+def synthetic_train_set(
+    n: int = 64, *, n_refs: int | None = None, gps: bool = True, conflicts: bool = False, seed: int = 0
+) -> TrainSet:
     """Metadata-only training set (no images) for sampler checks."""
     rng = np.random.default_rng(seed)
     n_refs = n_refs or n
-    pair_ref = np.concatenate([np.arange(n_refs), rng.integers(0, n_refs, n - n_refs)]) if n > n_refs \
-        else np.arange(n)
+    pair_ref = np.concatenate([np.arange(n_refs), rng.integers(0, n_refs, n - n_refs)]) if n > n_refs else np.arange(n)
     conf = None
     if conflicts:
         conf = np.full((n, 2), -1, dtype=np.int64)
         conf[:, 0] = (pair_ref + 1) % n_refs
-    return TrainSet([f"q{i}" for i in range(n)], [f"r{j}" for j in range(n_refs)], pair_ref,
-                    reference_gps=np.c_[48 + rng.random(n_refs) * 0.1, 11 + rng.random(n_refs) * 0.1]
-                    if gps else None, pair_conflicts=conf)
+    return TrainSet(
+        [f"q{i}" for i in range(n)],
+        [f"r{j}" for j in range(n_refs)],
+        pair_ref,
+        reference_gps=np.c_[48 + rng.random(n_refs) * 0.1, 11 + rng.random(n_refs) * 0.1] if gps else None,
+        pair_conflicts=conf,
+    )
 
 
 # ------------------------------------------------------------------------------ checks
 
 
-def test_context(kind: str = "encoder", *, embedding_dim: int | None = None, n_pairs: int = 64,
-                 sizes: tuple[tuple[int, int], tuple[int, int]] = ((32, 96), (32, 32))) -> Any:
+def test_context(
+    kind: str = "encoder",
+    *,
+    embedding_dim: int | None = None,
+    n_pairs: int = 64,
+    sizes: tuple[tuple[int, int], tuple[int, int]] = ((32, 96), (32, 32)),
+) -> Any:
     """A :class:`geokit.model.BuildContext` for building a component in a test, with a
     metadata-only training set of ``n_pairs`` pairs."""
     from geokit.model import BuildContext
 
-    return BuildContext(kind, dataset_name="test", query_size=sizes[0], reference_size=sizes[1],
-                        embedding_dim=embedding_dim, _train=lambda: synthetic_train_set(n_pairs))
+    return BuildContext(
+        kind,
+        dataset_name="test",
+        query_size=sizes[0],
+        reference_size=sizes[1],
+        embedding_dim=embedding_dim,
+        _train=lambda: synthetic_train_set(n_pairs),
+    )
 
 
 def _build(kind: str, obj: Any, options: Mapping[str, Any] | None, context: Any = None) -> Any:
@@ -111,8 +135,13 @@ def _build(kind: str, obj: Any, options: Mapping[str, Any] | None, context: Any 
     return build_component(kind, obj, options or {}, context if context is not None else test_context(kind))
 
 
-def check_encoder(encoder: Any, options: Mapping[str, Any] | None = None, *,
-                  sizes: tuple[tuple[int, int], ...] = ((32, 32), (32, 96)), seed: int = 0) -> None:
+def check_encoder(
+    encoder: Any,
+    options: Mapping[str, Any] | None = None,
+    *,
+    sizes: tuple[tuple[int, int], ...] = ((32, 32), (32, 96)),
+    seed: int = 0,
+) -> None:
     """Output shape and dtype for each view size, gradients to every trainable parameter,
     determinism under a seed, and the ``embedding_dim``/``mean``/``std`` attributes (3-tuples, or
     per-view mappings). An encoder whose ``forward`` takes ``view`` is checked through each view
@@ -132,8 +161,9 @@ def check_encoder(encoder: Any, options: Mapping[str, Any] | None = None, *,
         assert hasattr(a, attr), f"encoder has no '{attr}' attribute"
     for view in VIEWS:
         norm = view_norm(a, view)
-        assert len(norm.mean) == 3 and len(norm.std) == 3, \
+        assert len(norm.mean) == 3 and len(norm.std) == 3, (
             "mean and std must be 3-tuples or {'query': 3-tuple, 'reference': 3-tuple}"
+        )
         assert all(v > 0 for v in norm.std), "std must be > 0"
     views = VIEWS if accepts(a, "view") else ("query",)
     d = int(a.embedding_dim)
@@ -142,8 +172,7 @@ def check_encoder(encoder: Any, options: Mapping[str, Any] | None = None, *,
         for h, w in sizes:
             x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(seed))
             y = encode(a, x, view)
-            assert tuple(y.shape) == (2, d), \
-                f"encoder output {tuple(y.shape)} for {h}x{w} ({view}), expected (2, {d})"
+            assert tuple(y.shape) == (2, d), f"encoder output {tuple(y.shape)} for {h}x{w} ({view}), expected (2, {d})"
             assert y.dtype == torch.float32, f"encoder output dtype {y.dtype}, expected float32"
             assert torch.isfinite(y).all(), "encoder output is not finite"
     a.zero_grad()
@@ -155,12 +184,14 @@ def check_encoder(encoder: Any, options: Mapping[str, Any] | None = None, *,
     x = torch.randn(2, 3, *sizes[0])
     with torch.no_grad():
         for view in views:
-            assert torch.allclose(encode(a, x, view), encode(b, x, view)), \
+            assert torch.allclose(encode(a, x, view), encode(b, x, view)), (
                 f"encoder is not deterministic under a seed ({view})"
+            )
 
 
-def check_loss(loss: Any, options: Mapping[str, Any] | None = None, *, symmetric: bool | None = None,
-               batch: int = 6, dim: int = 16) -> None:
+def check_loss(
+    loss: Any, options: Mapping[str, Any] | None = None, *, symmetric: bool | None = None, batch: int = 6, dim: int = 16
+) -> None:
     """Finite scalar, gradients reach both inputs, lower for matching pairs than for shuffled
     ones, and (when ``symmetric``) unchanged when the two views swap. A loss that declares
     per-pair data (``indices``, ``references``, ``conflicts``, ``columns``) receives it for a
@@ -190,13 +221,21 @@ def check_loss(loss: Any, options: Mapping[str, Any] | None = None, *, symmetric
         shuffled = fn(q, r.roll(1, 0), **extra)
         assert fn(q, r, **extra) < shuffled, "loss is not lower for matching pairs than for mismatched ones"
         if symmetric:
-            assert torch.allclose(fn(q, r, **extra), fn(r, q, **extra), atol=1e-6), \
+            assert torch.allclose(fn(q, r, **extra), fn(r, q, **extra), atol=1e-6), (
                 "loss is not symmetric in its inputs"
+            )
 
 
-def check_sampler(sampler: Any, options: Mapping[str, Any] | None = None, *,
-                  train: TrainSet | None = None, batch_size: int = 8, epochs: int = 3,
-                  embed: Any = None, conflicts_apart: bool = False) -> None:
+def check_sampler(
+    sampler: Any,
+    options: Mapping[str, Any] | None = None,
+    *,
+    train: TrainSet | None = None,
+    batch_size: int = 8,
+    epochs: int = 3,
+    embed: Any = None,
+    conflicts_apart: bool = False,
+) -> None:
     """Valid indices, no reference twice in a batch (nor, with ``conflicts_apart``, a declared
     conflict), each pair at most once per epoch, the same batches for the same seed and epoch
     (also after a state round trip). A step-level sampler (``next_batch``) is driven step by
@@ -206,8 +245,9 @@ def check_sampler(sampler: Any, options: Mapping[str, Any] | None = None, *,
         rng = np.random.default_rng(1)
         ref = rng.normal(size=(len(train.reference_paths), 8)).astype(np.float32)
         qry = ref[train.pair_reference] + 0.1 * rng.normal(size=(len(train), 8)).astype(np.float32)
-        emb = TrainEmbeddings(qry / np.linalg.norm(qry, axis=1, keepdims=True),
-                              ref / np.linalg.norm(ref, axis=1, keepdims=True))
+        emb = TrainEmbeddings(
+            qry / np.linalg.norm(qry, axis=1, keepdims=True), ref / np.linalg.norm(ref, axis=1, keepdims=True)
+        )
         embed = lambda: emb  # noqa: E731
 
     def embed_pairs(idx: np.ndarray) -> TrainEmbeddings:
@@ -215,8 +255,17 @@ def check_sampler(sampler: Any, options: Mapping[str, Any] | None = None, *,
         return TrainEmbeddings(full.query[idx], full.reference[train.pair_reference[idx]])
 
     def context(epoch: int, k: int = 0) -> StepContext:
-        return StepContext(epoch=epoch, epochs=epochs, batch_size=batch_size, seed=7, train=train, embed=embed,
-                           step=k, batch=k, embed_pairs=embed_pairs)
+        return StepContext(
+            epoch=epoch,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=7,
+            train=train,
+            embed=embed,
+            step=k,
+            batch=k,
+            embed_pairs=embed_pairs,
+        )
 
     def run(s: Any, epoch: int, start: int = 0) -> list[np.ndarray]:
         if not is_step_level(s):
@@ -243,8 +292,9 @@ def check_sampler(sampler: Any, options: Mapping[str, Any] | None = None, *,
             assert len(batch) <= batch_size, f"epoch {epoch} batch {k}: {len(batch)} > batch_size {batch_size}"
             assert ((batch >= 0) & (batch < len(train))).all(), f"epoch {epoch} batch {k}: index out of range"
             dup = seen.intersection(batch.tolist())
-            assert not dup and len(set(batch.tolist())) == len(batch), \
+            assert not dup and len(set(batch.tolist())) == len(batch), (
                 f"epoch {epoch}: pairs {sorted(dup)[:5]} used more than once"
+            )
             seen.update(batch.tolist())
             refs = train.pair_reference[batch]
             assert len(set(refs.tolist())) == len(refs), f"epoch {epoch} batch {k}: a reference appears twice"
@@ -254,8 +304,9 @@ def check_sampler(sampler: Any, options: Mapping[str, Any] | None = None, *,
         if b is not None:
             b.load_state_dict(state)
             again = run(b, epoch)
-            assert len(again) == len(batches) and all(np.array_equal(x, y) for x, y in zip(batches, again)), \
+            assert len(again) == len(batches) and all(np.array_equal(x, y) for x, y in zip(batches, again)), (
                 f"epoch {epoch}: different batches for the same seed, epoch and state"
+            )
             if is_step_level(a) and len(batches) > 1:  # resume in the middle of the epoch
                 c = _build("sampler", sampler, options)
                 c.load_state_dict(state)
@@ -263,9 +314,9 @@ def check_sampler(sampler: Any, options: Mapping[str, Any] | None = None, *,
                 c.next_batch(context(epoch, 0))
                 c.load_state_dict(_roundtrip(c.state_dict()))
                 rest = run(c, epoch, start=1)
-                assert len(rest) == len(batches) - 1 and all(
-                    np.array_equal(x, y) for x, y in zip(batches[1:], rest)), \
+                assert len(rest) == len(batches) - 1 and all(np.array_equal(x, y) for x, y in zip(batches[1:], rest)), (
                     f"epoch {epoch}: a resumed step-level sampler hands out different batches"
+                )
 
 
 def _roundtrip(state: dict[str, Any]) -> dict[str, Any]:
@@ -300,8 +351,9 @@ def check_dataset(dataset: Any, options: Mapping[str, Any] | None = None, *, ite
         a = ds.augment_pair(q.copy(), r.copy(), np.random.default_rng(i))
         b = ds.augment_pair(q.copy(), r.copy(), np.random.default_rng(i))
         assert a[0].shape == q.shape and a[1].shape == r.shape, "augment_pair changed an image's shape"
-        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]), \
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]), (
             "augment_pair is not a function of its generator"
+        )
 
 
 def check_match_table(eval_set: EvalSet) -> None:
@@ -323,8 +375,12 @@ def check_match_table(eval_set: EvalSet) -> None:
             assert (np.abs(gps[:, 0]) <= 90).all() and (np.abs(gps[:, 1]) <= 180).all(), f"{attr}: not degrees"
 
 
-def check_transform(transform: Any, options: Mapping[str, Any] | None = None, *,
-                    sizes: tuple[tuple[int, int], ...] = ((32, 128), (40, 40))) -> None:
+def check_transform(
+    transform: Any,
+    options: Mapping[str, Any] | None = None,
+    *,
+    sizes: tuple[tuple[int, int], ...] = ((32, 128), (40, 40)),
+) -> None:
     """uint8 HWC out for each view, the size ``output_size`` announces, a function of its
     generator, and the same output for the same seed in evaluation mode."""
     t = _build("transform", transform, options)
@@ -335,9 +391,10 @@ def check_transform(transform: Any, options: Mapping[str, Any] | None = None, *,
             for training in (True, False):
                 a = t(image.copy(), view=view, training=training, rng=np.random.default_rng(5))
                 b = t(image.copy(), view=view, training=training, rng=np.random.default_rng(5))
-                assert isinstance(a, np.ndarray) and a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3, \
-                    f"{view}: a transform must return uint8 HWC RGB, got {getattr(a, 'dtype', type(a))} " \
+                assert isinstance(a, np.ndarray) and a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3, (
+                    f"{view}: a transform must return uint8 HWC RGB, got {getattr(a, 'dtype', type(a))} "
                     f"{getattr(a, 'shape', '')}"
+                )
                 assert np.array_equal(a, b), f"{view}: the output is not a function of the generator"
                 want = tuple(t.output_size((h, w), view)) if hasattr(t, "output_size") else (h, w)
                 assert a.shape[:2] == want, f"{view}: output {a.shape[:2]} but output_size says {want}"
@@ -352,8 +409,14 @@ def check_metric(metric: Any, options: Mapping[str, Any] | None = None) -> None:
     rng = np.random.default_rng(0)
     n = 12
     gps = np.c_[48 + rng.random(n) * 0.01, 11 + rng.random(n) * 0.01]
-    es = EvalSet([f"q{i}" for i in range(n)], [f"r{i}" for i in range(n)], np.arange(n), np.arange(n),
-                 query_gps=gps, reference_gps=gps)
+    es = EvalSet(
+        [f"q{i}" for i in range(n)],
+        [f"r{i}" for i in range(n)],
+        np.arange(n),
+        np.arange(n),
+        query_gps=gps,
+        reference_gps=gps,
+    )
     emb = rng.normal(size=(n, 8)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     k = int(getattr(m, "k", 1))

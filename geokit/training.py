@@ -13,6 +13,7 @@ slice of each global batch (``rank_slice``), the embeddings are all-gathered wit
 the loss sees the whole global batch, and gradients are scaled so that DDP's average equals the
 single-process gradient. Rank 0 logs, checkpoints and evaluates; the others wait.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,8 +42,19 @@ from geokit.evaluation import format_table, run_protocol
 from geokit.model import Parts, build, build_component, encode
 from geokit.registry import origin, short_repr
 from geokit.runtime import (
-    TensorBoard, amp_setting, autocast, configure_threads, default_channels_last, default_embed_amp,
-    default_workers, keep_freed_memory, log, progress, setup_logging, show_progress, versions,
+    TensorBoard,
+    amp_setting,
+    autocast,
+    configure_threads,
+    default_channels_last,
+    default_embed_amp,
+    default_workers,
+    keep_freed_memory,
+    log,
+    progress,
+    setup_logging,
+    show_progress,
+    versions,
 )
 from geokit.sampling import CheckedSampler, EpochContext, StepContext, TrainEmbeddings, is_step_level, rank_slice
 
@@ -51,10 +63,21 @@ WEIGHTS = "model.safetensors"
 STATE_FORMAT = 2
 # Keys that may differ between a run and its resumption (they do not change the result, or
 # are there to rescue a run: skipping bad images, gradient caching after running out of memory).
-RESUME_FREE = {("train", "workers"), ("train", "device"), ("train", "threads"), ("train", "log_every"),
-               ("train", "checkpoint_every"), ("train", "grad_cache_chunk"), ("train", "bad_images"),
-               ("train", "dist_timeout"), ("train", "eval_every"), ("train", "channels_last"),
-               ("eval", "batch_size"), ("eval", "chunk_size"), ("eval", "split")}
+RESUME_FREE = {
+    ("train", "workers"),
+    ("train", "device"),
+    ("train", "threads"),
+    ("train", "log_every"),
+    ("train", "checkpoint_every"),
+    ("train", "grad_cache_chunk"),
+    ("train", "bad_images"),
+    ("train", "dist_timeout"),
+    ("train", "eval_every"),
+    ("train", "channels_last"),
+    ("eval", "batch_size"),
+    ("eval", "chunk_size"),
+    ("eval", "split"),
+}
 
 
 class TrainingInterrupted(GeokitError):
@@ -119,8 +142,12 @@ def collate_pairs(items: list[Any]) -> tuple[Any, Any, Any, list[BadPair]]:
     bad = [x for x in items if isinstance(x, BadPair)]
     if not good:
         return None, None, None, bad
-    return (torch.stack([x[0] for x in good]), torch.stack([x[1] for x in good]),
-            torch.tensor([x[2] for x in good], dtype=torch.int64), bad)
+    return (
+        torch.stack([x[0] for x in good]),
+        torch.stack([x[1] for x in good]),
+        torch.tensor([x[2] for x in good], dtype=torch.int64),
+        bad,
+    )
 
 
 _PAIR_DATA = ("indices", "references", "conflicts", "columns")
@@ -135,8 +162,9 @@ def loss_inputs(loss_fn: Any, train: TrainSet | None, indices: Any) -> dict[str,
     if not wanted:
         return {}
     if train is None or indices is None:
-        raise GeokitError(f"the loss takes per-pair data ({', '.join(wanted)}) but this step has no "
-                          "training set or pair indices")
+        raise GeokitError(
+            f"the loss takes per-pair data ({', '.join(wanted)}) but this step has no training set or pair indices"
+        )
     idx = indices.numpy()
     out: dict[str, Any] = {}
     if "indices" in wanted:
@@ -187,9 +215,21 @@ class TrainStep:
         not the masks a one-pass forward of the whole batch would draw).
     """
 
-    def __init__(self, encoder: Any, loss_fn: Any, optimizer: Any, *, device: Any, amp: bool = False,
-                 scaler: Any = None, clip_value: float | None = None, grad_cache_chunk: int | None = None,
-                 channels_last: bool = False, world: D.World = D.SINGLE, train: TrainSet | None = None) -> None:
+    def __init__(
+        self,
+        encoder: Any,
+        loss_fn: Any,
+        optimizer: Any,
+        *,
+        device: Any,
+        amp: bool = False,
+        scaler: Any = None,
+        clip_value: float | None = None,
+        grad_cache_chunk: int | None = None,
+        channels_last: bool = False,
+        world: D.World = D.SINGLE,
+        train: TrainSet | None = None,
+    ) -> None:
         import torch
 
         self.encoder, self.loss_fn, self.optimizer, self.train = encoder, loss_fn, optimizer, train
@@ -208,7 +248,7 @@ class TrainStep:
             ids = [device.index] if device.type == "cuda" else None
             self.pair = DDP(self.raw_pair, device_ids=ids)
             if any(p.requires_grad for p in loss_fn.parameters()):  # DDP refuses a module without
-                self.loss_mod = DDP(loss_fn, device_ids=ids)      # trainable parameters
+                self.loss_mod = DDP(loss_fn, device_ids=ids)  # trainable parameters
 
     def _inputs(self, x: Any) -> Any:
         import torch
@@ -223,8 +263,7 @@ class TrainStep:
         glob = D.all_gather_rows(indices.to(self.device), sizes).cpu()
         return _to(loss_inputs(self.loss_fn, self.train, glob), self.device)
 
-    def backward(self, query: Any, reference: Any, sizes: tuple[int, ...] | None = None,
-                 indices: Any = None) -> Any:
+    def backward(self, query: Any, reference: Any, sizes: tuple[int, ...] | None = None, indices: Any = None) -> Any:
         """Gradients of the global loss into ``.grad`` (scaled by the AMP scaler); returns the
         detached loss. ``sizes``: the pairs every rank holds this step (default: this batch);
         ``indices``: this rank's pair indices (for losses that take per-pair data)."""
@@ -264,9 +303,9 @@ class TrainStep:
         self.scaler.scale(loss).backward()
         # This rank's rows of the embedding gradient; × world size as in all_gather_with_grad,
         # so that DDP's average over ranks is the single-process sum.
-        start, ws = sum(sizes[:self.world.rank]), self.world.world_size
-        gq = qa.grad[start:start + n] * ws if ws > 1 else qa.grad
-        gr = ra.grad[start:start + n] * ws if ws > 1 else ra.grad
+        start, ws = sum(sizes[: self.world.rank]), self.world.world_size
+        gq = qa.grad[start : start + n] * ws if ws > 1 else qa.grad
+        gr = ra.grad[start : start + n] * ws if ws > 1 else ra.grad
         for k, (a, b) in enumerate(spans):
             self._set_rng_state(rng[k])  # the same drop-path masks as in the first pass
             last = k == len(spans) - 1
@@ -296,8 +335,9 @@ class TrainStep:
         if not torch.isfinite(loss):
             raise NonFiniteLoss(float(loss.detach()))
 
-    def step(self, query: Any, reference: Any, lr: float, sizes: tuple[int, ...] | None = None,
-             indices: Any = None) -> float:
+    def step(
+        self, query: Any, reference: Any, lr: float, sizes: tuple[int, ...] | None = None, indices: Any = None
+    ) -> float:
         """One optimisation step at learning rate ``lr``; returns the loss."""
         import torch
 
@@ -337,8 +377,10 @@ class _StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signal = signal.Signals(signum).name
-        log.warning("%s received: finishing the current step, then saving and stopping "
-                    "(send it again to stop at once)", self.signal)
+        log.warning(
+            "%s received: finishing the current step, then saving and stopping (send it again to stop at once)",
+            self.signal,
+        )
         signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
 
     def __exit__(self, *exc: Any) -> None:
@@ -390,22 +432,24 @@ def _lock_output(output: Path) -> Any:
 
     try:
         output.mkdir(parents=True, exist_ok=True)
-        fh = open(output / LOCK, "a+")  # noqa: SIM115 - held for the whole run
+        fh = open(output / LOCK, "a+")  # held for the whole run
     except OSError as exc:
-        raise GeokitError(f"cannot write to the output folder {output}: {exc.strerror or exc}. "
-                          "Choose a writable --output.") from None
+        raise GeokitError(
+            f"cannot write to the output folder {output}: {exc.strerror or exc}. Choose a writable --output."
+        ) from None
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         fh.seek(0)
         pid = fh.read().strip()[:20]
         fh.close()
-        raise GeokitError(f"{output} is in use by another 'geokit train'{f' (process {pid})' if pid else ''}: "
-                          "one run per output folder. Wait for it to finish, stop it (it saves its "
-                          "state), or use another --output.") from None
+        raise GeokitError(
+            f"{output} is in use by another 'geokit train'{f' (process {pid})' if pid else ''}: "
+            "one run per output folder. Wait for it to finish, stop it (it saves its "
+            "state), or use another --output."
+        ) from None
     except OSError as exc:  # a file system without locks (some network mounts): run unlocked
-        log.warning("cannot lock %s (%s): nothing stops a second run on this folder", output,
-                    exc.strerror or exc)
+        log.warning("cannot lock %s (%s): nothing stops a second run on this folder", output, exc.strerror or exc)
     fh.seek(0)
     fh.truncate()
     fh.write(f"{os.getpid()}\n")
@@ -420,8 +464,11 @@ def _clean_temp_files(output: Path) -> None:
     for p in stale:
         p.unlink(missing_ok=True)
     if stale:
-        log.info("removed %d temporary file(s) left by an interrupted write: %s", len(stale),
-                 ", ".join(p.name for p in stale[:5]))
+        log.info(
+            "removed %d temporary file(s) left by an interrupted write: %s",
+            len(stale),
+            ", ".join(p.name for p in stale[:5]),
+        )
 
 
 def _check_writable(output: Path, need_bytes: int) -> None:
@@ -435,16 +482,20 @@ def _check_writable(output: Path, need_bytes: int) -> None:
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:
-        raise GeokitError(f"cannot write to the output folder {output}: {exc.strerror or exc}. "
-                          "Free some space or choose another --output.") from None
+        raise GeokitError(
+            f"cannot write to the output folder {output}: {exc.strerror or exc}. "
+            "Free some space or choose another --output."
+        ) from None
     finally:
         probe.unlink(missing_ok=True)
     free = shutil.disk_usage(output).free
     if free < need_bytes:
-        raise GeokitError(f"the output folder {output} has {free / 2**20:,.0f} MiB free, but the "
-                          f"checkpoints of this model need about {need_bytes / 2**20:,.0f} MiB "
-                          "(weights, optimizer state and a temporary copy while each is written). "
-                          "Free some space or choose another --output.")
+        raise GeokitError(
+            f"the output folder {output} has {free / 2**20:,.0f} MiB free, but the "
+            f"checkpoints of this model need about {need_bytes / 2**20:,.0f} MiB "
+            "(weights, optimizer state and a temporary copy while each is written). "
+            "Free some space or choose another --output."
+        )
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -483,8 +534,9 @@ def max_full_batches(pair_reference: np.ndarray, batch_size: int) -> int:
 
 
 class _Engine:
-    def __init__(self, config: Config, output: Path, world: D.World, device: Any, show: bool | None,
-                 force: bool = False) -> None:
+    def __init__(
+        self, config: Config, output: Path, world: D.World, device: Any, show: bool | None, force: bool = False
+    ) -> None:
         self.config, self.output, self.world, self.device = config, output, world, device
         self.show = show if world.is_main else False
         self.state_path = output / STATE
@@ -518,14 +570,19 @@ class _Engine:
         ds = parts.dataset
         train_set = self.train_set = parts.context.train_set  # listed once, shared with factories
         if len(train_set) < tc.batch_size:
-            raise GeokitError(f"dataset '{ds.name}' has {len(train_set)} training pairs, fewer than "
-                              f"train.batch_size={tc.batch_size}")
+            raise GeokitError(
+                f"dataset '{ds.name}' has {len(train_set)} training pairs, fewer than train.batch_size={tc.batch_size}"
+            )
         if tc.batch_size < world.world_size:
-            raise GeokitError(f"train.batch_size={tc.batch_size} is smaller than the {world.world_size} "
-                              "ranks: every rank needs at least one pair per batch")
+            raise GeokitError(
+                f"train.batch_size={tc.batch_size} is smaller than the {world.world_size} "
+                "ranks: every rank needs at least one pair per batch"
+            )
         name = config.names["sampler"]
-        self.sampler = CheckedSampler(build_component("sampler", name, config.sampler, parts.context.for_kind("sampler")),
-                                      f"sampler '{name}' {origin('sampler', name)}")
+        self.sampler = CheckedSampler(
+            build_component("sampler", name, config.sampler, parts.context.for_kind("sampler")),
+            f"sampler '{name}' {origin('sampler', name)}",
+        )
         self.step_level = is_step_level(self.sampler)
         encoder, loss_fn = parts.encoder.to(device), parts.loss.to(device)
         if channels_last:
@@ -547,16 +604,24 @@ class _Engine:
         if fillable < self.steps_per_epoch:
             # Suspicious data: many pairs share few references, and one batch may hold a
             # reference only once. Say so, and plan the schedule for the steps that can run.
-            log.warning("only %d batches of %d pairs with distinct references can be formed from %d training "
-                        "pairs with %d references (at most %d pairs per epoch; the rest are left out of every "
-                        "epoch): many pairs share a reference. The lr schedule and warm-up are planned for "
-                        "%d steps per epoch. Lower train.batch_size or check the dataset.",
-                        fillable, tc.batch_size, len(train_set), len(train_set.reference_paths),
-                        fillable * tc.batch_size, max(fillable, 1))
+            log.warning(
+                "only %d batches of %d pairs with distinct references can be formed from %d training "
+                "pairs with %d references (at most %d pairs per epoch; the rest are left out of every "
+                "epoch): many pairs share a reference. The lr schedule and warm-up are planned for "
+                "%d steps per epoch. Lower train.batch_size or check the dataset.",
+                fillable,
+                tc.batch_size,
+                len(train_set),
+                len(train_set.reference_paths),
+                fillable * tc.batch_size,
+                max(fillable, 1),
+            )
             if fillable == 0:
-                raise GeokitError(f"dataset '{ds.name}': no batch of train.batch_size={tc.batch_size} pairs with "
-                                  f"distinct references can be formed ({len(train_set.reference_paths)} references "
-                                  f"for {len(train_set)} pairs); lower train.batch_size")
+                raise GeokitError(
+                    f"dataset '{ds.name}': no batch of train.batch_size={tc.batch_size} pairs with "
+                    f"distinct references can be formed ({len(train_set.reference_paths)} references "
+                    f"for {len(train_set)} pairs); lower train.batch_size"
+                )
             self.steps_per_epoch = fillable
         self.total_steps = tc.epochs * self.steps_per_epoch
         self.warmup_steps = int(round(tc.warmup_epochs * self.steps_per_epoch))
@@ -568,8 +633,10 @@ class _Engine:
             seen, _ = D.exchange_step_info(world, int(has_state), False, device)
             if len(set(seen)) > 1:
                 ranks = ", ".join(str(r) for r, x in enumerate(seen) if not x)
-                raise GeokitError(f"ranks {ranks} do not see {self.state_path}, which the others resume from: "
-                                  "--output must be a folder every node shares (a network file system)")
+                raise GeokitError(
+                    f"ranks {ranks} do not see {self.state_path}, which the others resume from: "
+                    "--output must be a folder every node shares (a network file system)"
+                )
         if has_state:
             resume = self._load_state()
             start_epoch = int(resume["epoch"]) + (1 if resume["epoch_done"] else 0)
@@ -579,37 +646,73 @@ class _Engine:
 
         if resume is not None and self.extended_from is not None:
             old_total = self.extended_from * self.steps_per_epoch
-            log.info("train.epochs raised from %d to %d: the cosine schedule is recomputed for %d steps "
-                     "(warm-up unchanged); at step %d the lr continues at %.3g instead of %.3g on the old "
-                     "schedule", self.extended_from, tc.epochs, self.total_steps, self.step,
-                     lr_at(self.step, self.total_steps, self.warmup_steps, tc.lr),
-                     lr_at(self.step, old_total, self.warmup_steps, tc.lr))
+            log.info(
+                "train.epochs raised from %d to %d: the cosine schedule is recomputed for %d steps "
+                "(warm-up unchanged); at step %d the lr continues at %.3g instead of %.3g on the old "
+                "schedule",
+                self.extended_from,
+                tc.epochs,
+                self.total_steps,
+                self.step,
+                lr_at(self.step, self.total_steps, self.warmup_steps, tc.lr),
+                lr_at(self.step, old_total, self.warmup_steps, tc.lr),
+            )
         if resume is None:
-            log.info("geokit train -> %s\n%s\nversions: %s", output, config.to_yaml().rstrip(),
-                     json.dumps(versions()))
+            log.info("geokit train -> %s\n%s\nversions: %s", output, config.to_yaml().rstrip(), json.dumps(versions()))
         else:
-            log.info("geokit train -> %s (resumed)\n%s\nversions: %s", output, config.to_yaml().rstrip(),
-                     json.dumps(versions()))
-        log.info("%d training pairs, %d references; device %s, ranks %d, amp %s, workers %d%s%s",
-                 len(train_set), len(train_set.reference_paths), device, world.world_size, self.amp,
-                 self.workers, f", gradient cache {tc.grad_cache_chunk} pairs/chunk" if tc.grad_cache_chunk else "",
-                 ", channels_last" if channels_last else "")
-        self.stepper = TrainStep(encoder, loss_fn, self.optimizer, device=device, amp=self.amp,
-                                 scaler=self.scaler, clip_value=tc.clip_value,
-                                 grad_cache_chunk=tc.grad_cache_chunk, channels_last=channels_last, world=world,
-                                 train=train_set)
+            log.info(
+                "geokit train -> %s (resumed)\n%s\nversions: %s",
+                output,
+                config.to_yaml().rstrip(),
+                json.dumps(versions()),
+            )
+        log.info(
+            "%d training pairs, %d references; device %s, ranks %d, amp %s, workers %d%s%s",
+            len(train_set),
+            len(train_set.reference_paths),
+            device,
+            world.world_size,
+            self.amp,
+            self.workers,
+            f", gradient cache {tc.grad_cache_chunk} pairs/chunk" if tc.grad_cache_chunk else "",
+            ", channels_last" if channels_last else "",
+        )
+        self.stepper = TrainStep(
+            encoder,
+            loss_fn,
+            self.optimizer,
+            device=device,
+            amp=self.amp,
+            scaler=self.scaler,
+            clip_value=tc.clip_value,
+            grad_cache_chunk=tc.grad_cache_chunk,
+            channels_last=channels_last,
+            world=world,
+            train=train_set,
+        )
         ref_norm = parts.norm_for("reference")
-        self.pairs = PairList(ds, train_set, parts.norm, seed=config.seed, bad_images="skip",
-                              reference_norm=None if ref_norm == parts.norm else ref_norm,
-                              transforms=parts.transforms)
+        self.pairs = PairList(
+            ds,
+            train_set,
+            parts.norm,
+            seed=config.seed,
+            bad_images="skip",
+            reference_norm=None if ref_norm == parts.norm else ref_norm,
+            transforms=parts.transforms,
+        )
         # One loader for the whole run, so worker processes persist across epochs; its batch
         # sampler hands out (epoch, index) keys. It has its own generator: creating iterators
         # must not draw from torch's global RNG (exact resume).
         self.batch_keys = _EpochBatches()
         self.loader = torch.utils.data.DataLoader(
-            self.pairs, batch_sampler=self.batch_keys, num_workers=self.workers, collate_fn=collate_pairs,
-            pin_memory=device.type == "cuda", persistent_workers=self.workers > 0,
-            generator=torch.Generator().manual_seed(config.seed))
+            self.pairs,
+            batch_sampler=self.batch_keys,
+            num_workers=self.workers,
+            collate_fn=collate_pairs,
+            pin_memory=device.type == "cuda",
+            persistent_workers=self.workers > 0,
+            generator=torch.Generator().manual_seed(config.seed),
+        )
         self.tb = TensorBoard(output / "tensorboard" if world.is_main else None)
         self.skipped_total = 0
         epochs_run = 0
@@ -622,8 +725,10 @@ class _Engine:
         finally:
             self.tb.close()
         if self.skipped_total:
-            log.warning("skipped %d training pairs with unreadable images in this run (train.bad_images=skip)",
-                        self.skipped_total)
+            log.warning(
+                "skipped %d training pairs with unreadable images in this run (train.bad_images=skip)",
+                self.skipped_total,
+            )
         if world.is_main:
             parts.save(output / WEIGHTS, epochs=tc.epochs, steps=self.step)
             log.info("wrote %s", output / WEIGHTS)
@@ -642,16 +747,19 @@ class _Engine:
             if self.force:
                 log.warning("%s holds a run without its config.yaml; resuming with this config (--force)", output)
                 return None
-            raise GeokitError(f"{output} holds a run ({STATE if self.state_path.exists() else WEIGHTS}) but "
-                              "no config.yaml, so it cannot be checked that this config is the same. "
-                              "Use another --output, delete the folder to start over, or pass --force "
-                              "to resume with this config anyway.")
+            raise GeokitError(
+                f"{output} holds a run ({STATE if self.state_path.exists() else WEIGHTS}) but "
+                "no config.yaml, so it cannot be checked that this config is the same. "
+                "Use another --output, delete the folder to start over, or pass --force "
+                "to resume with this config anyway."
+            )
         try:
             old = read_yaml(saved)
         except GeokitError as exc:
             if not self.force:
-                raise GeokitError(f"{exc}. The run's saved config is unreadable; pass --force to resume "
-                                  "with this config anyway.") from None
+                raise GeokitError(
+                    f"{exc}. The run's saved config is unreadable; pass --force to resume with this config anyway."
+                ) from None
             log.warning("%s; resuming with this config (--force)", exc)
             return None
         diffs = config_differences(old, new)
@@ -659,25 +767,32 @@ class _Engine:
             return None
         old_epochs = old.get("train", {}).get("epochs") if isinstance(old.get("train"), dict) else None
         new_epochs = new["train"]["epochs"]
-        if diffs == [d for d in diffs if d.startswith("train.epochs:")] and isinstance(old_epochs, int) \
-                and new_epochs > old_epochs:
+        if (
+            diffs == [d for d in diffs if d.startswith("train.epochs:")]
+            and isinstance(old_epochs, int)
+            and new_epochs > old_epochs
+        ):
             return old_epochs
         shown = "; ".join(diffs[:12]) + (f"; and {len(diffs) - 12} more" if len(diffs) > 12 else "")
         if self.force:
             log.warning("resuming %s with a different config (--force): %s", output, shown)
             return None
-        raise GeokitError(f"{output} holds a run with a different config ({saved}): {shown}. "
-                          "Resuming would mix two runs. Use another --output, delete the folder to start "
-                          "over, or pass --force to resume with the new values (raising only train.epochs "
-                          "needs no --force: the schedule is extended).")
+        raise GeokitError(
+            f"{output} holds a run with a different config ({saved}): {shown}. "
+            "Resuming would mix two runs. Use another --output, delete the folder to start "
+            "over, or pass --force to resume with the new values (raising only train.epochs "
+            "needs no --force: the schedule is extended)."
+        )
 
     def _load_state(self) -> dict[str, Any]:
         import torch
 
         state = load_state(self.state_path)
         if state.get("format") != STATE_FORMAT:
-            raise GeokitError(f"{self.state_path} was written by another geokit version (format "
-                              f"{state.get('format')}, expected {STATE_FORMAT}); delete it to start over")
+            raise GeokitError(
+                f"{self.state_path} was written by another geokit version (format "
+                f"{state.get('format')}, expected {STATE_FORMAT}); delete it to start over"
+            )
         try:  # a state from another model (e.g. resumed with --force after changing it) or damaged
             self.parts.encoder.load_state_dict(state["encoder"])
             self.parts.loss.load_state_dict(state["loss"])
@@ -691,18 +806,30 @@ class _Engine:
             self.step = int(state["step"])
         except (KeyError, ValueError, TypeError, RuntimeError) as exc:
             text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise GeokitError(f"the resume state {self.state_path} does not fit this run's model, optimizer "
-                              f"or sampler ({type(exc).__name__}: {text}). Use another --output, or delete "
-                              "the state to start over.") from None
+            raise GeokitError(
+                f"the resume state {self.state_path} does not fit this run's model, optimizer "
+                f"or sampler ({type(exc).__name__}: {text}). Use another --output, or delete "
+                "the state to start over."
+            ) from None
         done = int(state["epoch"]) if state["epoch_done"] else int(state["epoch"]) - 1
         self.history = [r for r in _read_history(self.output) if int(r.get("epoch", 0)) <= done]
-        where = (f"after epoch {state['epoch']}" if state["epoch_done"] else
-                 f"in epoch {state['epoch']} after batch {state['batches_done']}")
+        where = (
+            f"after epoch {state['epoch']}"
+            if state["epoch_done"]
+            else f"in epoch {state['epoch']} after batch {state['batches_done']}"
+        )
         log.info("resuming %s %s (step %d)", self.output, where, self.step)
         return state
 
-    def _save_state(self, epoch: int, batches: list[np.ndarray], done: int, epoch_done: bool,
-                    stats: dict[str, float], sampler_state: dict[str, Any] | None = None) -> None:
+    def _save_state(
+        self,
+        epoch: int,
+        batches: list[np.ndarray],
+        done: int,
+        epoch_done: bool,
+        stats: dict[str, float],
+        sampler_state: dict[str, Any] | None = None,
+    ) -> None:
         """Rank 0 writes the whole resume state atomically (temp file, fsync, rename)."""
         import torch
 
@@ -711,20 +838,32 @@ class _Engine:
         sizes = np.asarray([len(b) for b in batches], dtype=np.int64)
         flat = np.concatenate(batches).astype(np.int64) if batches else np.zeros(0, np.int64)
         state = {
-            "format": STATE_FORMAT, "epoch": epoch, "epoch_done": epoch_done, "batches_done": done,
-            "step": self.step, "epoch_batches": flat, "epoch_batch_sizes": sizes, "epoch_stats": stats,
-            "encoder": self.parts.encoder.state_dict(), "loss": self.parts.loss.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-            "sampler": self.sampler.state_dict() if sampler_state is None else sampler_state, "torch_rng": torch.get_rng_state(),
-            "numpy_rng": list(np.random.get_state()), "python_rng": random.getstate(),
+            "format": STATE_FORMAT,
+            "epoch": epoch,
+            "epoch_done": epoch_done,
+            "batches_done": done,
+            "step": self.step,
+            "epoch_batches": flat,
+            "epoch_batch_sizes": sizes,
+            "epoch_stats": stats,
+            "encoder": self.parts.encoder.state_dict(),
+            "loss": self.parts.loss.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "sampler": self.sampler.state_dict() if sampler_state is None else sampler_state,
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": list(np.random.get_state()),
+            "python_rng": random.getstate(),
         }
         try:
             save_state(self.state_path, state)
         except OSError as exc:  # e.g. a full disk: atomic_write left the previous file untouched
             before = "the previous checkpoint is intact" if self.state_path.exists() else "no checkpoint exists yet"
-            raise GeokitError(f"could not write the checkpoint {self.state_path} "
-                              f"({exc.strerror or exc}); {before}. Free some space and re-run the same "
-                              "command to resume.") from None
+            raise GeokitError(
+                f"could not write the checkpoint {self.state_path} "
+                f"({exc.strerror or exc}); {before}. Free some space and re-run the same "
+                "command to resume."
+            ) from None
 
     # ---------------------------------------------------------------- one epoch
     def _embed_train(self) -> TrainEmbeddings:
@@ -732,15 +871,29 @@ class _Engine:
         share of the images and the rows are all-gathered, so all ranks mine the same batches."""
         ds, tr, world = self.parts.dataset, self.train_set, self.world
         amp = self.config.train.amp if self.config.train.amp is not None else default_embed_amp(self.device)
-        kw = dict(batch_size=self.config.eval.batch_size, device=self.device, amp=amp,
-                  workers=self.workers, show=self.show)
+        kw = dict(
+            batch_size=self.config.eval.batch_size, device=self.device, amp=amp, workers=self.workers, show=self.show
+        )
 
         def part(paths: Any, size: Any, view: str, desc: str) -> np.ndarray:
-            return D.embed_sharded(world, self.parts.encoder, ds, paths, size, self.parts.norm_for(view), desc=desc,
-                                   view=view, transforms=self.parts.transforms, seed=self.config.seed, **kw)
+            return D.embed_sharded(
+                world,
+                self.parts.encoder,
+                ds,
+                paths,
+                size,
+                self.parts.norm_for(view),
+                desc=desc,
+                view=view,
+                transforms=self.parts.transforms,
+                seed=self.config.seed,
+                **kw,
+            )
 
-        return TrainEmbeddings(part(tr.query_paths, ds.query_size, "query", "mine queries"),
-                               part(tr.reference_paths, ds.reference_size, "reference", "mine references"))
+        return TrainEmbeddings(
+            part(tr.query_paths, ds.query_size, "query", "mine queries"),
+            part(tr.reference_paths, ds.reference_size, "reference", "mine references"),
+        )
 
     def _embed_pairs(self, indices: Any) -> TrainEmbeddings:
         """Step-level mining: pairs ``indices`` (and their references, row for row) in
@@ -754,10 +907,22 @@ class _Engine:
     def _embed_subset(self, paths: list[str], view: str) -> np.ndarray:
         ds, world = self.parts.dataset, self.world
         amp = self.config.train.amp if self.config.train.amp is not None else default_embed_amp(self.device)
-        return D.embed_sharded(world, self.parts.encoder, ds, paths, ds.query_size if view == "query"
-                               else ds.reference_size, self.parts.norm_for(view), batch_size=self.config.eval.batch_size,
-                               device=self.device, amp=amp, workers=0, show=False, view=view,
-                               transforms=self.parts.transforms, seed=self.config.seed)
+        return D.embed_sharded(
+            world,
+            self.parts.encoder,
+            ds,
+            paths,
+            ds.query_size if view == "query" else ds.reference_size,
+            self.parts.norm_for(view),
+            batch_size=self.config.eval.batch_size,
+            device=self.device,
+            amp=amp,
+            workers=0,
+            show=False,
+            view=view,
+            transforms=self.parts.transforms,
+            seed=self.config.seed,
+        )
 
     def _step_batches(self, epoch: int, start: int, handed: list[np.ndarray]) -> Any:
         """A step-level sampler's epoch: ask for each batch right before its step (the model is
@@ -767,10 +932,20 @@ class _Engine:
         tc, world = self.config.train, self.world
         with ThreadPoolExecutor(max(1, self.workers)) as pool:
             for k in itertools.count(start):
-                ctx = StepContext(epoch=epoch, epochs=tc.epochs, batch_size=tc.batch_size, seed=self.config.seed,
-                                  train=self.train_set, dataset_name=self.parts.dataset.name, rank=world.rank,
-                                  world_size=world.world_size, embed=self._embed_train, step=self.step, batch=k,
-                                  embed_pairs=self._embed_pairs)
+                ctx = StepContext(
+                    epoch=epoch,
+                    epochs=tc.epochs,
+                    batch_size=tc.batch_size,
+                    seed=self.config.seed,
+                    train=self.train_set,
+                    dataset_name=self.parts.dataset.name,
+                    rank=world.rank,
+                    world_size=world.world_size,
+                    embed=self._embed_train,
+                    step=self.step,
+                    batch=k,
+                    embed_pairs=self._embed_pairs,
+                )
                 self._sampler_before = self.sampler.state_dict()  # an interrupt saves this one
                 batch = self.sampler.next_batch(ctx)
                 if batch is None:
@@ -791,9 +966,17 @@ class _Engine:
             start = int(resume["batches_done"])
             stats = {k: float(v) for k, v in resume["epoch_stats"].items()}
         else:
-            ctx = EpochContext(epoch=epoch, epochs=tc.epochs, batch_size=tc.batch_size, seed=self.config.seed,
-                               train=self.train_set, dataset_name=self.parts.dataset.name, rank=world.rank,
-                               world_size=world.world_size, embed=self._embed_train)
+            ctx = EpochContext(
+                epoch=epoch,
+                epochs=tc.epochs,
+                batch_size=tc.batch_size,
+                seed=self.config.seed,
+                train=self.train_set,
+                dataset_name=self.parts.dataset.name,
+                rank=world.rank,
+                world_size=world.world_size,
+                embed=self._embed_train,
+            )
             if self.step_level:
                 batches = []  # handed out step by step below
                 start_epoch = getattr(self.sampler, "start_epoch", None)
@@ -848,7 +1031,8 @@ class _Engine:
                         f"the loss became {exc.value} at epoch {epoch}, step {self.step + 1}: training "
                         f"stopped. The last good state is "
                         f"{self.state_path if self.state_path.exists() else 'none yet (no checkpoint was written)'}"
-                        "; try a lower train.lr, train.amp=false, or check the data") from None
+                        "; try a lower train.lr, train.amp=false, or check the data"
+                    ) from None
                 self.step += 1
                 stats["steps"] += 1
                 stats["images"] += 2 * sum(sizes)
@@ -860,13 +1044,25 @@ class _Engine:
 
                     spent = max(time.perf_counter() - t0, 1e-9)
                     left = (self.total_steps - self.step) * spent / max(stats["steps"], 1)
-                    log.info("epoch %d/%d step %d/%d loss %.4f lr %.2e  %.1f pairs/s, training %s left",
-                             epoch, tc.epochs, self.step, self.total_steps, loss, lr,
-                             stats["images"] / 2 / spent, format_duration(left))
+                    log.info(
+                        "epoch %d/%d step %d/%d loss %.4f lr %.2e  %.1f pairs/s, training %s left",
+                        epoch,
+                        tc.epochs,
+                        self.step,
+                        self.total_steps,
+                        loss,
+                        lr,
+                        stats["images"] / 2 / spent,
+                        format_duration(left),
+                    )
                     self._log_step({"epoch": epoch, "step": self.step, "loss": loss, "lr": lr})
             done += 1
-            if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 \
-                    and (self.step_level or done < len(batches)) and sum(sizes) >= 2:
+            if (
+                tc.checkpoint_every
+                and self.step % tc.checkpoint_every == 0
+                and (self.step_level or done < len(batches))
+                and sum(sizes) >= 2
+            ):
                 stats["seconds"] = time.perf_counter() - t0
                 self._save_state(epoch, batches, done, False, stats)
         seconds = time.perf_counter() - t0
@@ -876,17 +1072,35 @@ class _Engine:
         else:
             skipped = int(stats["skipped"])
         n_steps = int(stats["steps"])
-        row: dict[str, Any] = {"epoch": epoch, "step": self.step, "loss": stats["loss_sum"] / max(n_steps, 1),
-                               "lr": lr, "batches": n_steps, "seconds": round(seconds, 3),
-                               "images_per_s": round(stats["images"] / max(seconds, 1e-9), 2)}
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "step": self.step,
+            "loss": stats["loss_sum"] / max(n_steps, 1),
+            "lr": lr,
+            "batches": n_steps,
+            "seconds": round(seconds, 3),
+            "images_per_s": round(stats["images"] / max(seconds, 1e-9), 2),
+        }
         if tc.bad_images == "skip":
             row["skipped_pairs"] = skipped
             self.skipped_total += skipped
-        row.update({f"loss.{k}": float(v.detach().float().mean())
-                    for k, v in self.parts.loss.named_parameters() if v.numel() == 1})
-        log.info("epoch %d/%d: loss %.4f, %d batches, %.1f s (%.1f images/s)%s", epoch, tc.epochs,
-                 row["loss"], n_steps, seconds, row["images_per_s"],
-                 f", {skipped} pairs skipped (unreadable images)" if skipped else "")
+        row.update(
+            {
+                f"loss.{k}": float(v.detach().float().mean())
+                for k, v in self.parts.loss.named_parameters()
+                if v.numel() == 1
+            }
+        )
+        log.info(
+            "epoch %d/%d: loss %.4f, %d batches, %.1f s (%.1f images/s)%s",
+            epoch,
+            tc.epochs,
+            row["loss"],
+            n_steps,
+            seconds,
+            row["images_per_s"],
+            f", {skipped} pairs skipped (unreadable images)" if skipped else "",
+        )
         if tc.eval_every and (epoch % tc.eval_every == 0 or epoch == tc.epochs):
             if world.is_main:
                 row.update(self._evaluate(epoch))
@@ -908,16 +1122,21 @@ class _Engine:
         ds, cfg = self.parts.dataset, self.config
         split = cfg.eval.split or ("val" if "val" in ds.splits else None)
         res = run_protocol(self.parts, split, device=self.device, show=self.show)
-        log.info(format_table(res.metrics, f"epoch {epoch}: {ds.name} / {res.eval_set.name} "
-                                           "(monitoring only, no model selection)"))
+        log.info(
+            format_table(
+                res.metrics, f"epoch {epoch}: {ds.name} / {res.eval_set.name} (monitoring only, no model selection)"
+            )
+        )
         return {f"eval/{k}": v for k, v in res.metrics.items()}
 
     def _handle_bad(self, bad: list[BadPair], epoch: int) -> None:
         if not bad:
             return
         if self.config.train.bad_images != "skip":
-            raise GeokitError(f"{bad[0].message} (training pair {bad[0].index}, epoch {epoch}). Fix or "
-                              "remove the file, or set train.bad_images=skip to skip such pairs and count them")
+            raise GeokitError(
+                f"{bad[0].message} (training pair {bad[0].index}, epoch {epoch}). Fix or "
+                "remove the file, or set train.bad_images=skip to skip such pairs and count them"
+            )
         for b in bad:
             log.warning("skipping training pair %d: %s", b.index, b.message)
 
@@ -932,8 +1151,10 @@ class _Engine:
             where = f"the end of epoch {epoch - 1} (step {self.step})"
         D.barrier(self.world)
         by = self.stop.signal or "a signal to another rank"
-        raise TrainingInterrupted(f"training stopped by {by} at {where}; the state is saved in "
-                                  f"{self.state_path}. Re-run the same command to resume.")
+        raise TrainingInterrupted(
+            f"training stopped by {by} at {where}; the state is saved in "
+            f"{self.state_path}. Re-run the same command to resume."
+        )
 
     def _log_step(self, row: dict[str, Any]) -> None:
         if not self.world.is_main:
@@ -968,9 +1189,13 @@ def _read_history(output: Path) -> list[dict[str, Any]]:
         else:
             bad.append(n)
     if bad:
-        log.warning("%s: ignored %d unreadable line(s) (line %s): cut short by a crash or a copy? "
-                    "Those epochs' rows are rewritten when they are run again", path, len(bad),
-                    ", ".join(map(str, bad[:5])))
+        log.warning(
+            "%s: ignored %d unreadable line(s) (line %s): cut short by a crash or a copy? "
+            "Those epochs' rows are rewritten when they are run again",
+            path,
+            len(bad),
+            ", ".join(map(str, bad[:5])),
+        )
     return rows
 
 

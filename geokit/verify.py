@@ -19,6 +19,7 @@ Loaders report row-level problems through :func:`problem`. Normally that raises
 (as ``verify`` does) problems are recorded and the loader skips the row and carries on, so one
 run lists every problem instead of the first.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -96,16 +97,22 @@ def located(message: str, file: Any = None, line: int | str | None = None) -> st
     return str(Problem("error", message, None if file is None else str(file), line))
 
 
-def problem(message: str, *, file: Any = None, line: int | str | None = None, category: str = "problem",
-            path: str | None = None, warning: bool = False) -> None:
+def problem(
+    message: str,
+    *,
+    file: Any = None,
+    line: int | str | None = None,
+    category: str = "problem",
+    path: str | None = None,
+    warning: bool = False,
+) -> None:
     """Report a problem with a dataset on disk.
 
     Outside :func:`collecting`: an error raises :class:`GeokitError` naming the file and line, a
     warning is logged. Inside: it is recorded and the caller is expected to skip the item.
     """
     collector = _COLLECTOR.get()
-    p = Problem("warning" if warning else "error", message, None if file is None else str(file), line,
-                category, path)
+    p = Problem("warning" if warning else "error", message, None if file is None else str(file), line, category, path)
     if collector is None:
         if warning:
             log.warning("%s", p)
@@ -152,12 +159,25 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "dataset": self.dataset, "ok": self.ok, "counts": self.counts, "known_sizes": self.known,
-            "images_listed": self.images_listed, "images_decoded": self.images_decoded,
+            "dataset": self.dataset,
+            "ok": self.ok,
+            "counts": self.counts,
+            "known_sizes": self.known,
+            "images_listed": self.images_listed,
+            "images_decoded": self.images_decoded,
             "image_sizes": {v: {f"{w}x{h}": n for (w, h), n in c.most_common()} for v, c in self.image_sizes.items()},
             "notes": self.notes,
-            "problems": [{"severity": p.severity, "category": p.category, "file": p.file, "line": p.line,
-                          "message": p.message, "path": p.path} for p in self.problems],
+            "problems": [
+                {
+                    "severity": p.severity,
+                    "category": p.category,
+                    "file": p.file,
+                    "line": p.line,
+                    "message": p.message,
+                    "path": p.path,
+                }
+                for p in self.problems
+            ],
         }
 
     def render(self, max_per_group: int = 10) -> str:
@@ -166,13 +186,17 @@ class Report:
         width = max((len(k) for k in self.counts), default=0)
         for key, n in self.counts.items():
             ref = self.known.get(key)
-            tail = "" if ref is None else ("  (matches the full dataset)" if ref == n
-                                            else f"  (the full dataset has {ref:,})")
+            tail = (
+                ""
+                if ref is None
+                else ("  (matches the full dataset)" if ref == n else f"  (the full dataset has {ref:,})")
+            )
             out.append(f"  {key:<{width}}  {n:>9,}{tail}")
         if self.images_listed:
             how = "all" if self.full else "a random sample; --full decodes all"
-            out.append(f"  images listed {self.images_listed:,}, all checked to exist; "
-                       f"{self.images_decoded:,} decoded ({how})")
+            out.append(
+                f"  images listed {self.images_listed:,}, all checked to exist; {self.images_decoded:,} decoded ({how})"
+            )
         for view, sizes in self.image_sizes.items():
             common = ", ".join(f"{w}x{h} ({n:,})" for (w, h), n in sizes.most_common(3))
             more = f", {len(sizes) - 3} other sizes" if len(sizes) > 3 else ""
@@ -188,8 +212,10 @@ class Report:
         out.append("")
         n_err, n_warn = len(self.problems.errors), len(self.problems.warnings)
         if n_err:
-            out.append(f"FAILED: {n_err:,} error{'s' if n_err != 1 else ''}, {n_warn:,} "
-                       f"warning{'s' if n_warn != 1 else ''}. Fix the errors above before training.")
+            out.append(
+                f"FAILED: {n_err:,} error{'s' if n_err != 1 else ''}, {n_warn:,} "
+                f"warning{'s' if n_warn != 1 else ''}. Fix the errors above before training."
+            )
         else:
             out.append(f"OK: the layout is usable ({n_warn:,} warning{'s' if n_warn != 1 else ''}).")
         return "\n".join(out)
@@ -218,8 +244,11 @@ def _missing_by_folder(items: list[Problem]) -> list[str]:
     for folder, n in folders.most_common(5):
         if n < 2:
             break
-        state = ("does not exist: not extracted, or the root points elsewhere?" if not os.path.isdir(folder)
-                 else "exists but lacks them: an incomplete download or extraction?")
+        state = (
+            "does not exist: not extracted, or the root points elsewhere?"
+            if not os.path.isdir(folder)
+            else "exists but lacks them: an incomplete download or extraction?"
+        )
         lines.append(f"  hint: {n:,} missing images are in {folder} (the folder {state})")
     return lines
 
@@ -227,9 +256,16 @@ def _missing_by_folder(items: list[Problem]) -> list[str]:
 # --------------------------------------------------------------------------------- verify
 
 
-def verify_dataset(ds: Any, *, sample: int = 200, full: bool = False, seed: int = 0,
-                   workers: int | None = None, name: str | None = None,
-                   on_progress: Callable[[int, int], None] | None = None) -> Report:
+def verify_dataset(
+    ds: Any,
+    *,
+    sample: int = 200,
+    full: bool = False,
+    seed: int = 0,
+    workers: int | None = None,
+    name: str | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Report:
     """Verify a built dataset (a :class:`~geokit.data.CrossViewDataset`); never raises for
     problems in the data, it reports them.
 
@@ -261,8 +297,9 @@ def verify_dataset(ds: Any, *, sample: int = 200, full: bool = False, seed: int 
             if len(tr) == 0:
                 probs.add(Problem("error", "the training set is empty", category="train set"))
             if not tr.has_gps:
-                report.notes.append("the training set has no GPS: the 'gps' sampler cannot be used "
-                                    "('dss' warm-starts with 'random')")
+                report.notes.append(
+                    "the training set has no GPS: the 'gps' sampler cannot be used ('dss' warm-starts with 'random')"
+                )
             note_paths(tr.query_paths, q_view)
             note_paths(tr.reference_paths, r_view)
         eval_sets = []
@@ -276,8 +313,9 @@ def verify_dataset(ds: Any, *, sample: int = 200, full: bool = False, seed: int 
             report.counts[f"{split} queries"] = len(es.query_paths)
             report.counts[f"{split} references"] = len(es.reference_paths)
             if len(es.query_paths) == 0 or len(es.reference_paths) == 0:
-                probs.add(Problem("error", f"the {split} split has no queries or no references",
-                                  category=f"{split} set"))
+                probs.add(
+                    Problem("error", f"the {split} split has no queries or no references", category=f"{split} set")
+                )
                 continue
             try:
                 es.positives()
@@ -296,19 +334,35 @@ def verify_dataset(ds: Any, *, sample: int = 200, full: bool = False, seed: int 
     nearly = [k for k in mismatched if 0.9 * report.known[k] <= report.counts[k] < report.known[k]]
     extra = [k for k in mismatched if report.counts[k] > report.known[k]]
     for k in nearly:  # most of the full set is there: probably an incomplete download or extraction
-        probs.add(Problem("warning", f"{k}: {report.counts[k]:,} of the published {report.known[k]:,} "
-                          f"({report.known[k] - report.counts[k]:,} missing): an incomplete download or "
-                          "extraction? Metrics will not be exactly comparable with published numbers",
-                          category="size"))
+        probs.add(
+            Problem(
+                "warning",
+                f"{k}: {report.counts[k]:,} of the published {report.known[k]:,} "
+                f"({report.known[k] - report.counts[k]:,} missing): an incomplete download or "
+                "extraction? Metrics will not be exactly comparable with published numbers",
+                category="size",
+            )
+        )
     for k in extra:
-        probs.add(Problem("warning", f"{k}: {report.counts[k]:,}, more than the published "
-                          f"{report.known[k]:,}: extra files, or another version of the dataset?",
-                          category="size"))
+        probs.add(
+            Problem(
+                "warning",
+                f"{k}: {report.counts[k]:,}, more than the published "
+                f"{report.known[k]:,}: extra files, or another version of the dataset?",
+                category="size",
+            )
+        )
     rest = [k for k in mismatched if k not in nearly and k not in extra]
     if rest:
-        probs.add(Problem("warning", f"not the full dataset ({', '.join(rest)} differ from the "
-                          "published sizes, see above): fine for a subset, but metrics will not be "
-                          "comparable with published numbers", category="size"))
+        probs.add(
+            Problem(
+                "warning",
+                f"not the full dataset ({', '.join(rest)} differ from the "
+                "published sizes, see above): fine for a subset, but metrics will not be "
+                "comparable with published numbers",
+                category="size",
+            )
+        )
 
     source_of = getattr(ds, "source_of", None)
 
@@ -331,8 +385,7 @@ def verify_dataset(ds: Any, *, sample: int = 200, full: bool = False, seed: int 
     sizes: dict[str, Counter] = defaultdict(Counter)
     for i, (path, result) in enumerate(_decode_all(chosen, workers)):
         if isinstance(result, str):
-            probs.add(Problem("error", f"cannot decode image {path}: {result}", where(path), None,
-                              "bad image", path))
+            probs.add(Problem("error", f"cannot decode image {path}: {result}", where(path), None, "bad image", path))
         else:
             sizes[paths[path]][result] += 1
         if on_progress is not None:
@@ -354,20 +407,37 @@ def suspicious_data(train: Any, eval_sets: Sequence[Any]) -> list[Problem]:
         dup = sum(n - 1 for n in pairs.values() if n > 1)
         if dup:
             example = next(k for k, n in pairs.items() if n > 1)[0]
-            out.append(Problem("warning", f"{dup:,} training pairs repeat another pair (same query and "
-                               f"reference, e.g. {example}): they count twice", category="suspicious data"))
+            out.append(
+                Problem(
+                    "warning",
+                    f"{dup:,} training pairs repeat another pair (same query and "
+                    f"reference, e.g. {example}): they count twice",
+                    category="suspicious data",
+                )
+            )
         same = [i for i in range(len(q)) if q[i] == train.reference_paths[refs[i]]]
         if same:
-            out.append(Problem("warning", f"{len(same):,} training pairs have the query image as their "
-                               f"reference (e.g. {q[same[0]]}): a trivial match", category="suspicious data"))
+            out.append(
+                Problem(
+                    "warning",
+                    f"{len(same):,} training pairs have the query image as their "
+                    f"reference (e.g. {q[same[0]]}): a trivial match",
+                    category="suspicious data",
+                )
+            )
     for es in eval_sets:
         labels = np.asarray(es.query_labels)
         if len(labels) >= 10 and labels.ndim == 1:
             counts = np.unique(labels, return_counts=True)[1]
             if counts.max() >= max(10, len(labels) // 10):
-                out.append(Problem("warning", f"{int(counts.max()):,} of the {len(labels):,} {es.name} queries "
-                                   "share one reference: recall says little about them; is that intended?",
-                                   category="suspicious data"))
+                out.append(
+                    Problem(
+                        "warning",
+                        f"{int(counts.max()):,} of the {len(labels):,} {es.name} queries "
+                        "share one reference: recall says little about them; is that intended?",
+                        category="suspicious data",
+                    )
+                )
     return out
 
 

@@ -14,6 +14,7 @@ descriptors (a ViT's class/register tokens dropped), which the heads pool at any
   centroid, each centroid's sum L2-normalised, then all flattened and L2-normalised
   (``clusters · cluster_dim`` dims), optionally projected linearly to ``out_dim``.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -26,7 +27,7 @@ from torch import nn
 def local_features(model: Any, feats: torch.Tensor) -> torch.Tensor:
     """``(B, L, C)`` local descriptors from an unpooled timm output (see the module docstring)."""
     if feats.ndim == 3:  # ViT-style tokens: drop class/register tokens
-        return feats[:, int(getattr(model, "num_prefix_tokens", 0)):]
+        return feats[:, int(getattr(model, "num_prefix_tokens", 0)) :]
     if feats.ndim == 4:
         if getattr(model, "output_fmt", "NCHW") == "NHWC":
             return feats.flatten(1, 2)
@@ -60,9 +61,9 @@ class NetVLADLite(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
-        a = self.assign(x).softmax(dim=-1)                       # (B, L, K)
-        f = self.reduce(x)                                       # (B, L, d)
+        a = self.assign(x).softmax(dim=-1)  # (B, L, K)
+        f = self.reduce(x)  # (B, L, d)
         v = torch.einsum("blk,bld->bkd", a, f) - a.sum(dim=1).unsqueeze(-1) * self.centroids
-        v = F.normalize(v, dim=-1).flatten(1)                    # intra-normalisation
+        v = F.normalize(v, dim=-1).flatten(1)  # intra-normalisation
         v = F.normalize(v, dim=-1)
         return self.project(v) if self.project is not None else v

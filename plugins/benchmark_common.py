@@ -5,6 +5,7 @@ once (one directory listing per folder, so it stays fast on 100k-image folders),
 problems through :func:`geokit.verify.problem`: an error naming the file and line when loading,
 or a collected entry (the row is skipped) under ``geokit datasets verify``.
 """
+
 from __future__ import annotations
 
 import io
@@ -33,15 +34,24 @@ class BenchmarkOptions(BaseModel):
     reference_size: tuple[PositiveInt, PositiveInt] = Field((384, 384), description="[height, width] of references")
     augment: bool = Field(True, description="Sample4Geo training augmentation (pair-consistent)")
     dropout_geometry: Literal["released", "relative"] = Field(
-        "released", description="released: CoarseDropout holes sized from the image height and GridDropout "
+        "released",
+        description="released: CoarseDropout holes sized from the image height and GridDropout "
         "at a fixed offset, as albumentations 1.x in the released code; relative: hole width from the image "
-        "width, random grid offsets (geokit's earlier albumentations 2.0 defaults; FIDELITY.md)")
-    check_files: bool = Field(True, description="check that every listed image exists when loading "
-                              "(one directory listing per folder)")
-    skip_missing: bool = Field(False, description="skip pairs whose image is missing (a warning) "
-                               "instead of stopping; the original CVACT loader skipped silently")
-    allow_outside_root: bool = Field(False, description="accept listed image paths that are absolute or "
-                                     "climb out of root with '..' (refused by default: paths stay in root)")
+        "width, random grid offsets (geokit's earlier albumentations 2.0 defaults; FIDELITY.md)",
+    )
+    check_files: bool = Field(
+        True, description="check that every listed image exists when loading (one directory listing per folder)"
+    )
+    skip_missing: bool = Field(
+        False,
+        description="skip pairs whose image is missing (a warning) "
+        "instead of stopping; the original CVACT loader skipped silently",
+    )
+    allow_outside_root: bool = Field(
+        False,
+        description="accept listed image paths that are absolute or "
+        "climb out of root with '..' (refused by default: paths stay in root)",
+    )
 
 
 class FileIndex:
@@ -91,10 +101,16 @@ class BenchmarkDataset(CrossViewDataset):
         self.files = FileIndex(options.check_files)
         self._sources: dict[str, str] = {}
         self._cache: dict[str, Any] = {}
-        self._augment = PairAugment(  # type: ignore[arg-type]
-            geometry=self.geometry, query_dropout_ratio=self.dropout_ratios[0],
-            reference_dropout_ratio=self.dropout_ratios[1], dropout_geometry=options.dropout_geometry,
-        ) if options.augment else None
+        self._augment = (
+            PairAugment(  # type: ignore[arg-type]
+                geometry=self.geometry,
+                query_dropout_ratio=self.dropout_ratios[0],
+                reference_dropout_ratio=self.dropout_ratios[1],
+                dropout_geometry=options.dropout_geometry,
+            )
+            if options.augment
+            else None
+        )
 
     # -- helpers for subclasses -------------------------------------------------------------
 
@@ -109,8 +125,10 @@ class BenchmarkDataset(CrossViewDataset):
         """The file ``root/rel`` or an error saying what it is and the expected layout."""
         path = self.root / rel
         if not path.is_file():
-            raise GeokitError(f"{self.name}: {rel} ({what}) not found in {self.root}.{self.suggest_root(rel)} "
-                              f"Expected layout:\n{self.layout}")
+            raise GeokitError(
+                f"{self.name}: {rel} ({what}) not found in {self.root}.{self.suggest_root(rel)} "
+                f"Expected layout:\n{self.layout}"
+            )
         return path
 
     def suggest_root(self, rel: str) -> str:
@@ -132,14 +150,25 @@ class BenchmarkDataset(CrossViewDataset):
         if path not in self._sources:
             self._sources[path] = _where(file, line)
         if not self.options.allow_outside_root and not self.inside_root(path):
-            problem(f"path {str(path)[:200]} is absolute or leaves the dataset root {self.root}; listed paths "
-                    "are relative to the root (set dataset.allow_outside_root=true to accept it)",
-                    file=file, line=line, category="path outside root", path=path)
+            problem(
+                f"path {str(path)[:200]} is absolute or leaves the dataset root {self.root}; listed paths "
+                "are relative to the root (set dataset.allow_outside_root=true to accept it)",
+                file=file,
+                line=line,
+                category="path outside root",
+                path=path,
+            )
             return False
         if self.files.exists(path):
             return True
-        problem(f"image not found: {path}{self.files.why_missing(path)}", file=file, line=line,
-                category="missing image", path=path, warning=self.options.skip_missing)
+        problem(
+            f"image not found: {path}{self.files.why_missing(path)}",
+            file=file,
+            line=line,
+            category="missing image",
+            path=path,
+            warning=self.options.skip_missing,
+        )
         return False
 
     def inside_root(self, path: str | Path) -> bool:
@@ -164,8 +193,9 @@ class BenchmarkDataset(CrossViewDataset):
         """Sizes of the full public dataset (``geokit datasets verify`` compares)."""
         return {}
 
-    def augment_pair(self, query: np.ndarray, reference: np.ndarray,
-                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def augment_pair(
+        self, query: np.ndarray, reference: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
         return self._augment(query, reference, rng) if self._augment else (query, reference)
 
 
@@ -184,9 +214,11 @@ def read_text_lines(path: Path, display: str) -> list[tuple[int, str]]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise GeokitError(f"{display} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}: "
-                          f"{exc.reason}); save the file as UTF-8") from None
+        line = data[: exc.start].count(b"\n") + 1
+        raise GeokitError(
+            f"{display} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}: "
+            f"{exc.reason}); save the file as UTF-8"
+        ) from None
     lines = io.StringIO(text, newline=None)  # the line breaks open() would see (\n, \r\n, \r)
     return [(n, s.strip()) for n, s in enumerate(lines, start=1) if s.strip()]
 
@@ -199,8 +231,12 @@ def parse_float(raw: str, what: str, file: str, line: int | str, bound: float | 
         problem(f"{what} {raw!r} is not a number", file=file, line=line, category="malformed row")
         return None
     if not np.isfinite(value) or (bound is not None and abs(value) > bound):
-        problem(f"{what} {value} is outside [-{bound:g}, {bound:g}]" if bound else f"{what} is not finite",
-                file=file, line=line, category="malformed row")
+        problem(
+            f"{what} {value} is outside [-{bound:g}, {bound:g}]" if bound else f"{what} is not finite",
+            file=file,
+            line=line,
+            category="malformed row",
+        )
         return None
     return value
 
@@ -208,8 +244,11 @@ def parse_float(raw: str, what: str, file: str, line: int | str, bound: float | 
 def list_images(folder: Path) -> list[str]:
     """Image files of a folder, sorted by name (hidden files ignored)."""
     with os.scandir(folder) as it:
-        return sorted(e.path for e in it if e.is_file() and not e.name.startswith(".")
-                      and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
+        return sorted(
+            e.path
+            for e in it
+            if e.is_file() and not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
+        )
 
 
 def fmt(n: int) -> str:

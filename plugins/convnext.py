@@ -17,6 +17,7 @@ not only ConvNeXt, ViTs included.
   the output is exactly timm's usual one. Models without them (e.g. CaiT, TNT) accept only the
   size they were built for; another size is reported as an error naming the dataset sizes.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,12 +41,15 @@ class ConvNextOptions(BaseModel):
     grad_checkpointing: bool = Field(False, description="trade compute for memory")
     shared: bool = Field(True, description="one network for both views; false: one branch per view")
     pool: Literal["avg", "gem", "netvlad"] = Field(
-        "avg", description="avg: timm's pooled features; gem: generalised mean (learned p); "
-                           "netvlad: soft-assignment VLAD head")
+        "avg",
+        description="avg: timm's pooled features; gem: generalised mean (learned p); "
+        "netvlad: soft-assignment VLAD head",
+    )
     clusters: int | None = Field(None, ge=1, description="netvlad: number of clusters (default 16)")
     cluster_dim: int | None = Field(None, ge=1, description="netvlad: descriptor size per cluster (default 64)")
-    pool_dim: int | None = Field(None, ge=1, description="netvlad: project to this embedding size "
-                                                         "(default clusters x cluster_dim)")
+    pool_dim: int | None = Field(
+        None, ge=1, description="netvlad: project to this embedding size (default clusters x cluster_dim)"
+    )
 
     @model_validator(mode="after")
     def _netvlad_only(self) -> ConvNextOptions:
@@ -73,9 +77,11 @@ def _create(timm: Any, options: ConvNextOptions, pretrained: bool) -> Any:
                     raise
     except TypeError as exc:
         if "global_pool" in str(exc):
-            raise GeokitError(f"encoder.pool: timm model '{options.model}' cannot return unpooled "
-                              f"features (global_pool=''), so pool: {options.pool} does not apply; "
-                              "use pool: avg") from None
+            raise GeokitError(
+                f"encoder.pool: timm model '{options.model}' cannot return unpooled "
+                f"features (global_pool=''), so pool: {options.pool} does not apply; "
+                "use pool: avg"
+            ) from None
         raise
 
 
@@ -97,8 +103,9 @@ def build_convnext(options: ConvNextOptions) -> Any:
         except RuntimeError as exc:
             if "Unknown model" in str(exc):
                 names = timm.list_models(options.model.split(".")[0].split("_")[0] + "*")[:8]
-                raise GeokitError(f"encoder.model: timm has no model '{options.model}'"
-                                  f" (similar: {', '.join(names) or 'none'})") from None
+                raise GeokitError(
+                    f"encoder.model: timm has no model '{options.model}' (similar: {', '.join(names) or 'none'})"
+                ) from None
             raise
         except GeokitError:
             raise
@@ -108,7 +115,8 @@ def build_convnext(options: ConvNextOptions) -> Any:
                 f"encoder: could not load pretrained weights for '{options.model}' "
                 f"({type(exc).__name__}{', HF_HUB_OFFLINE=1' if offline else ''}). Set "
                 "encoder.pretrained=false to start from scratch, or encoder.weights=PATH "
-                "for a local file.") from None
+                "for a local file."
+            ) from None
 
     def head(dim: int) -> tuple[torch.nn.Module | None, int]:
         if options.pool == "gem":
@@ -122,10 +130,12 @@ def build_convnext(options: ConvNextOptions) -> Any:
         try:
             out = model(images)
         except AssertionError as exc:  # timm's fixed-size models (no dynamic_img_size)
-            raise GeokitError(f"encoder '{options.model}' cannot embed images of "
-                              f"{images.shape[-2]}x{images.shape[-1]} px ({exc}); set dataset.query_size "
-                              "/ dataset.reference_size to a size it accepts (models without timm's "
-                              "dynamic_img_size take only the size they were built for)") from None
+            raise GeokitError(
+                f"encoder '{options.model}' cannot embed images of "
+                f"{images.shape[-2]}x{images.shape[-1]} px ({exc}); set dataset.query_size "
+                "/ dataset.reference_size to a size it accepts (models without timm's "
+                "dynamic_img_size take only the size they were built for)"
+            ) from None
         return out if pool is None else pool(local_features(model, out))
 
     class Branch(torch.nn.Module):
@@ -187,15 +197,18 @@ def build_convnext(options: ConvNextOptions) -> Any:
 
         def forward(self, images: torch.Tensor, view: str | None = None) -> torch.Tensor:
             if min(images.shape[-2:]) < self.min_size:
-                raise GeokitError(f"encoder '{options.model}' needs images of at least "
-                                  f"{self.min_size}x{self.min_size} px, got {tuple(images.shape[-2:])}; "
-                                  "raise dataset.query_size / dataset.reference_size")
+                raise GeokitError(
+                    f"encoder '{options.model}' needs images of at least "
+                    f"{self.min_size}x{self.min_size} px, got {tuple(images.shape[-2:])}; "
+                    "raise dataset.query_size / dataset.reference_size"
+                )
             if options.shared:
                 return embed(self.model, getattr(self, "pool", None), images)
             if view not in VIEWS:
                 raise GeokitError(
                     f"encoder '{options.model}' with shared: false has one branch per view and must be "
-                    f"called as encoder(images, view='query' or 'reference'), got view={view!r}")
+                    f"called as encoder(images, view='query' or 'reference'), got view={view!r}"
+                )
             return getattr(self, view)(images)
 
     return TimmEncoder()
@@ -203,6 +216,10 @@ def build_convnext(options: ConvNextOptions) -> Any:
 
 @geokit.hookimpl
 def geokit_register_encoders(registry):
-    registry.add("convnext", build_convnext, options=ConvNextOptions,
-                 summary="timm backbone (ConvNeXt-Base by default), pooled embedding (avg/gem/netvlad), "
-                         "shared by both views or one branch per view")
+    registry.add(
+        "convnext",
+        build_convnext,
+        options=ConvNextOptions,
+        summary="timm backbone (ConvNeXt-Base by default), pooled embedding (avg/gem/netvlad), "
+        "shared by both views or one branch per view",
+    )

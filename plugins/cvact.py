@@ -6,6 +6,7 @@ structs ``trainSet.trainInd`` and ``valSet.valInd``. Train and val images live i
 ``ANU_data_small``; CVACT_test is every id present in both folders of ``ANU_data_test``.
 ``split: val|test`` picks the evaluation split; matching is one-to-one by id.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,9 +37,12 @@ GROUND_SUFFIX, SAT_SUFFIX = "_grdView.jpg", "_satView_polish.jpg"
 
 class CVACTOptions(BenchmarkOptions):
     query_size: tuple[PositiveInt, PositiveInt] = Field((140, 768), description="[height, width] of panoramas")
-    reference_size: tuple[PositiveInt, PositiveInt] = Field((384, 384), description="[height, width] of satellite tiles")
-    split: Literal["val", "test"] = Field("val", description="evaluation split: val (CVACT_val, 8,884) "
-                                          "or test (CVACT_test, 92,802)")
+    reference_size: tuple[PositiveInt, PositiveInt] = Field(
+        (384, 384), description="[height, width] of satellite tiles"
+    )
+    split: Literal["val", "test"] = Field(
+        "val", description="evaluation split: val (CVACT_val, 8,884) or test (CVACT_test, 92,802)"
+    )
     utm_zone: int = Field(55, ge=1, le=60, description="UTM zone of ACT_data.mat 'utm' (Canberra: 55)")
     utm_south: bool = Field(True, description="southern hemisphere UTM (false northing 10,000 km)")
 
@@ -53,18 +57,26 @@ def utm_to_latlon(easting: np.ndarray, northing: np.ndarray, zone: int, south: b
     y = np.asarray(northing, dtype=np.float64) - (10_000_000.0 if south else 0.0)
     mu = (y / k0) / (a * (1 - e2 / 4 - 3 * e2**2 / 64 - 5 * e2**3 / 256))
     e1 = (1 - math.sqrt(1 - e2)) / (1 + math.sqrt(1 - e2))
-    phi1 = (mu + (3 * e1 / 2 - 27 * e1**3 / 32) * np.sin(2 * mu)
-            + (21 * e1**2 / 16 - 55 * e1**4 / 32) * np.sin(4 * mu)
-            + (151 * e1**3 / 96) * np.sin(6 * mu) + (1097 * e1**4 / 512) * np.sin(8 * mu))
+    phi1 = (
+        mu
+        + (3 * e1 / 2 - 27 * e1**3 / 32) * np.sin(2 * mu)
+        + (21 * e1**2 / 16 - 55 * e1**4 / 32) * np.sin(4 * mu)
+        + (151 * e1**3 / 96) * np.sin(6 * mu)
+        + (1097 * e1**4 / 512) * np.sin(8 * mu)
+    )
     s, c, t = np.sin(phi1), np.cos(phi1), np.tan(phi1)
     c1, t1 = ep2 * c**2, t**2
     n1 = a / np.sqrt(1 - e2 * s**2)
     r1 = a * (1 - e2) / (1 - e2 * s**2) ** 1.5
     d = x / (n1 * k0)
-    lat = phi1 - (n1 * t / r1) * (d**2 / 2 - (5 + 3 * t1 + 10 * c1 - 4 * c1**2 - 9 * ep2) * d**4 / 24
-                                  + (61 + 90 * t1 + 298 * c1 + 45 * t1**2 - 252 * ep2 - 3 * c1**2) * d**6 / 720)
-    lon = (d - (1 + 2 * t1 + c1) * d**3 / 6
-           + (5 - 2 * c1 + 28 * t1 - 3 * c1**2 + 8 * ep2 + 24 * t1**2) * d**5 / 120) / c
+    lat = phi1 - (n1 * t / r1) * (
+        d**2 / 2
+        - (5 + 3 * t1 + 10 * c1 - 4 * c1**2 - 9 * ep2) * d**4 / 24
+        + (61 + 90 * t1 + 298 * c1 + 45 * t1**2 - 252 * ep2 - 3 * c1**2) * d**6 / 720
+    )
+    lon = (
+        d - (1 + 2 * t1 + c1) * d**3 / 6 + (5 - 2 * c1 + 28 * t1 - 3 * c1**2 + 8 * ep2 + 24 * t1**2) * d**5 / 120
+    ) / c
     lon0 = math.radians((zone - 1) * 6 - 180 + 3)
     return np.c_[np.degrees(lat), np.degrees(lon + lon0)]
 
@@ -112,23 +124,29 @@ class CVACTDataset(BenchmarkDataset):
             try:
                 m = scipy.io.loadmat(str(path))
             except NotImplementedError:
-                raise GeokitError(f"{MAT}: a MATLAB v7.3 (HDF5) file; re-save it in MATLAB with "
-                                  "save(..., '-v7') or use the released v5 file") from None
+                raise GeokitError(
+                    f"{MAT}: a MATLAB v7.3 (HDF5) file; re-save it in MATLAB with "
+                    "save(..., '-v7') or use the released v5 file"
+                ) from None
             except Exception as exc:  # noqa: BLE001 - scipy raises many types for a bad file
                 raise GeokitError(f"{MAT}: cannot read as a MATLAB file: {exc}") from None
             for key in ("panoIds", "utm", "trainSet", "valSet"):
                 if key not in m:
                     found = ", ".join(k for k in m if not k.startswith("__"))
-                    raise GeokitError(f"{MAT}: no variable '{key}' (found: {found or 'nothing'}); "
-                                      "is this the CVACT ACT_data.mat?")
+                    raise GeokitError(
+                        f"{MAT}: no variable '{key}' (found: {found or 'nothing'}); is this the CVACT ACT_data.mat?"
+                    )
             ids = _strings(m["panoIds"])
             if ids is None:
-                raise GeokitError(f"{MAT}: 'panoIds' is not a list of strings "
-                                  f"(found {m['panoIds'].dtype} of shape {m['panoIds'].shape})")
+                raise GeokitError(
+                    f"{MAT}: 'panoIds' is not a list of strings "
+                    f"(found {m['panoIds'].dtype} of shape {m['panoIds'].shape})"
+                )
             utm = np.asarray(m["utm"], dtype=np.float64)
             if utm.ndim != 2 or utm.shape[0] != len(ids) or utm.shape[1] < 2:
-                raise GeokitError(f"{MAT}: 'utm' has shape {utm.shape}, expected ({len(ids)}, 2): "
-                                  "one easting/northing row per panoId")
+                raise GeokitError(
+                    f"{MAT}: 'utm' has shape {utm.shape}, expected ({len(ids)}, 2): one easting/northing row per panoId"
+                )
             utm = utm[:, :2]
             # The column holding values above 1,000 km is the northing (easting stays below 1,000 km).
             if np.median(utm[:, 0]) > 1e6 > np.median(utm[:, 1]):
@@ -144,8 +162,10 @@ class CVACTDataset(BenchmarkDataset):
         value = mat[struct]
         names = getattr(value.dtype, "names", None)
         if not names:
-            raise GeokitError(f"{MAT}: '{struct}' is not a MATLAB struct (found {value.dtype} of shape "
-                              f"{value.shape}); expected a struct with the field '{field}'")
+            raise GeokitError(
+                f"{MAT}: '{struct}' is not a MATLAB struct (found {value.dtype} of shape "
+                f"{value.shape}); expected a struct with the field '{field}'"
+            )
         if field not in names:
             raise GeokitError(f"{MAT}: struct '{struct}' has no field '{field}' (fields: {', '.join(names)})")
         raw = np.asarray(value[field].ravel()[0]).ravel()
@@ -154,8 +174,12 @@ class CVACTDataset(BenchmarkDataset):
         for k, v in enumerate(raw):
             where = f"{struct}.{field} entry {k + 1}"
             if not (np.isfinite(v) and float(v) == int(v) and 1 <= int(v) <= n_ids):
-                problem(f"{float(v):g} is not a 1-based index into panoIds (1..{n_ids:,})", file=MAT, line=where,
-                        category="malformed row")
+                problem(
+                    f"{float(v):g} is not a 1-based index into panoIds (1..{n_ids:,})",
+                    file=MAT,
+                    line=where,
+                    category="malformed row",
+                )
                 continue
             out.append((int(v) - 1, where))
         if not out:
@@ -164,6 +188,7 @@ class CVACTDataset(BenchmarkDataset):
 
     def _pairs(self, which: str) -> tuple[list[str], list[str], np.ndarray]:
         """Panorama paths, tile paths and lat/lon of the train or val ids with both images."""
+
         def build() -> tuple[list[str], list[str], np.ndarray]:
             struct, field = ("trainSet", "trainInd") if which == "train" else ("valSet", "valInd")
             mat = self._mat()
@@ -190,23 +215,33 @@ class CVACTDataset(BenchmarkDataset):
             for sub, suffix in ((GROUND, GROUND_SUFFIX), (SAT, SAT_SUFFIX)):
                 folder = base / sub
                 if not folder.is_dir():
-                    raise GeokitError(f"cvact split 'test': folder not found: {folder}."
-                                      f"{self.suggest_root(f'ANU_data_test/{sub}')} Expected layout:\n{self.layout}")
+                    raise GeokitError(
+                        f"cvact split 'test': folder not found: {folder}."
+                        f"{self.suggest_root(f'ANU_data_test/{sub}')} Expected layout:\n{self.layout}"
+                    )
                 found[sub] = {n[: -len(suffix)] for n in os.listdir(folder) if n.endswith(suffix)}
             ids = sorted(found[GROUND] & found[SAT])
             for sub, other in ((GROUND, SAT), (SAT, GROUND)):
                 lonely = sorted(found[sub] - found[other])
                 if lonely:
                     few = "1 id has" if len(lonely) == 1 else f"{len(lonely):,} ids have"
-                    problem(f"{few} a {sub} image but no {other} image and {'is' if len(lonely) == 1 else 'are'} "
-                            "left out "
-                            f"(first: {', '.join(lonely[:3])})", file=f"ANU_data_test/{sub}",
-                            category="unpaired image", warning=True)
+                    problem(
+                        f"{few} a {sub} image but no {other} image and {'is' if len(lonely) == 1 else 'are'} "
+                        "left out "
+                        f"(first: {', '.join(lonely[:3])})",
+                        file=f"ANU_data_test/{sub}",
+                        category="unpaired image",
+                        warning=True,
+                    )
             if not ids:
-                raise GeokitError(f"cvact split 'test': no id has both {base / GROUND}/<id>{GROUND_SUFFIX} "
-                                  f"and {base / SAT}/<id>{SAT_SUFFIX}")
-            return ([str(base / GROUND / f"{i}{GROUND_SUFFIX}") for i in ids],
-                    [str(base / SAT / f"{i}{SAT_SUFFIX}") for i in ids])
+                raise GeokitError(
+                    f"cvact split 'test': no id has both {base / GROUND}/<id>{GROUND_SUFFIX} "
+                    f"and {base / SAT}/<id>{SAT_SUFFIX}"
+                )
+            return (
+                [str(base / GROUND / f"{i}{GROUND_SUFFIX}") for i in ids],
+                [str(base / SAT / f"{i}{SAT_SUFFIX}") for i in ids],
+            )
 
         return self.cached("pairs/test", build)
 
@@ -227,11 +262,21 @@ class CVACTDataset(BenchmarkDataset):
         return EvalSet(grounds, sats, labels, labels, name="test")
 
     def known_sizes(self) -> dict[str, int]:
-        return {"train pairs": 35_532, "train references": 35_532, "val queries": 8_884,
-                "val references": 8_884, "test queries": 92_802, "test references": 92_802}
+        return {
+            "train pairs": 35_532,
+            "train references": 35_532,
+            "val queries": 8_884,
+            "val references": 8_884,
+            "test queries": 92_802,
+            "test references": 92_802,
+        }
 
 
 @geokit.hookimpl
 def geokit_register_datasets(registry):
-    registry.add("cvact", CVACTDataset, options=CVACTOptions,
-                 summary="CVACT (ACT_data.mat, ANU_data_small/_test): 35,532 train, val 8,884, test 92,802")
+    registry.add(
+        "cvact",
+        CVACTDataset,
+        options=CVACTOptions,
+        summary="CVACT (ACT_data.mat, ANU_data_small/_test): 35,532 train, val 8,884, test 92,802",
+    )

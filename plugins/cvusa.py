@@ -6,6 +6,7 @@ is the label (a reference matches the query with the same id) and the row of
 ``split_locations/all.csv`` (row id−1) that holds its coordinates. As in the original GPS
 sampler, columns 2–3 (ground latitude/longitude) are used for both views.
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,7 +33,9 @@ GPS_FILE = "split_locations/all.csv"
 
 class CVUSAOptions(BenchmarkOptions):
     query_size: tuple[PositiveInt, PositiveInt] = Field((140, 768), description="[height, width] of panoramas")
-    reference_size: tuple[PositiveInt, PositiveInt] = Field((384, 384), description="[height, width] of satellite tiles")
+    reference_size: tuple[PositiveInt, PositiveInt] = Field(
+        (384, 384), description="[height, width] of satellite tiles"
+    )
 
 
 class CVUSADataset(BenchmarkDataset):
@@ -46,6 +49,7 @@ class CVUSADataset(BenchmarkDataset):
 
     def _rows(self, split: str) -> list[tuple[int, str, str, int]]:
         """(id, panorama path, satellite path, line) per valid row of a split file."""
+
         def build() -> list[tuple[int, str, str, int]]:
             rel = SPLIT_FILES[split]
             path = self.require_file(rel, f"the {split} split file")
@@ -60,15 +64,23 @@ class CVUSADataset(BenchmarkDataset):
                 if not any(fields):
                     continue
                 if len(fields) < 2 or not fields[0] or not fields[1]:
-                    problem(f"expected 'satellite,panorama[,annotation]' paths, found {','.join(fields)!r}",
-                            file=rel, line=n, category="malformed row")
+                    problem(
+                        f"expected 'satellite,panorama[,annotation]' paths, found {','.join(fields)!r}",
+                        file=rel,
+                        line=n,
+                        category="malformed row",
+                    )
                     continue
                 sat, pano = fields[0], fields[1]
                 stem = os.path.splitext(os.path.basename(sat))[0]
                 if not stem.isdigit():
-                    problem(f"satellite file name {os.path.basename(sat)!r} is not a number "
-                            "(the id is the number in the satellite file name, e.g. bingmap/19/0000042.jpg)",
-                            file=rel, line=n, category="malformed row")
+                    problem(
+                        f"satellite file name {os.path.basename(sat)!r} is not a number "
+                        "(the id is the number in the satellite file name, e.g. bingmap/19/0000042.jpg)",
+                        file=rel,
+                        line=n,
+                        category="malformed row",
+                    )
                     continue
                 sat_p, pano_p = str(self.root / sat), str(self.root / pano)
                 if self.image_ok(pano_p, rel, n) & self.image_ok(sat_p, rel, n):
@@ -81,19 +93,28 @@ class CVUSADataset(BenchmarkDataset):
 
     def _gps(self) -> np.ndarray | None:
         """``(n, 2)`` ground lat/lon per all.csv row (NaN where malformed), or None without the file."""
+
         def build() -> np.ndarray | None:
             path = self.root / GPS_FILE
             if not path.is_file():
-                problem(f"{path} not found: no GPS, so the 'gps' sampler cannot be used "
-                        "(the 'dss' sampler warm-starts with 'random')", category="no GPS", warning=True)
+                problem(
+                    f"{path} not found: no GPS, so the 'gps' sampler cannot be used "
+                    "(the 'dss' sampler warm-starts with 'random')",
+                    category="no GPS",
+                    warning=True,
+                )
                 return None
             out = []
             with open(path, newline="", encoding="utf-8-sig") as fh:
                 for n, fields in enumerate(csv.reader(fh), start=1):
                     lat = lon = None
                     if len(fields) < 4:
-                        problem(f"expected 5 columns (sat lat, sat lon, ground lat, ground lon, ...), "
-                                f"found {len(fields)}", file=GPS_FILE, line=n, category="malformed row")
+                        problem(
+                            f"expected 5 columns (sat lat, sat lon, ground lat, ground lon, ...), found {len(fields)}",
+                            file=GPS_FILE,
+                            line=n,
+                            category="malformed row",
+                        )
                     else:
                         lat = parse_float(fields[2].strip(), "ground latitude", GPS_FILE, n, 90)
                         lon = parse_float(fields[3].strip(), "ground longitude", GPS_FILE, n, 180)
@@ -110,8 +131,12 @@ class CVUSADataset(BenchmarkDataset):
         ok = True
         for i, (pid, _, _, n) in enumerate(rows):
             if not 1 <= pid <= len(table) or np.isnan(table[pid - 1]).any():
-                problem(f"id {pid} has no coordinates: {GPS_FILE} row {pid} is missing or malformed "
-                        f"({len(table):,} rows)", file=SPLIT_FILES[split], line=n, category="no GPS")
+                problem(
+                    f"id {pid} has no coordinates: {GPS_FILE} row {pid} is missing or malformed ({len(table):,} rows)",
+                    file=SPLIT_FILES[split],
+                    line=n,
+                    category="no GPS",
+                )
                 ok = False
                 continue
             out[i] = table[pid - 1]
@@ -126,8 +151,9 @@ class CVUSADataset(BenchmarkDataset):
         if gps is not None:
             ref_gps = np.zeros((len(refs), 2))
             ref_gps[pair_ref] = gps
-        return TrainSet([pano for _, pano, _, _ in rows], list(refs), np.asarray(pair_ref, dtype=np.int64),
-                        reference_gps=ref_gps)
+        return TrainSet(
+            [pano for _, pano, _, _ in rows], list(refs), np.asarray(pair_ref, dtype=np.int64), reference_gps=ref_gps
+        )
 
     def eval_set(self, split: str | None = None) -> EvalSet:
         split = self.check_split(split)
@@ -137,8 +163,12 @@ class CVUSADataset(BenchmarkDataset):
         seen: dict[int, tuple[str, int]] = {}
         for pid, _, sat, n in rows:
             if pid in seen and seen[pid][0] != sat:
-                problem(f"id {pid} names satellite {sat} here but {seen[pid][0]} on line {seen[pid][1]}",
-                        file=SPLIT_FILES[split], line=n, category="malformed row")
+                problem(
+                    f"id {pid} names satellite {sat} here but {seen[pid][0]} on line {seen[pid][1]}",
+                    file=SPLIT_FILES[split],
+                    line=n,
+                    category="malformed row",
+                )
             seen.setdefault(pid, (sat, n))
             if sat not in refs:
                 refs[sat] = len(refs)
@@ -148,17 +178,25 @@ class CVUSADataset(BenchmarkDataset):
         if gps is not None:
             ref_gps = np.zeros((len(refs), 2))
             ref_gps[[refs[sat] for _, _, sat, _ in rows]] = gps
-        return EvalSet([pano for _, pano, _, _ in rows], list(refs),
-                       query_labels=np.asarray([pid for pid, _, _, _ in rows], dtype=np.int64),
-                       reference_labels=np.asarray(ref_ids, dtype=np.int64),
-                       query_gps=gps, reference_gps=ref_gps, name=split)
+        return EvalSet(
+            [pano for _, pano, _, _ in rows],
+            list(refs),
+            query_labels=np.asarray([pid for pid, _, _, _ in rows], dtype=np.int64),
+            reference_labels=np.asarray(ref_ids, dtype=np.int64),
+            query_gps=gps,
+            reference_gps=ref_gps,
+            name=split,
+        )
 
     def known_sizes(self) -> dict[str, int]:
-        return {"train pairs": 35_532, "train references": 35_532,
-                "test queries": 8_884, "test references": 8_884}
+        return {"train pairs": 35_532, "train references": 35_532, "test queries": 8_884, "test references": 8_884}
 
 
 @geokit.hookimpl
 def geokit_register_datasets(registry):
-    registry.add("cvusa", CVUSADataset, options=CVUSAOptions,
-                 summary="CVUSA (splits/*-19zl.csv, split_locations/all.csv): 35,532 train / 8,884 test pairs")
+    registry.add(
+        "cvusa",
+        CVUSADataset,
+        options=CVUSAOptions,
+        summary="CVUSA (splits/*-19zl.csv, split_locations/all.csv): 35,532 train / 8,884 test pairs",
+    )

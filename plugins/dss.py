@@ -31,6 +31,7 @@ Resume: ``state_dict`` holds the mined lists (N × range int32), the epoch they 
 the warm-start sampler's name and state; a resumed run uses the same lists until the next
 scheduled mining, so it builds the same batches as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,17 +50,26 @@ log = logging.getLogger("geokit.sampler.dss")  # under "geokit": goes to the run
 
 class DssOptions(NeighbourOptions):
     every: int = Field(4, ge=1, description="epochs between minings")
-    warm_start: str | None = Field(None, description="sampler before the first mining "
-                                                     "(default: gps with reference GPS, else random)")
+    warm_start: str | None = Field(
+        None, description="sampler before the first mining (default: gps with reference GPS, else random)"
+    )
     warm_start_options: dict[str, Any] | None = Field(None, description="options of the warm-start sampler")
     zero_shot: bool = Field(False, description="mine before epoch 1 with the initial weights")
-    exclude_conflicts: bool = Field(True, description="drop a pair's declared conflicts (semi-positives) "
-                                                      "from its mined list")
+    exclude_conflicts: bool = Field(
+        True, description="drop a pair's declared conflicts (semi-positives) from its mined list"
+    )
     chunk_size: int | None = Field(None, ge=1, description="queries per scoring block (default: ~256 MiB blocks)")
 
 
-def mine_neighbours(query: np.ndarray, reference: np.ndarray, pair_reference: np.ndarray, depth: int, *,
-                    conflicts: np.ndarray | None = None, chunk_size: int | None = None) -> np.ndarray:
+def mine_neighbours(
+    query: np.ndarray,
+    reference: np.ndarray,
+    pair_reference: np.ndarray,
+    depth: int,
+    *,
+    conflicts: np.ndarray | None = None,
+    chunk_size: int | None = None,
+) -> np.ndarray:
     """``(N, depth)`` int32: per training pair, the most similar references other than its own
     (and other than ``conflicts[i]``), most similar first, ``-1`` padded."""
     from geokit.retrieval import search
@@ -84,8 +94,10 @@ class DssSampler:
 
     def __init__(self, options: DssOptions):
         if options.warm_start == "dss":
-            raise GeokitError("sampler.warm_start=dss: the warm-start sampler of dss must be another sampler "
-                              "(gps, random, or a plugin's)")
+            raise GeokitError(
+                "sampler.warm_start=dss: the warm-start sampler of dss must be another sampler "
+                "(gps, random, or a plugin's)"
+            )
         self.options = options
         self.lists: np.ndarray | None = None
         self.mined_epoch: int | None = None
@@ -117,8 +129,13 @@ class DssSampler:
             if o.warm_start_options is not None:
                 opts: dict[str, Any] = dict(o.warm_start_options)
             elif name == "gps":
-                opts = {"select": o.select, "range": o.range, "hard_fraction": o.hard_fraction,
-                        "last_batch": o.last_batch, "walk": o.walk}
+                opts = {
+                    "select": o.select,
+                    "range": o.range,
+                    "hard_fraction": o.hard_fraction,
+                    "last_batch": o.last_batch,
+                    "walk": o.walk,
+                }
             elif name == "random":
                 opts = {"last_batch": o.last_batch}
             else:
@@ -137,28 +154,43 @@ class DssSampler:
         train = ctx.train
         q, r = np.asarray(emb.query), np.asarray(emb.reference)
         if len(q) != len(train) or len(r) != len(train.reference_paths):
-            raise GeokitError(f"dss: embed() returned {len(q)} queries and {len(r)} references for dataset "
-                              f"'{ctx.dataset_name}' with {len(train)} pairs and "
-                              f"{len(train.reference_paths)} references")
+            raise GeokitError(
+                f"dss: embed() returned {len(q)} queries and {len(r)} references for dataset "
+                f"'{ctx.dataset_name}' with {len(train)} pairs and "
+                f"{len(train.reference_paths)} references"
+            )
         conflicts = train.pair_conflicts if self.options.exclude_conflicts else None
-        self.lists = mine_neighbours(q, r, train.pair_reference, depth, conflicts=conflicts,
-                                     chunk_size=self.options.chunk_size)
+        self.lists = mine_neighbours(
+            q, r, train.pair_reference, depth, conflicts=conflicts, chunk_size=self.options.chunk_size
+        )
         self.mined_epoch = ctx.epoch
         log.info("dss: mined %d neighbours for %d pairs before epoch %d", depth, len(train), ctx.epoch)
 
     def batches(self, ctx: EpochContext) -> list[np.ndarray]:
         o = self.options
         select, range_ = resolve_depth(o.select, o.range, ctx.batch_size)
-        have = (self.lists is not None and len(self.lists) == len(ctx.train)
-                and self.mined_epoch is not None and self.mined_epoch <= ctx.epoch)
+        have = (
+            self.lists is not None
+            and len(self.lists) == len(ctx.train)
+            and self.mined_epoch is not None
+            and self.mined_epoch <= ctx.epoch
+        )
         due = self.mines_before(ctx.epoch) and self.mined_epoch != ctx.epoch
         if due or (not have and ctx.epoch >= self.first_mining()):
             self.mine(ctx, range_)
         elif not have:
             return self.delegate(ctx).batches(ctx)
-        return build_neighbour_batches(ctx.train, ctx.batch_size, self.lists, ctx.rng(), select=select,
-                                       range_=range_, hard_fraction=o.hard_fraction, last_batch=o.last_batch,
-                                       walk=o.walk)
+        return build_neighbour_batches(
+            ctx.train,
+            ctx.batch_size,
+            self.lists,
+            ctx.rng(),
+            select=select,
+            range_=range_,
+            hard_fraction=o.hard_fraction,
+            last_batch=o.last_batch,
+            walk=o.walk,
+        )
 
     # ---------------------------------------------------------------- resume
 
@@ -167,8 +199,13 @@ class DssSampler:
             d_state: dict[str, Any] | None = self._delegate.state_dict()
         else:
             d_state = self._delegate_state
-        return {"version": 1, "mined_epoch": self.mined_epoch, "lists": self.lists,
-                "warm_start": self._delegate_name, "warm_start_state": d_state}
+        return {
+            "version": 1,
+            "mined_epoch": self.mined_epoch,
+            "lists": self.lists,
+            "warm_start": self._delegate_name,
+            "warm_start_state": d_state,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
@@ -185,5 +222,9 @@ class DssSampler:
 
 @geokit.hookimpl
 def geokit_register_samplers(registry):
-    registry.add("dss", DssSampler, options=DssOptions,
-                 summary="Dynamic Similarity Sampling: mined look-alikes share a batch (Sample4Geo)")
+    registry.add(
+        "dss",
+        DssSampler,
+        options=DssOptions,
+        summary="Dynamic Similarity Sampling: mined look-alikes share a batch (Sample4Geo)",
+    )

@@ -18,6 +18,7 @@ warning).
 Resume: the neighbour table is a deterministic function of the training set and ``range`` and
 the batches a function of (seed, epoch), so the state is only a format version.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,7 +37,8 @@ log = logging.getLogger("geokit.sampler.gps")  # under "geokit": goes to the run
 
 class GpsOptions(NeighbourOptions):
     fallback: Literal["error", "random"] = Field(
-        "error", description="dataset without reference GPS: 'error' (default) or 'random' batches")
+        "error", description="dataset without reference GPS: 'error' (default) or 'random' batches"
+    )
     backend: Literal["kdtree", "faiss"] = Field("kdtree", description="exact kNN backend")
 
 
@@ -46,15 +48,22 @@ def unit_vectors(latlon: np.ndarray, *, where: str = "reference_gps") -> np.ndar
     bad = ~np.isfinite(latlon).all(1) | (np.abs(latlon[:, 0]) > 90) | (np.abs(latlon[:, 1]) > 360)
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
-        raise GeokitError(f"{where}: {int(bad.sum())} rows are not latitude/longitude in degrees "
-                          f"(first: row {k} = {latlon[k].tolist()})")
+        raise GeokitError(
+            f"{where}: {int(bad.sum())} rows are not latitude/longitude in degrees "
+            f"(first: row {k} = {latlon[k].tolist()})"
+        )
     lat, lon = np.radians(latlon[:, 0]), np.radians(latlon[:, 1])
     c = np.cos(lat)
     return np.stack([c * np.cos(lon), c * np.sin(lon), np.sin(lat)], axis=1)
 
 
-def gps_neighbours(latlon: np.ndarray, k: int, *, backend: str = "kdtree", where: str = "reference_gps",
-                   ) -> np.ndarray:
+def gps_neighbours(
+    latlon: np.ndarray,
+    k: int,
+    *,
+    backend: str = "kdtree",
+    where: str = "reference_gps",
+) -> np.ndarray:
     """``(n, min(k, n-1))`` int32: each point's nearest other points by great-circle distance,
     nearest first. Memory O(n·k); the point itself is never in its own row (duplicates are)."""
     xyz = unit_vectors(latlon, where=where)
@@ -82,7 +91,7 @@ def gps_neighbours(latlon: np.ndarray, k: int, *, backend: str = "kdtree", where
         raise ValueError(f"unknown backend {backend!r}")
     step = 1 << 15  # query blocks: the distances and the (k+1)-wide rows stay O(block·k)
     for s in range(0, n, step):
-        rows = order[s:s + step]
+        rows = order[s : s + step]
         idx = np.asarray(search(xyz[rows]), dtype=np.int64).reshape(-1, kq)
         own = idx == rows[:, None]
         if own[:, 0].all():
@@ -110,8 +119,12 @@ class GpsSampler:
         gps = np.ascontiguousarray(train.reference_gps)
         key = (hash(gps.tobytes()), len(gps), range_, self.options.backend)
         if self._cache is None or self._cache[0] != key:
-            table = gps_neighbours(train.reference_gps, range_, backend=self.options.backend,
-                                   where=f"dataset '{ctx.dataset_name}' reference GPS")
+            table = gps_neighbours(
+                train.reference_gps,
+                range_,
+                backend=self.options.backend,
+                where=f"dataset '{ctx.dataset_name}' reference GPS",
+            )
             self._cache = (key, table)
         return self._cache[1]
 
@@ -120,19 +133,30 @@ class GpsSampler:
         if not ctx.train.has_gps:
             if o.fallback == "random":
                 if not self._warned:
-                    log.warning("dataset '%s' has no reference GPS: sampler gps falls back to random batches",
-                                ctx.dataset_name)
+                    log.warning(
+                        "dataset '%s' has no reference GPS: sampler gps falls back to random batches", ctx.dataset_name
+                    )
                     self._warned = True
                 return pack_batches(ctx.rng().permutation(len(ctx.train)), ctx.train, ctx.batch_size, o.last_batch)
             raise GeokitError(
                 f"dataset '{ctx.dataset_name}' has no reference GPS (TrainSet.reference_gps is None), so "
                 "sampler 'gps' cannot find geographic neighbours. Use sampler.name=dss with "
-                "sampler.warm_start=random, sampler.name=random, or set sampler.fallback=random.")
+                "sampler.warm_start=random, sampler.name=random, or set sampler.fallback=random."
+            )
         select, range_ = resolve_depth(o.select, o.range, ctx.batch_size)
         table = self.neighbour_table(ctx, range_)
-        return build_neighbour_batches(ctx.train, ctx.batch_size, table, ctx.rng(), key_of_pair=ctx.train.pair_reference,
-                                       select=select, range_=range_, hard_fraction=o.hard_fraction,
-                                       last_batch=o.last_batch, walk=o.walk)
+        return build_neighbour_batches(
+            ctx.train,
+            ctx.batch_size,
+            table,
+            ctx.rng(),
+            key_of_pair=ctx.train.pair_reference,
+            select=select,
+            range_=range_,
+            hard_fraction=o.hard_fraction,
+            last_batch=o.last_batch,
+            walk=o.walk,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": 1}  # table: recomputed deterministically; batches: a function of (seed, epoch)
@@ -144,5 +168,6 @@ class GpsSampler:
 
 @geokit.hookimpl
 def geokit_register_samplers(registry):
-    registry.add("gps", GpsSampler, options=GpsOptions,
-                 summary="GPS-Sampling: geodesic neighbours share a batch (Sample4Geo)")
+    registry.add(
+        "gps", GpsSampler, options=GpsOptions, summary="GPS-Sampling: geodesic neighbours share a batch (Sample4Geo)"
+    )

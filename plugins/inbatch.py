@@ -9,6 +9,7 @@ as hard as the current model makes them; the cost is embedding ``pool`` × batch
 The epoch ends when fewer than a batch of pairs is left. Its state (pairs used this epoch) is
 saved per step, so a resumed run gets the same batches.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -80,5 +81,9 @@ class InBatchSampler:
 
 @geokit.hookimpl
 def geokit_register_samplers(registry):
-    registry.add("inbatch", InBatchSampler, options=InBatchOptions,
-                 summary="per-step hard negatives: greedy batch from a pool embedded at each step")
+    registry.add(
+        "inbatch",
+        InBatchSampler,
+        options=InBatchOptions,
+        summary="per-step hard negatives: greedy batch from a pool embedded at each step",
+    )

@@ -5,6 +5,7 @@ reference, so ``num_classes`` is the number of training references, from the bui
 the loss is InfoNCE + ``ce_weight`` · (CE(query) + CE(reference)) / 2. The classifier is a loss
 parameter: trained with the encoder, saved under ``loss.``, unused at retrieval time.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -24,8 +25,9 @@ def build_infonce_ce(options: InfoNCECEOptions, context: Any) -> Any:
     import torch
     import torch.nn.functional as F
 
-    contrastive = InfoNCE(options.temperature, options.learnable_temperature, options.label_smoothing,
-                          options.weight_column)
+    contrastive = InfoNCE(
+        options.temperature, options.learnable_temperature, options.label_smoothing, options.weight_column
+    )
 
     class _InfoNCECE(torch.nn.Module):
         def __init__(self) -> None:
@@ -33,11 +35,20 @@ def build_infonce_ce(options: InfoNCECEOptions, context: Any) -> Any:
             self.contrastive = contrastive
             self.classifier = torch.nn.Linear(int(context.embedding_dim), int(context.num_classes))
 
-        def forward(self, query: torch.Tensor, reference: torch.Tensor, references: torch.Tensor,
-                    columns: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        def forward(
+            self,
+            query: torch.Tensor,
+            reference: torch.Tensor,
+            references: torch.Tensor,
+            columns: dict[str, torch.Tensor] | None = None,
+        ) -> torch.Tensor:
             loss = self.contrastive(query, reference, columns=columns)
-            ce = 0.5 * sum(F.cross_entropy(self.classifier(F.normalize(x, dim=-1)), references,
-                                           label_smoothing=options.ce_label_smoothing) for x in (query, reference))
+            ce = 0.5 * sum(
+                F.cross_entropy(
+                    self.classifier(F.normalize(x, dim=-1)), references, label_smoothing=options.ce_label_smoothing
+                )
+                for x in (query, reference)
+            )
             return loss + options.ce_weight * ce
 
     return _InfoNCECE()
@@ -45,5 +56,9 @@ def build_infonce_ce(options: InfoNCECEOptions, context: Any) -> Any:
 
 @geokit.hookimpl
 def geokit_register_losses(registry):
-    registry.add("infonce_ce", build_infonce_ce, options=InfoNCECEOptions,
-                 summary="InfoNCE + cross-entropy over location classes (LPN/MCCG style)")
+    registry.add(
+        "infonce_ce",
+        build_infonce_ce,
+        options=InfoNCECEOptions,
+        summary="InfoNCE + cross-entropy over location classes (LPN/MCCG style)",
+    )

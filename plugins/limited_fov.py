@@ -6,6 +6,7 @@ sample in training and fixed per image in evaluation (the generator the engine p
 that way), wrapping around the panorama's seam. The output is ``round(width · fov / 360)``
 columns wide, the height unchanged.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -46,5 +47,9 @@ class LimitedFoV:
 
 @geokit.hookimpl
 def geokit_register_transforms(registry):
-    registry.add("limited_fov", LimitedFoV, options=LimitedFoVOptions,
-                 summary="a panorama window of fov degrees at a random azimuth (fixed per image in evaluation)")
+    registry.add(
+        "limited_fov",
+        LimitedFoV,
+        options=LimitedFoVOptions,
+        summary="a panorama window of fov degrees at a random azimuth (fixed per image in evaluation)",
+    )

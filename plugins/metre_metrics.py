@@ -5,6 +5,7 @@ great-circle distance between a query and its top-1 reference, spherical Earth) 
 ``within_{d}m`` for each threshold (percent of queries whose top-1 reference lies within d metres;
 25, 50 and 100 by default).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -48,5 +49,9 @@ class MetreMetrics:
 
 @geokit.hookimpl
 def geokit_register_metrics(registry):
-    registry.add("metres", MetreMetrics, options=MetresOptions,
-                 summary="median_error_m and within_25/50/100m of the top-1 reference (needs GPS on both sides)")
+    registry.add(
+        "metres",
+        MetreMetrics,
+        options=MetresOptions,
+        summary="median_error_m and within_25/50/100m of the top-1 reference (needs GPS on both sides)",
+    )

@@ -36,6 +36,7 @@ for the paper's batch of 128, the values of the released train scripts).
 Cost: O(N log N) for the two permutations and the reference pools, then O(N + N_anchor·select)
 with small constants (numpy for the per-anchor candidate choice, no list.pop(0)).
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -48,7 +49,6 @@ from geokit.data import TrainSet
 from geokit.errors import GeokitError
 from geokit.sampling import BatchPacker
 
-
 Walk = Literal["skip", "prefilter"]
 
 
@@ -58,15 +58,23 @@ class NeighbourOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     select: int | None = Field(None, ge=0, description="neighbours each anchor brings (default: batch_size // 2)")
-    range: int | None = Field(None, ge=1, description="depth of the neighbour list the random half is drawn from "
-                                                      "(default: batch_size)")
-    hard_fraction: float = Field(1.0, ge=0.0, le=1.0,
-                                 description="share of each batch filled by neighbour groups; the rest are random "
-                                             "pairs (1.0 = Sample4Geo, 0.0 = random batches)")
+    range: int | None = Field(
+        None, ge=1, description="depth of the neighbour list the random half is drawn from (default: batch_size)"
+    )
+    hard_fraction: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="share of each batch filled by neighbour groups; the rest are random "
+        "pairs (1.0 = Sample4Geo, 0.0 = random batches)",
+    )
     last_batch: Literal["drop", "keep"] = Field("drop", description="what to do with a partial last batch")
-    walk: Walk = Field("skip", description="skip: used neighbours are skipped while walking the drawn candidates "
-                                           "(the released code); prefilter: they are removed before drawing, "
-                                           "so late anchors still bring `select` neighbours (harder batches)")
+    walk: Walk = Field(
+        "skip",
+        description="skip: used neighbours are skipped while walking the drawn candidates "
+        "(the released code); prefilter: they are removed before drawing, "
+        "so late anchors still bring `select` neighbours (harder batches)",
+    )
 
 
 def resolve_depth(select: int | None, range_: int | None, batch_size: int) -> tuple[int, int]:
@@ -76,10 +84,20 @@ def resolve_depth(select: int | None, range_: int | None, batch_size: int) -> tu
     return s, max(r, s, 1)
 
 
-def build_neighbour_batches(train: TrainSet, batch_size: int, table: np.ndarray, rng: np.random.Generator, *,
-                            key_of_pair: np.ndarray | None = None, select: int, range_: int,
-                            hard_fraction: float = 1.0, last_batch: Literal["drop", "keep"] = "drop",
-                            walk: Walk = "skip", stats: dict | None = None) -> list[np.ndarray]:
+def build_neighbour_batches(
+    train: TrainSet,
+    batch_size: int,
+    table: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    key_of_pair: np.ndarray | None = None,
+    select: int,
+    range_: int,
+    hard_fraction: float = 1.0,
+    last_batch: Literal["drop", "keep"] = "drop",
+    walk: Walk = "skip",
+    stats: dict | None = None,
+) -> list[np.ndarray]:
     """The ordered global batches of one epoch (arrays of training-pair indices).
 
     :param table: ``(M, K)`` reference indices, nearest first, ``-1`` padded at the end of a row.

@@ -7,6 +7,7 @@ the unique references of the split for every query of the split. Every other col
 values are all numbers becomes a per-pair column of the training set, named by its header, for
 losses that take per-pair data (e.g. ``loss.weight_column: weight``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -36,10 +37,14 @@ class PairsOptions(BaseModel):
     query_size: tuple[PositiveInt, PositiveInt] = Field((140, 768), description="[height, width] of queries")
     reference_size: tuple[PositiveInt, PositiveInt] = Field((384, 384), description="[height, width] of references")
     query_type: Literal["panorama", "image"] = Field(
-        "panorama", description="panorama: north-aligned 360° view (tile rotations become rolls); image: a photo")
+        "panorama", description="panorama: north-aligned 360° view (tile rotations become rolls); image: a photo"
+    )
     augment: bool = Field(True, description="Sample4Geo training augmentation")
-    allow_outside_root: bool = Field(False, description="accept CSV image paths that are absolute or "
-                                     "climb out of root with '..' (refused by default: paths stay in root)")
+    allow_outside_root: bool = Field(
+        False,
+        description="accept CSV image paths that are absolute or "
+        "climb out of root with '..' (refused by default: paths stay in root)",
+    )
 
 
 @dataclass
@@ -59,16 +64,23 @@ def _decoded(path: Path) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise GeokitError(f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
-                          f"{exc.start}); save the CSV as UTF-8 (e.g. from a spreadsheet: 'CSV UTF-8')") from None
+        line = data[: exc.start].count(b"\n") + 1
+        raise GeokitError(
+            f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start}); save the CSV as UTF-8 (e.g. from a spreadsheet: 'CSV UTF-8')"
+        ) from None
 
 
 def outside_root(rel: str) -> bool:
     """Whether a CSV path is absolute or climbs out of the dataset root (lexically)."""
     norm = os.path.normpath(rel)
-    return os.path.isabs(rel) or os.path.isabs(norm) or norm == ".." or norm.startswith(".." + os.sep) \
+    return (
+        os.path.isabs(rel)
+        or os.path.isabs(norm)
+        or norm == ".."
+        or norm.startswith(".." + os.sep)
         or bool(re.match(r"^[A-Za-z]:[\\/]", rel))
+    )
 
 
 def read_pairs_csv(path: Path, root: Path, allow_outside_root: bool = False) -> PairRows:
@@ -77,16 +89,20 @@ def read_pairs_csv(path: Path, root: Path, allow_outside_root: bool = False) -> 
     Under ``geokit datasets verify`` row problems are collected (the row is skipped) instead of
     stopping at the first."""
     if not path.is_file():
-        raise GeokitError(f"dataset 'pairs': {path} not found (expected a CSV with a header row "
-                          "and columns query,reference[,lat,lon])")
+        raise GeokitError(
+            f"dataset 'pairs': {path} not found (expected a CSV with a header row "
+            "and columns query,reference[,lat,lon])"
+        )
     with io.StringIO(_decoded(path), newline="") as fh:
         reader = csv.DictReader(fh)
         fields = [f.strip() for f in (reader.fieldnames or [])]
         reader.fieldnames = fields
         for col in ("query", "reference"):
             if col not in fields:
-                raise GeokitError(f"{path}: missing column '{col}' (found: {', '.join(fields) or 'nothing'}); "
-                                  "the header must name query,reference[,lat,lon]")
+                raise GeokitError(
+                    f"{path}: missing column '{col}' (found: {', '.join(fields) or 'nothing'}); "
+                    "the header must name query,reference[,lat,lon]"
+                )
         has_gps = "lat" in fields or "lon" in fields
         if has_gps and not ("lat" in fields and "lon" in fields):
             raise GeokitError(f"{path}: has only one of the columns lat/lon; give both or neither")
@@ -102,14 +118,24 @@ def read_pairs_csv(path: Path, root: Path, allow_outside_root: bool = False) -> 
                 continue
             escapes = [p for p in (q, r) if outside_root(p)]
             if escapes and not allow_outside_root:
-                problem(f"path {escapes[0][:200]} is absolute or leaves the dataset root {root}; paths are "
-                        "relative to the root (set dataset.allow_outside_root=true to accept it)",
-                        file=path, line=n, category="path outside root", path=escapes[0])
+                problem(
+                    f"path {escapes[0][:200]} is absolute or leaves the dataset root {root}; paths are "
+                    "relative to the root (set dataset.allow_outside_root=true to accept it)",
+                    file=path,
+                    line=n,
+                    category="path outside root",
+                    path=escapes[0],
+                )
                 continue
             missing = [p for p in (q, r) if not (root / p).is_file()]
             if missing:
-                problem(f"image not found: {root / missing[0]}", file=path, line=n, category="missing image",
-                        path=str(root / missing[0]))
+                problem(
+                    f"image not found: {root / missing[0]}",
+                    file=path,
+                    line=n,
+                    category="missing image",
+                    path=str(root / missing[0]),
+                )
                 continue
             if has_gps:
                 lat = _coord(row.get("lat"), "lat", 90, path, n)
@@ -118,12 +144,23 @@ def read_pairs_csv(path: Path, root: Path, allow_outside_root: bool = False) -> 
                     continue
                 gps.append((lat, lon))
             if (q, r) in seen:
-                problem(f"duplicate row: the same query and reference as line {seen[(q, r)]} (counted twice "
-                        "in training and evaluation)", file=path, line=n, category="suspicious data", warning=True)
+                problem(
+                    f"duplicate row: the same query and reference as line {seen[(q, r)]} (counted twice "
+                    "in training and evaluation)",
+                    file=path,
+                    line=n,
+                    category="suspicious data",
+                    warning=True,
+                )
             seen.setdefault((q, r), n)
             if os.path.normpath(q) == os.path.normpath(r):
-                problem(f"the query is its own reference ({q[:200]}): a trivial match", file=path, line=n,
-                        category="suspicious data", warning=True)
+                problem(
+                    f"the query is its own reference ({q[:200]}): a trivial match",
+                    file=path,
+                    line=n,
+                    category="suspicious data",
+                    warning=True,
+                )
             for f in extra_names:  # a column stays per-pair data while every value is a number
                 values, number = extra[f], _number(row.get(f))
                 if values is not None and number is None:
@@ -137,11 +174,13 @@ def read_pairs_csv(path: Path, root: Path, allow_outside_root: bool = False) -> 
         raise GeokitError(f"{path}: no rows after the header")
     skipped = [f for f, v in extra.items() if v is None]
     if skipped:
-        logging.getLogger("geokit").info("%s: columns %s are not all numbers; they are not per-pair data",
-                                         path, ", ".join(skipped))
+        logging.getLogger("geokit").info(
+            "%s: columns %s are not all numbers; they are not per-pair data", path, ", ".join(skipped)
+        )
     columns = {f: np.asarray(v, dtype=np.float64) for f, v in extra.items() if v is not None}
-    return PairRows(query, reference, np.asarray(gps, dtype=np.float64).reshape(-1, 2) if has_gps else None,
-                    columns, lines)
+    return PairRows(
+        query, reference, np.asarray(gps, dtype=np.float64).reshape(-1, 2) if has_gps else None, columns, lines
+    )
 
 
 def _number(raw: str | None) -> float | None:
@@ -159,8 +198,7 @@ def _coord(raw: str | None, name: str, bound: float, path: Path, line: int) -> f
         problem(f"{name} {(raw or '')[:40]!r} is not a number", file=path, line=line, category="malformed row")
         return None
     if not math.isfinite(value) or abs(value) > bound:
-        problem(f"{name} {value} is outside [-{bound:g}, {bound:g}]", file=path, line=line,
-                category="malformed row")
+        problem(f"{name} {value} is outside [-{bound:g}, {bound:g}]", file=path, line=line, category="malformed row")
         return None
     return value
 
@@ -186,14 +224,15 @@ def unique_references(rows: PairRows, path: Path) -> tuple[list[str], np.ndarray
         if len(bad):
             i = int(bad[0])
             here, there = rows.gps[i].tolist(), gps[pair_ref[i]].tolist()
-            raise GeokitError(f"{path} line {_line(rows.lines, i)}: reference {rows.reference[i]} has lat/lon "
-                              f"({here[0]}, {here[1]}) here but ({there[0]}, {there[1]}) on line "
-                              f"{_line(rows.lines, first_row[pair_ref[i]])}")
+            raise GeokitError(
+                f"{path} line {_line(rows.lines, i)}: reference {rows.reference[i]} has lat/lon "
+                f"({here[0]}, {here[1]}) here but ({there[0]}, {there[1]}) on line "
+                f"{_line(rows.lines, first_row[pair_ref[i]])}"
+            )
     return list(index), pair_ref, gps
 
 
-def report_shared_references(pair_ref: np.ndarray, path: Path, split: str,
-                             lines: list[int] | None = None) -> None:
+def report_shared_references(pair_ref: np.ndarray, path: Path, split: str, lines: list[int] | None = None) -> None:
     """Warn when many evaluation queries share one reference: recall then says little (one good
     tile answers them all), and it usually means a wrong reference column."""
     if len(pair_ref) < 10:
@@ -201,9 +240,13 @@ def report_shared_references(pair_ref: np.ndarray, path: Path, split: str,
     counts = np.bincount(pair_ref)
     top = int(counts.argmax())
     if counts[top] >= max(10, len(pair_ref) // 10):
-        problem(f"{counts[top]:,} of the {len(pair_ref):,} {split} queries share one reference (the one of "
-                f"line {_line(lines, int(np.flatnonzero(pair_ref == top)[0]))}): is the reference column right?",
-                file=path, category="suspicious data", warning=True)
+        problem(
+            f"{counts[top]:,} of the {len(pair_ref):,} {split} queries share one reference (the one of "
+            f"line {_line(lines, int(np.flatnonzero(pair_ref == top)[0]))}): is the reference column right?",
+            file=path,
+            category="suspicious data",
+            warning=True,
+        )
 
 
 class PairsDataset(CrossViewDataset):
@@ -236,8 +279,15 @@ class PairsDataset(CrossViewDataset):
         rows, path = self._rows(split)
         refs, pair_ref, gps = unique_references(rows, path)
         report_shared_references(pair_ref, path, split, rows.lines)
-        return EvalSet(rows.query, refs, query_labels=pair_ref, reference_labels=np.arange(len(refs)),
-                       query_gps=rows.gps, reference_gps=gps, name=split)
+        return EvalSet(
+            rows.query,
+            refs,
+            query_labels=pair_ref,
+            reference_labels=np.arange(len(refs)),
+            query_gps=rows.gps,
+            reference_gps=gps,
+            name=split,
+        )
 
     def augment_pair(self, query, reference, rng):
         return self._augment(query, reference, rng) if self._augment else (query, reference)
@@ -245,5 +295,9 @@ class PairsDataset(CrossViewDataset):
 
 @geokit.hookimpl
 def geokit_register_datasets(registry):
-    registry.add("pairs", PairsDataset, options=PairsOptions,
-                 summary="your own pairs: train.csv/test.csv with query,reference[,lat,lon]")
+    registry.add(
+        "pairs",
+        PairsDataset,
+        options=PairsOptions,
+        summary="your own pairs: train.csv/test.csv with query,reference[,lat,lon]",
+    )

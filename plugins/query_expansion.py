@@ -4,6 +4,7 @@ Each query is replaced by itself plus its top-``n`` references weighted by their
 the power ``alpha`` (negative similarities count 0), then L2-normalised; the references stay as
 they are. Off unless listed under ``rerankers``. Exact search, memory bounded by the block size.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """Sampler ``random``: a seeded shuffle cut into batches in which no reference appears twice."""
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -35,5 +36,9 @@ class RandomSampler:
 
 @geokit.hookimpl
 def geokit_register_samplers(registry):
-    registry.add("random", RandomSampler, options=RandomOptions,
-                 summary="seeded random batches, never one reference twice in a batch")
+    registry.add(
+        "random",
+        RandomSampler,
+        options=RandomOptions,
+        summary="seeded random batches, never one reference twice in a batch",
+    )

@@ -16,6 +16,7 @@ does; ``protocol: sample4geo`` removes them, as the Sample4Geo evaluation code d
 ``query_size``/``reference_size`` follow the evaluation direction; a drone image is always
 loaded at the drone view's size and a tile at the satellite view's size (also in training).
 """
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,10 @@ DRONE_FOLDERS = frozenset({"drone", "query_drone", "gallery_drone"})
 class U1652Options(BenchmarkOptions):
     direction: Literal["drone2sat", "sat2drone"] = Field("drone2sat", description="evaluation direction")
     protocol: Literal["official", "sample4geo"] = Field(
-        "official", description="official: the 250 distractor buildings stay in the gallery; sample4geo: "
-        "they are removed (the Sample4Geo code's junk rule, for comparing with its numbers)")
+        "official",
+        description="official: the 250 distractor buildings stay in the gallery; sample4geo: "
+        "they are removed (the Sample4Geo code's junk rule, for comparing with its numbers)",
+    )
 
 
 class University1652Dataset(BenchmarkDataset):
@@ -76,24 +79,31 @@ class University1652Dataset(BenchmarkDataset):
 
     def _classes(self, rel: str) -> dict[int, list[str]]:
         """class number -> sorted image paths of ``root/rel/<class>/``."""
+
         def build() -> dict[int, list[str]]:
             folder = self.root / rel
             if not folder.is_dir():
-                raise GeokitError(f"university1652: folder not found: {folder}.{self.suggest_root(rel)} "
-                                  f"Expected layout:\n{self.layout}")
+                raise GeokitError(
+                    f"university1652: folder not found: {folder}.{self.suggest_root(rel)} "
+                    f"Expected layout:\n{self.layout}"
+                )
             out: dict[int, list[str]] = {}
             for entry in sorted(os.scandir(folder), key=lambda e: e.name):
                 if not entry.is_dir() or entry.name.startswith("."):
                     continue
                 where = f"{rel}/{entry.name}"
                 if not entry.name.isdigit():
-                    problem("class folder names are building numbers (e.g. 0839)", file=where,
-                            category="malformed folder")
+                    problem(
+                        "class folder names are building numbers (e.g. 0839)", file=where, category="malformed folder"
+                    )
                     continue
                 images = list_images(Path(entry.path))
                 if not images:
-                    problem("class folder holds no image (.jpg, .jpeg, .png, ...)", file=where,
-                            category="empty class folder")
+                    problem(
+                        "class folder holds no image (.jpg, .jpeg, .png, ...)",
+                        file=where,
+                        category="empty class folder",
+                    )
                     continue
                 for p in images:
                     self._sources.setdefault(p, where)
@@ -108,13 +118,19 @@ class University1652Dataset(BenchmarkDataset):
         drones, sats = self._classes("train/drone"), self._classes("train/satellite")
         for cls in sorted(set(drones) ^ set(sats)):
             have, lack = ("drone", "satellite") if cls in drones else ("satellite", "drone")
-            problem(f"building {cls:04d} has {have} images but no {lack} folder", file=f"train/{have}/{cls:04d}",
-                    category="unpaired class")
+            problem(
+                f"building {cls:04d} has {have} images but no {lack} folder",
+                file=f"train/{have}/{cls:04d}",
+                category="unpaired class",
+            )
         query, refs, pair_ref = [], [], []
         for cls in sorted(set(drones) & set(sats)):
             if len(sats[cls]) != 1:
-                problem(f"expected one satellite tile per building, found {len(sats[cls])}",
-                        file=f"train/satellite/{cls:04d}", category="malformed folder")
+                problem(
+                    f"expected one satellite tile per building, found {len(sats[cls])}",
+                    file=f"train/satellite/{cls:04d}",
+                    category="malformed folder",
+                )
                 continue
             refs.append(sats[cls][0])
             query.extend(drones[cls])
@@ -127,9 +143,12 @@ class University1652Dataset(BenchmarkDataset):
         queries, gallery = self._classes(q_rel), self._classes(g_rel)
         missing = sorted(set(queries) - set(gallery))
         if missing:
-            problem(f"{len(missing)} query buildings have no gallery folder in {g_rel} "
-                    f"(first: {', '.join(f'{c:04d}' for c in missing[:5])})", file=q_rel,
-                    category="unpaired class")
+            problem(
+                f"{len(missing)} query buildings have no gallery folder in {g_rel} "
+                f"(first: {', '.join(f'{c:04d}' for c in missing[:5])})",
+                file=q_rel,
+                category="unpaired class",
+            )
             queries = {c: v for c, v in queries.items() if c in gallery}
         if self.options.protocol == "sample4geo":
             gallery = {c: v for c, v in gallery.items() if c in queries}
@@ -137,8 +156,14 @@ class University1652Dataset(BenchmarkDataset):
         q_labels = [c for c in sorted(queries) for _ in queries[c]]
         g_paths = [p for c in sorted(gallery) for p in gallery[c]]
         g_labels = [c for c in sorted(gallery) for _ in gallery[c]]
-        return EvalSet(q_paths, g_paths, np.asarray(q_labels, dtype=np.int64),
-                       np.asarray(g_labels, dtype=np.int64), multi_positive=True, name=split)
+        return EvalSet(
+            q_paths,
+            g_paths,
+            np.asarray(q_labels, dtype=np.int64),
+            np.asarray(g_labels, dtype=np.int64),
+            multi_positive=True,
+            name=split,
+        )
 
     def known_sizes(self) -> dict[str, int]:
         official = self.options.protocol == "official"
@@ -151,5 +176,9 @@ class University1652Dataset(BenchmarkDataset):
 
 @geokit.hookimpl
 def geokit_register_datasets(registry):
-    registry.add("university1652", University1652Dataset, options=U1652Options,
-                 summary="University-1652 drone<->satellite; official or sample4geo (junk-excluded) protocol")
+    registry.add(
+        "university1652",
+        University1652Dataset,
+        options=U1652Options,
+        summary="University-1652 drone<->satellite; official or sample4geo (junk-excluded) protocol",
+    )

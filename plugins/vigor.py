@@ -15,6 +15,7 @@ the released code; ``semi_positive_conflicts: true`` keeps them apart (FIDELITY.
 Images may sit in Sample4Geo's layout (``ground/<city>/``, ``satellite/<city>/``) or in the
 official release layout (``<city>/panorama/``, ``<city>/satellite/``); both are recognised.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,12 +44,17 @@ N_COLUMNS = 13
 
 class VIGOROptions(BenchmarkOptions):
     query_size: tuple[PositiveInt, PositiveInt] = Field((384, 768), description="[height, width] of panoramas")
-    reference_size: tuple[PositiveInt, PositiveInt] = Field((384, 384), description="[height, width] of satellite tiles")
-    mode: Literal["same", "cross"] = Field("same", description="same: same-area (4 cities); cross: train "
-                                           "NewYork+Seattle, test Chicago+SanFrancisco")
+    reference_size: tuple[PositiveInt, PositiveInt] = Field(
+        (384, 384), description="[height, width] of satellite tiles"
+    )
+    mode: Literal["same", "cross"] = Field(
+        "same", description="same: same-area (4 cities); cross: train NewYork+Seattle, test Chicago+SanFrancisco"
+    )
     semi_positive_conflicts: bool = Field(
-        False, description="keep a panorama's semi-positive tiles out of its training batch (and out of its "
-        "DSS list); off: they may share its batch as negatives, as in the released code (FIDELITY.md)")
+        False,
+        description="keep a panorama's semi-positive tiles out of its training batch (and out of its "
+        "DSS list); off: they may share its batch as negatives, as in the released code (FIDELITY.md)",
+    )
 
 
 def tile_latlon(name: str) -> tuple[float, float] | None:
@@ -71,8 +77,14 @@ def pano_latlon(name: str) -> tuple[float, float] | None:
     return (lat, lon) if abs(lat) <= 90 and abs(lon) <= 180 else None
 
 
-def train_set_from_labels(pano_paths: list[str], tile_paths: list[str], labels: np.ndarray,
-                          tile_gps: np.ndarray | None, *, semi_positive_conflicts: bool = False) -> TrainSet:
+def train_set_from_labels(
+    pano_paths: list[str],
+    tile_paths: list[str],
+    labels: np.ndarray,
+    tile_gps: np.ndarray | None,
+    *,
+    semi_positive_conflicts: bool = False,
+) -> TrainSet:
     """The training set: one pair per panorama, references = the positive tiles (sorted).
 
     :param labels: ``(N, 4)`` global tile indices per panorama: positive, then 3 semi-positives.
@@ -89,8 +101,13 @@ def train_set_from_labels(pano_paths: list[str], tile_paths: list[str], labels: 
     # set, which verify reports, instead of a (0, 3) table that TrainSet cannot reshape
     conflicts = to_ref[labels[:, 1:]] if semi_positive_conflicts and len(labels) else None
     gps = None if tile_gps is None else np.asarray(tile_gps)[refs]
-    return TrainSet(list(pano_paths), [tile_paths[j] for j in refs], to_ref[labels[:, 0]],
-                    reference_gps=gps, pair_conflicts=conflicts)
+    return TrainSet(
+        list(pano_paths),
+        [tile_paths[j] for j in refs],
+        to_ref[labels[:, 0]],
+        reference_gps=gps,
+        pair_conflicts=conflicts,
+    )
 
 
 class VIGORDataset(BenchmarkDataset):
@@ -118,9 +135,12 @@ class VIGORDataset(BenchmarkDataset):
         for cand in (self.root / view / city, self.root / city / official):
             if cand.is_dir():
                 return str(cand)
-        problem(f"{view} images of {city} not found: expected {self.root / view / city}/ (Sample4Geo "
-                f"layout) or {self.root / city / official}/ (official VIGOR layout)",
-                file=f"{view}/{city}", category="missing city")
+        problem(
+            f"{view} images of {city} not found: expected {self.root / view / city}/ (Sample4Geo "
+            f"layout) or {self.root / city / official}/ (official VIGOR layout)",
+            file=f"{view}/{city}",
+            category="missing city",
+        )
         return None
 
     def _city_ok(self, city: str, part: str) -> bool:
@@ -130,13 +150,17 @@ class VIGORDataset(BenchmarkDataset):
         # the layout once per dataset: an empty folder misses every city
         layout = "" if getattr(self, "_layout_shown", False) else f" Expected layout:\n{self.layout}"
         self._layout_shown = True
-        problem(f"city folder missing: {folder} (mode '{self.options.mode}' {part} needs "
-                f"{', '.join(self.cities(part))}).{self.suggest_root(f'splits/{city}')}{layout}",
-                file=f"splits/{city}", category="missing city")
+        problem(
+            f"city folder missing: {folder} (mode '{self.options.mode}' {part} needs "
+            f"{', '.join(self.cities(part))}).{self.suggest_root(f'splits/{city}')}{layout}",
+            file=f"splits/{city}",
+            category="missing city",
+        )
         return False
 
     def _satellites(self, part: str) -> dict:
         """Tiles of the part's cities in list order: paths, per-city name -> global index, lat/lon."""
+
         def build() -> dict:
             paths: list[str] = []
             index: dict[str, dict[str, int]] = {}
@@ -163,23 +187,31 @@ class VIGORDataset(BenchmarkDataset):
                         continue
                     ll = tile_latlon(name)
                     if ll is None:
-                        problem(f"tile name {name!r} does not carry its position "
-                                "(expected satellite_<lat>_<lon>.png)", file=rel, line=n, category="no GPS",
-                                warning=True)
+                        problem(
+                            f"tile name {name!r} does not carry its position (expected satellite_<lat>_<lon>.png)",
+                            file=rel,
+                            line=n,
+                            category="no GPS",
+                            warning=True,
+                        )
                         gps_ok = False
                     index[city][name] = len(paths)
                     paths.append(p)
                     gps.append(ll or (np.nan, np.nan))
             if not paths:
-                problem(f"no satellite tiles for {', '.join(self.cities(part))}", file="splits",
-                        category="empty split")
-            return {"paths": paths, "index": index, "skipped": skipped,
-                    "gps": np.asarray(gps, dtype=np.float64).reshape(-1, 2) if gps_ok else None}
+                problem(f"no satellite tiles for {', '.join(self.cities(part))}", file="splits", category="empty split")
+            return {
+                "paths": paths,
+                "index": index,
+                "skipped": skipped,
+                "gps": np.asarray(gps, dtype=np.float64).reshape(-1, 2) if gps_ok else None,
+            }
 
         return self.cached(f"sat/{self.cities(part)}", build)
 
     def _panoramas(self, part: str) -> dict:
         """Rows of the part's label files: panorama paths, (N, 4) global tile indices, lat/lon."""
+
         def build() -> dict:
             sats = self._satellites(part)
             paths: list[str] = []
@@ -197,18 +229,26 @@ class VIGORDataset(BenchmarkDataset):
                 for n, text in read_text_lines(path, rel):
                     cols = text.split()
                     if len(cols) != N_COLUMNS:
-                        problem(f"expected {N_COLUMNS} whitespace-separated columns (panorama, positive tile, "
-                                f"dx, dy, then 3 x semi-positive tile, dx, dy), found {len(cols)}",
-                                file=rel, line=n, category="malformed row")
+                        problem(
+                            f"expected {N_COLUMNS} whitespace-separated columns (panorama, positive tile, "
+                            f"dx, dy, then 3 x semi-positive tile, dx, dy), found {len(cols)}",
+                            file=rel,
+                            line=n,
+                            category="malformed row",
+                        )
                         continue
                     row, bad = [], False
                     for col in (1, 4, 7, 10):
                         j = names.get(cols[col])
                         if j is None:
                             what = "positive" if col == 1 else f"semi-positive {col // 3}"
-                            problem(f"{what} tile {cols[col]} (column {col + 1}) is not a listed, present "
-                                    f"tile of splits/{city}/satellite_list.txt", file=rel, line=n,
-                                    category="unknown tile")
+                            problem(
+                                f"{what} tile {cols[col]} (column {col + 1}) is not a listed, present "
+                                f"tile of splits/{city}/satellite_list.txt",
+                                file=rel,
+                                line=n,
+                                category="unknown tile",
+                            )
                             bad = True
                             break
                         row.append(j)
@@ -218,8 +258,12 @@ class VIGORDataset(BenchmarkDataset):
                         try:
                             float(cols[col])
                         except ValueError:
-                            problem(f"column {col + 1} (a pixel offset) is {cols[col]!r}, not a number",
-                                    file=rel, line=n, category="malformed row")
+                            problem(
+                                f"column {col + 1} (a pixel offset) is {cols[col]!r}, not a number",
+                                file=rel,
+                                line=n,
+                                category="malformed row",
+                            )
                             bad = True
                             break
                     if bad:
@@ -233,24 +277,38 @@ class VIGORDataset(BenchmarkDataset):
             if not paths:
                 problem(f"no usable panoramas in the {part} label files", file="splits", category="empty split")
             has_gps = bool(gps) and all(g is not None for g in gps)
-            return {"paths": paths, "labels": np.asarray(labels, dtype=np.int64).reshape(-1, 4),
-                    "gps": np.asarray(gps, dtype=np.float64).reshape(-1, 2) if has_gps else None}
+            return {
+                "paths": paths,
+                "labels": np.asarray(labels, dtype=np.int64).reshape(-1, 4),
+                "gps": np.asarray(gps, dtype=np.float64).reshape(-1, 2) if has_gps else None,
+            }
 
         return self.cached(f"pano/{part}", build)
 
     def train_set(self) -> TrainSet:
         sats, panos = self._satellites("train"), self._panoramas("train")
-        return train_set_from_labels(panos["paths"], sats["paths"], panos["labels"], sats["gps"],
-                                     semi_positive_conflicts=self.options.semi_positive_conflicts)
+        return train_set_from_labels(
+            panos["paths"],
+            sats["paths"],
+            panos["labels"],
+            sats["gps"],
+            semi_positive_conflicts=self.options.semi_positive_conflicts,
+        )
 
     def eval_set(self, split: str | None = None) -> EvalSet:
         split = self.check_split(split)
         sats, panos = self._satellites("test"), self._panoramas("test")
         labels = panos["labels"]
-        return EvalSet(panos["paths"], sats["paths"], query_labels=labels[:, 0].copy(),
-                       reference_labels=np.arange(len(sats["paths"])),
-                       semi_positives=np.ascontiguousarray(labels[:, 1:]),
-                       query_gps=panos["gps"], reference_gps=sats["gps"], name=split)
+        return EvalSet(
+            panos["paths"],
+            sats["paths"],
+            query_labels=labels[:, 0].copy(),
+            reference_labels=np.arange(len(sats["paths"])),
+            semi_positives=np.ascontiguousarray(labels[:, 1:]),
+            query_gps=panos["gps"],
+            reference_gps=sats["gps"],
+            name=split,
+        )
 
     def known_sizes(self) -> dict[str, int]:
         # VIGOR paper: 105,214 panoramas, 90,618 tiles (same-area test gallery: all tiles).
@@ -261,5 +319,9 @@ class VIGORDataset(BenchmarkDataset):
 
 @geokit.hookimpl
 def geokit_register_datasets(registry):
-    registry.add("vigor", VIGORDataset, options=VIGOROptions,
-                 summary="VIGOR (splits/<city>/, ground/, satellite/): same- or cross-area, semi-positives")
+    registry.add(
+        "vigor",
+        VIGORDataset,
+        options=VIGOROptions,
+        summary="VIGOR (splits/<city>/, ground/, satellite/): same- or cross-area, semi-positives",
+    )

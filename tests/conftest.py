@@ -1,4 +1,5 @@
 """Shared test set-up: offline, no progress bars, tiny generated data."""
+
 from __future__ import annotations
 
 import os
@@ -7,9 +8,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("GEOKIT_PROGRESS", "0")
 
-import pytest  # noqa: E402
+import pytest
 
-from geokit.testing import make_pairs_dataset  # noqa: E402
+from geokit.testing import make_pairs_dataset
 
 
 @pytest.fixture(scope="session")

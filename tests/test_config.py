@@ -1,4 +1,5 @@
 """Config files, --set overrides and their errors (every one names the key or the file line)."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,15 +27,18 @@ def test_resolved_config_fills_component_defaults(tmp_path, pairs_root):
     assert set(d) == {"seed", "encoder", "loss", "sampler", "dataset", "train", "eval"}
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("train.lrr=1", "unknown config key 'train.lrr' (did you mean 'lr'?)"),
-    ("encoder.modle=x", "unknown config key 'encoder.modle' (did you mean 'model'?)"),
-    ("dataset.query_size=[1]", "config key 'dataset.query_size"),
-    ("train.epochs=0", "config key 'train.epochs'"),
-    ("train.lr=fast", "config key 'train.lr'"),
-    ("sampler.name=randon", "unknown sampler 'randon' (did you mean 'random'?)"),
-    ("bogus=1", "unknown config key 'bogus'"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.lrr=1", "unknown config key 'train.lrr' (did you mean 'lr'?)"),
+        ("encoder.modle=x", "unknown config key 'encoder.modle' (did you mean 'model'?)"),
+        ("dataset.query_size=[1]", "config key 'dataset.query_size"),
+        ("train.epochs=0", "config key 'train.epochs'"),
+        ("train.lr=fast", "config key 'train.lr'"),
+        ("sampler.name=randon", "unknown sampler 'randon' (did you mean 'random'?)"),
+        ("bogus=1", "unknown config key 'bogus'"),
+    ],
+)
 def test_bad_keys_and_values_name_the_full_key(tmp_path, pairs_root, override, expected):
     with pytest.raises(GeokitError) as err:
         config.load(write(tmp_path, tiny_config(pairs_root)), [override])
@@ -42,10 +46,10 @@ def test_bad_keys_and_values_name_the_full_key(tmp_path, pairs_root, override, e
 
 
 def test_set_values_parse_as_yaml_scalars_and_create_sections():
-    data = config.apply_overrides({"train": {"lr": 1}}, ["train.lr=1e-4", "train.amp=true",
-                                                         "eval.split=val", "a.b.c=[1, 2]", "x=null"])
-    assert data == {"train": {"lr": 1e-4, "amp": True}, "eval": {"split": "val"},
-                    "a": {"b": {"c": [1, 2]}}, "x": None}
+    data = config.apply_overrides(
+        {"train": {"lr": 1}}, ["train.lr=1e-4", "train.amp=true", "eval.split=val", "a.b.c=[1, 2]", "x=null"]
+    )
+    assert data == {"train": {"lr": 1e-4, "amp": True}, "eval": {"split": "val"}, "a": {"b": {"c": [1, 2]}}, "x": None}
     with pytest.raises(GeokitError, match="KEY=VALUE"):
         config.apply_overrides({}, ["train.lr"])
     with pytest.raises(GeokitError, match="'train.lr' is not a section"):

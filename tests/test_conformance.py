@@ -3,6 +3,7 @@
 A bundled component without test options here fails `test_every_bundled_component_is_covered`,
 so a new registration cannot slip in untested.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,13 @@ import pytest
 
 from geokit.registry import get_registry
 from geokit.testing import (
-    check_dataset, check_encoder, check_loss, check_metric, check_reranker, check_sampler, check_transform,
+    check_dataset,
+    check_encoder,
+    check_loss,
+    check_metric,
+    check_reranker,
+    check_sampler,
+    check_transform,
 )
 
 ENCODERS = {"convnext": {"model": "convnext_atto", "pretrained": False}}
@@ -21,12 +28,15 @@ TRANSFORMS = {"limited_fov": {"fov": 90}}
 METRICS = {"metres": {}}
 RERANKERS = {"qe": {}}
 # More option sets per component: a contract must hold for its variants too.
-VARIANTS = {("loss", "infonce"): [{"weight_column": "weight"}],
-            ("transform", "limited_fov"): [{"fov": 360}, {"fov": 45, "views": ["query", "reference"]}]}
+VARIANTS = {
+    ("loss", "infonce"): [{"weight_column": "weight"}],
+    ("transform", "limited_fov"): [{"fov": 360}, {"fov": 45, "views": ["query", "reference"]}],
+}
 # Datasets that need a real on-disk layout are checked with `check_dataset` in their own test
 # files, which build that layout; the pairs dataset is checked here.
-DATASETS_ELSEWHERE = {name: Path(__file__).parent / f"test_datasets_{name}.py"
-                      for name in ("cvusa", "cvact", "vigor", "university1652")}
+DATASETS_ELSEWHERE = {
+    name: Path(__file__).parent / f"test_datasets_{name}.py" for name in ("cvusa", "cvact", "vigor", "university1652")
+}
 DATASETS_ELSEWHERE["synthetic"] = Path(__file__).parent / "test_synthetic.py"
 
 
@@ -72,13 +82,21 @@ def test_dataset_conformance(name, pairs_root):
         check_dataset(name, {"root": str(pairs_root), "query_size": [32, 128], "reference_size": [32, 32]})
         return
     path = DATASETS_ELSEWHERE[name]
-    assert path.is_file() and "check_dataset" in path.read_text(), \
+    assert path.is_file() and "check_dataset" in path.read_text(), (
         f"dataset '{name}' must be checked with geokit.testing.check_dataset in {path.name}"
+    )
 
 
 def test_every_bundled_component_is_covered():
-    covered = {"encoder": ENCODERS, "loss": LOSSES, "sampler": SAMPLERS, "transform": TRANSFORMS,
-               "metric": METRICS, "reranker": RERANKERS, "dataset": {"pairs": {}, **DATASETS_ELSEWHERE}}
+    covered = {
+        "encoder": ENCODERS,
+        "loss": LOSSES,
+        "sampler": SAMPLERS,
+        "transform": TRANSFORMS,
+        "metric": METRICS,
+        "reranker": RERANKERS,
+        "dataset": {"pairs": {}, **DATASETS_ELSEWHERE},
+    }
     for kind, known in covered.items():
         for comp in get_registry(kind):
             if (comp.distribution or "").startswith("geokit "):

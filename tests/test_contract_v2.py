@@ -1,5 +1,6 @@
 """Contract v2: per-pair data reaches the loss, views reach encoders, match tables, transforms,
 metric and re-ranker components, step-level samplers; v1 plugins and checkpoints unchanged."""
+
 from __future__ import annotations
 
 import csv
@@ -64,8 +65,9 @@ def test_weighted_run_with_unit_weights_gives_the_unweighted_losses(tmp_path):
     root = _with_column(make_pairs_dataset(tmp_path / "d", n_train=24, n_test=8), "weight", [1.0] * 24)
     base = tiny_config(root, train={"epochs": 2, "threads": 1})
     a = _train(base, tmp_path / "a").history
-    b = _train(tiny_config(root, loss={"weight_column": "weight"}, train={"epochs": 2, "threads": 1}),
-               tmp_path / "b").history
+    b = _train(
+        tiny_config(root, loss={"weight_column": "weight"}, train={"epochs": 2, "threads": 1}), tmp_path / "b"
+    ).history
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
 
 
@@ -78,12 +80,16 @@ def test_weighted_infonce_is_the_weighted_mean_of_pair_losses():
     q, r = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
     w = torch.tensor([1.0, 0.0, 2.0, 0.5, 0.5], dtype=torch.float64)
     # by hand: the symmetric per-pair loss, then the weighted mean
-    logits = unweighted.logit_scale.exp() * torch.nn.functional.normalize(q, dim=-1) @ \
-        torch.nn.functional.normalize(r, dim=-1).t()
+    logits = (
+        unweighted.logit_scale.exp()
+        * torch.nn.functional.normalize(q, dim=-1)
+        @ torch.nn.functional.normalize(r, dim=-1).t()
+    )
     t = torch.arange(5)
     ce = torch.nn.functional.cross_entropy
-    pair = 0.5 * (ce(logits, t, label_smoothing=0.1, reduction="none")
-                  + ce(logits.t(), t, label_smoothing=0.1, reduction="none"))
+    pair = 0.5 * (
+        ce(logits, t, label_smoothing=0.1, reduction="none") + ce(logits.t(), t, label_smoothing=0.1, reduction="none")
+    )
     want = (w.float() * pair).sum() / w.float().sum()
     got = weighted(q, r, columns={"w": w})
     assert torch.allclose(got, want, atol=1e-6)
@@ -115,8 +121,7 @@ class _Recorder:
                 self.dim, self.classes = context.embedding_dim, context.num_classes
 
             def forward(self, query, reference, indices, references, columns, conflicts):
-                _Recorder.seen.append((indices.tolist(), references.tolist(),
-                                       columns["tag"].tolist(), conflicts))
+                _Recorder.seen.append((indices.tolist(), references.tolist(), columns["tag"].tolist(), conflicts))
                 q = torch.nn.functional.normalize(query, dim=-1)
                 r = torch.nn.functional.normalize(reference, dim=-1)
                 return torch.nn.functional.cross_entropy(self.scale * q @ r.t(), torch.arange(len(q)))
@@ -170,9 +175,14 @@ class _TwoBranch:
             def __init__(self):
                 super().__init__()
                 self.sizes = (context.query_size, context.reference_size)
-                self.branch = torch.nn.ModuleDict({v: torch.nn.Sequential(
-                    torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-                    for v in ("query", "reference")})
+                self.branch = torch.nn.ModuleDict(
+                    {
+                        v: torch.nn.Sequential(
+                            torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+                        )
+                        for v in ("query", "reference")
+                    }
+                )
                 self.calls = []
 
             def forward(self, images, view):
@@ -216,8 +226,7 @@ def test_view_reaches_the_encoder_on_every_path(tmp_path, two_branch_plugin):
 
     es = res.parts.dataset.eval_set()
     refs = References(list(es.reference_paths), np.asarray(es.reference_gps), str(root / "test.csv"))
-    build_from_checkpoint(tmp_path / "run" / "model.safetensors", refs, tmp_path / "x.index", IndexSpec(),
-                          show=False)
+    build_from_checkpoint(tmp_path / "run" / "model.safetensors", refs, tmp_path / "x.index", IndexSpec(), show=False)
     loc = Localizer(tmp_path / "x.index", tmp_path / "run" / "model.safetensors")
     loc.encoder.module.calls.clear()
     loc.locate(list(es.query_paths[:2]), k=2)
@@ -234,8 +243,9 @@ def test_per_view_normalisation_is_applied(tmp_path, two_branch_plugin):
     cfg["encoder"] = {"name": "twobranch"}
     parts = build(resolve(cfg))
     seen = {}
-    parts.encoder.forward = lambda images, view: seen.setdefault(view, images.mean().item()) * 0 + \
-        torch.zeros(len(images), 8)
+    parts.encoder.forward = lambda images, view: (
+        seen.setdefault(view, images.mean().item()) * 0 + torch.zeros(len(images), 8)
+    )
     es = parts.dataset.eval_set()
     for view in ("query", "reference"):
         embed_view(parts, es, view, batch_size=64, device=torch.device("cpu"), show=False)
@@ -348,8 +358,9 @@ def test_step_level_sampler_trains_and_resumes_exactly(tmp_path):
     from geokit.training import TrainingInterrupted
 
     root = make_pairs_dataset(tmp_path / "d", n_train=32, n_test=8)
-    cfg = tiny_config(root, sampler={"name": "inbatch", "pool": 2},
-                      train={"epochs": 2, "checkpoint_every": 1, "threads": 1})
+    cfg = tiny_config(
+        root, sampler={"name": "inbatch", "pool": 2}, train={"epochs": 2, "checkpoint_every": 1, "threads": 1}
+    )
     full = _train(cfg, tmp_path / "full")
     assert len(full.history) == 2 and full.history[0]["batches"] == 4
 
@@ -364,6 +375,7 @@ def test_step_level_sampler_trains_and_resumes_exactly(tmp_path):
         calls["n"] += 1
         if calls["n"] == 3:
             import signal
+
             signal.raise_signal(signal.SIGINT)
         return out
 
@@ -392,11 +404,21 @@ def test_v1_checkpoint_loads_and_evaluates(tmp_path):
     root = make_pairs_dataset(tmp_path / "d", n_train=8, n_test=6)
     cfg = resolve(tiny_config(root))
     parts = build(cfg)
-    record = {"format": 1, "encoder": cfg.to_dict()["encoder"], "loss": cfg.to_dict()["loss"],
-              "dataset": "pairs", "embedding_dim": 320, "mean": [0.485, 0.456, 0.406],
-              "std": [0.229, 0.224, 0.225], "query_size": [32, 128], "reference_size": [32, 32],
-              "query_view": "ground", "reference_view": "aerial", "versions": {"geokit": "0.1.0"},
-              "config": {k: v for k, v in cfg.to_dict().items()}}
+    record = {
+        "format": 1,
+        "encoder": cfg.to_dict()["encoder"],
+        "loss": cfg.to_dict()["loss"],
+        "dataset": "pairs",
+        "embedding_dim": 320,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "query_size": [32, 128],
+        "reference_size": [32, 32],
+        "query_view": "ground",
+        "reference_view": "aerial",
+        "versions": {"geokit": "0.1.0"},
+        "config": {k: v for k, v in cfg.to_dict().items()},
+    }
     tensors = {f"encoder.{k}": v.contiguous() for k, v in parts.encoder.state_dict().items()}
     tensors["loss.logit_scale"] = parts.loss.state_dict()["logit_scale"]
     from geokit.checkpoint import RECORD_KEY
@@ -418,9 +440,20 @@ def test_classification_loss_trains_and_its_checkpoint_evaluates_from_the_cli(tm
     clf = res.parts.loss.classifier
     assert (clf.in_features, clf.out_features) == (320, 16)  # embedding_dim and classes from the context
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    out = subprocess.run([sys.executable, "-m", "geokit", "evaluate", "--config", str(tmp_path / "cfg.yaml"),
-                          "--checkpoint", str(tmp_path / "run" / "model.safetensors")],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "geokit",
+            "evaluate",
+            "--config",
+            str(tmp_path / "cfg.yaml"),
+            "--checkpoint",
+            str(tmp_path / "run" / "model.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert "R@1" in out.stdout and "Traceback" not in out.stderr
 

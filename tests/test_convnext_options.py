@@ -1,6 +1,7 @@
 """The `convnext` encoder's options: `shared: false` (one branch per view) and pooling heads
 (`avg`, today's output; `gem`; `netvlad`) over any timm backbone, ViTs included, at the sizes of
 both views."""
+
 from __future__ import annotations
 
 import pytest
@@ -88,7 +89,9 @@ def test_shared_checkpoint_keys_are_unchanged_and_old_checkpoints_load(tmp_path,
     enc = _encoder()
     own = timm.create_model("convnext_atto", pretrained=False, num_classes=0).state_dict()
     assert list(enc.state_dict()) == [f"model.{k}" for k in own]
-    assert {"model.stem.0.weight", "model.head.norm.weight", "model.stages.3.blocks.1.mlp.fc2.bias"} <= set(enc.state_dict())
+    assert {"model.stem.0.weight", "model.head.norm.weight", "model.stages.3.blocks.1.mlp.fc2.bias"} <= set(
+        enc.state_dict()
+    )
     # a checkpoint in the layout geokit wrote before these options existed
     old = {f"encoder.model.{k}": v + 0.25 for k, v in own.items()}
     old["loss.logit_scale"] = torch.tensor(2.5)
@@ -120,13 +123,16 @@ def test_two_branches_start_from_the_initial_weights_file(tmp_path):
 # ------------------------------------------------------------------------------ pooling heads
 
 
-@pytest.mark.parametrize("options, dim", [
-    ({"pool": "avg"}, 320),
-    ({"pool": "gem"}, 320),
-    ({"pool": "netvlad"}, 16 * 64),
-    ({"pool": "netvlad", "clusters": 4, "cluster_dim": 8}, 32),
-    ({"pool": "netvlad", "pool_dim": 48}, 48),
-])
+@pytest.mark.parametrize(
+    "options, dim",
+    [
+        ({"pool": "avg"}, 320),
+        ({"pool": "gem"}, 320),
+        ({"pool": "netvlad"}, 16 * 64),
+        ({"pool": "netvlad", "clusters": 4, "cluster_dim": 8}, 32),
+        ({"pool": "netvlad", "pool_dim": 48}, 48),
+    ],
+)
 def test_pooling_heads_give_embedding_dim_at_both_view_sizes(options, dim):
     enc = _encoder(**options)
     assert enc.embedding_dim == dim
@@ -235,8 +241,12 @@ def test_two_branches_are_trained_recorded_and_routed_by_evaluate_and_index(tmp_
     cfg = config_mod.load(cfg_path)
     res = evaluate(cfg, ckpt)
     g = torch.Generator().manual_seed(0)
-    moved = {k: v + 0.05 * torch.randn(v.shape, generator=g) if k.startswith("encoder.reference.")
-             and v.is_floating_point() else v for k, v in tensors.items()}
+    moved = {
+        k: v + 0.05 * torch.randn(v.shape, generator=g)
+        if k.startswith("encoder.reference.") and v.is_floating_point()
+        else v
+        for k, v in tensors.items()
+    }
     save_weights(tmp_path / "moved.safetensors", moved, record)
     res2 = evaluate(cfg, tmp_path / "moved.safetensors")
     np.testing.assert_array_equal(res.query, res2.query)  # queries never touch the reference branch
@@ -249,17 +259,23 @@ def test_two_branches_are_trained_recorded_and_routed_by_evaluate_and_index(tmp_
     from geokit.locate import Localizer
 
     es = res.eval_set
-    for view, paths, expected in (("query", es.query_paths[:5], res.query[:5]),
-                                  ("reference", es.reference_paths[:5], res.reference[:5])):
+    for view, paths, expected in (
+        ("query", es.query_paths[:5], res.query[:5]),
+        ("reference", es.reference_paths[:5], res.reference[:5]),
+    ):
         loc = Localizer(tmp_path / "tiles.index", ckpt, view=view, device="cpu")
         np.testing.assert_allclose(loc.embed(paths), expected, atol=1e-5, err_msg=view)
 
 
-@pytest.mark.parametrize("options", [
-    {"model": "convnext_atto", "shared": False},
-    {"model": "convnext_atto", "shared": False, "pool": "netvlad", "clusters": 4, "cluster_dim": 8},
-    {"model": "vit_tiny_patch16_224", "pool": "gem"},
-], ids=["two-branch", "two-branch-netvlad", "vit-gem"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"model": "convnext_atto", "shared": False},
+        {"model": "convnext_atto", "shared": False, "pool": "netvlad", "clusters": 4, "cluster_dim": 8},
+        {"model": "vit_tiny_patch16_224", "pool": "gem"},
+    ],
+    ids=["two-branch", "two-branch-netvlad", "vit-gem"],
+)
 def test_variants_pass_the_conformance_kit(options):
     from geokit.testing import check_encoder
 

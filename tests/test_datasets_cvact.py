@@ -1,5 +1,6 @@
 """Dataset plugin ``cvact`` on a tiny copy of its real layout: pairs, labels, GPS, sets,
 and a clear error naming the file and line for every bad input."""
+
 from __future__ import annotations
 
 import logging
@@ -23,13 +24,23 @@ def utm_forward(lat: float, lon: float, zone: int = 55) -> tuple[float, float]:
     phi, lam = math.radians(lat), math.radians(lon - ((zone - 1) * 6 - 180 + 3))
     n = a / math.sqrt(1 - e2 * math.sin(phi) ** 2)
     t, c, aa = math.tan(phi) ** 2, ep2 * math.cos(phi) ** 2, math.cos(phi) * lam
-    m = a * ((1 - e2 / 4 - 3 * e2**2 / 64 - 5 * e2**3 / 256) * phi
-             - (3 * e2 / 8 + 3 * e2**2 / 32 + 45 * e2**3 / 1024) * math.sin(2 * phi)
-             + (15 * e2**2 / 256 + 45 * e2**3 / 1024) * math.sin(4 * phi)
-             - (35 * e2**3 / 3072) * math.sin(6 * phi))
+    m = a * (
+        (1 - e2 / 4 - 3 * e2**2 / 64 - 5 * e2**3 / 256) * phi
+        - (3 * e2 / 8 + 3 * e2**2 / 32 + 45 * e2**3 / 1024) * math.sin(2 * phi)
+        + (15 * e2**2 / 256 + 45 * e2**3 / 1024) * math.sin(4 * phi)
+        - (35 * e2**3 / 3072) * math.sin(6 * phi)
+    )
     x = k0 * n * (aa + (1 - t + c) * aa**3 / 6 + (5 - 18 * t + t**2 + 72 * c - 58 * ep2) * aa**5 / 120)
-    y = k0 * (m + n * math.tan(phi) * (aa**2 / 2 + (5 - t + 9 * c + 4 * c**2) * aa**4 / 24
-                                       + (61 - 58 * t + t**2 + 600 * c - 330 * ep2) * aa**6 / 720))
+    y = k0 * (
+        m
+        + n
+        * math.tan(phi)
+        * (
+            aa**2 / 2
+            + (5 - t + 9 * c + 4 * c**2) * aa**4 / 24
+            + (61 - 58 * t + t**2 + 600 * c - 330 * ep2) * aa**6 / 720
+        )
+    )
     return x + 500_000.0, y + 10_000_000.0
 
 
@@ -41,8 +52,9 @@ def test_utm_inverse_round_trip():
         got = utm_to_latlon(np.array([e]), np.array([n]), 55, True)[0]
         assert abs(got[0] - lat) < 1e-7 and abs(got[1] - lon) < 1e-7
     # the central meridian on the equator
-    np.testing.assert_allclose(utm_to_latlon(np.array([500_000.0]), np.array([10_000_000.0]), 55, True),
-                               [[0.0, 147.0]], atol=1e-9)
+    np.testing.assert_allclose(
+        utm_to_latlon(np.array([500_000.0]), np.array([10_000_000.0]), 55, True), [[0.0, 147.0]], atol=1e-9
+    )
 
 
 def test_cvact_mat_structs_and_folders(tmp_path):
@@ -55,8 +67,7 @@ def test_cvact_mat_structs_and_folders(tmp_path):
     ids = info["ids"]
     small = tmp_path / "ANU_data_small"
     assert tr.query_paths == [str(small / f"streetview/{ids[i]}_grdView.jpg") for i in info["train_idx"]]
-    assert tr.reference_paths == [str(small / f"satview_polish/{ids[i]}_satView_polish.jpg")
-                                  for i in info["train_idx"]]
+    assert tr.reference_paths == [str(small / f"satview_polish/{ids[i]}_satView_polish.jpg") for i in info["train_idx"]]
     utm = info["utm"][info["train_idx"]]
     np.testing.assert_allclose(tr.reference_gps, utm_to_latlon(utm[:, 0], utm[:, 1], 55, True))
     assert np.all(np.abs(tr.reference_gps - [-35.3, 149.1]) < 0.2)  # Canberra
@@ -88,16 +99,19 @@ def test_cvact_split_option_and_cell_array(tmp_path):
         ds.eval_set()
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("no mat", "ACT_data.mat \\(the CVACT index file\\) not found"),
-    ("no field", "ACT_data.mat: struct 'trainSet' has no field 'trainInd' \\(fields: trainNum, trainIdx\\)"),
-    ("not a struct", "ACT_data.mat: 'valSet' is not a MATLAB struct"),
-    ("no variable", "ACT_data.mat: no variable 'utm'"),
-    ("bad index", "ACT_data.mat trainSet.trainInd entry 2: 999 is not a 1-based index"),
-    ("missing image", "ACT_data.mat trainSet.trainInd entry 1: image not found"),
-    ("utm shape", "ACT_data.mat: 'utm' has shape"),
-    ("not a mat", "ACT_data.mat: cannot read as a MATLAB file"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("no mat", "ACT_data.mat \\(the CVACT index file\\) not found"),
+        ("no field", "ACT_data.mat: struct 'trainSet' has no field 'trainInd' \\(fields: trainNum, trainIdx\\)"),
+        ("not a struct", "ACT_data.mat: 'valSet' is not a MATLAB struct"),
+        ("no variable", "ACT_data.mat: no variable 'utm'"),
+        ("bad index", "ACT_data.mat trainSet.trainInd entry 2: 999 is not a 1-based index"),
+        ("missing image", "ACT_data.mat trainSet.trainInd entry 1: image not found"),
+        ("utm shape", "ACT_data.mat: 'utm' has shape"),
+        ("not a mat", "ACT_data.mat: cannot read as a MATLAB file"),
+    ],
+)
 def test_cvact_bad_input(tmp_path, case, expected):
     import scipy.io
 

@@ -1,5 +1,6 @@
 """Dataset plugin ``cvusa`` on a tiny copy of its real layout: pairs, labels, GPS, sets,
 and a clear error naming the file and line for every bad input."""
+
 from __future__ import annotations
 
 import logging
@@ -39,14 +40,17 @@ def test_cvusa_without_locations_has_no_gps(tmp_path, caplog):
     assert tr.reference_gps is None and "split_locations/all.csv" in caplog.text
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("no split file", "splits/train-19zl.csv"),
-    ("missing image", "splits/train-19zl.csv line 3: image not found"),
-    ("one column", "splits/train-19zl.csv line 2: expected 'satellite,panorama"),
-    ("not a number", "splits/train-19zl.csv line 1: satellite file name 'abc.jpg' is not a number"),
-    ("gps row missing", "splits/train-19zl.csv line 6: id 6 has no coordinates"),
-    ("gps malformed", "split_locations/all.csv line 2: ground latitude 'north' is not a number"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("no split file", "splits/train-19zl.csv"),
+        ("missing image", "splits/train-19zl.csv line 3: image not found"),
+        ("one column", "splits/train-19zl.csv line 2: expected 'satellite,panorama"),
+        ("not a number", "splits/train-19zl.csv line 1: satellite file name 'abc.jpg' is not a number"),
+        ("gps row missing", "splits/train-19zl.csv line 6: id 6 has no coordinates"),
+        ("gps malformed", "split_locations/all.csv line 2: ground latitude 'north' is not a number"),
+    ],
+)
 def test_cvusa_bad_input(tmp_path, case, expected):
     make_cvusa(tmp_path)
     csv_path = tmp_path / "splits/train-19zl.csv"
@@ -61,7 +65,8 @@ def test_cvusa_bad_input(tmp_path, case, expected):
         lines[0] = lines[0].replace("bingmap/19/0000001.jpg", "bingmap/19/abc.jpg")
     elif case == "gps row missing":
         (tmp_path / "split_locations/all.csv").write_text(
-            "".join((tmp_path / "split_locations/all.csv").read_text().splitlines(keepends=True)[:5]))
+            "".join((tmp_path / "split_locations/all.csv").read_text().splitlines(keepends=True)[:5])
+        )
     elif case == "gps malformed":
         rows = (tmp_path / "split_locations/all.csv").read_text().splitlines(keepends=True)
         rows[1] = "1,2,north,4,0\n"

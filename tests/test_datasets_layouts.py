@@ -4,6 +4,7 @@ Each builder writes the real file formats (CSV/TXT exactly as released, a real M
 ``ACT_data.mat`` via scipy with the struct shapes of the released file) and tiny images, and
 returns what it wrote so tests can compare the loaders' output with the files.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -58,8 +59,9 @@ def cvact_id(i: int) -> str:
     return f"_x-{i:019d}"
 
 
-def make_cvact(root: Path, n_train: int = 5, n_val: int = 3, n_test: int = 4, *, field_names=None,
-               write_mat: bool = True) -> dict:
+def make_cvact(
+    root: Path, n_train: int = 5, n_val: int = 3, n_test: int = 4, *, field_names=None, write_mat: bool = True
+) -> dict:
     """ACT_data.mat (panoIds char matrix, utm, trainSet/valSet/valSetAll structs with 1-based
     column vectors) + ANU_data_small and ANU_data_test images."""
     import scipy.io
@@ -69,18 +71,21 @@ def make_cvact(root: Path, n_train: int = 5, n_val: int = 3, n_test: int = 4, *,
     ids = [cvact_id(i) for i in range(n_all)]
     rng = np.random.default_rng(0)
     order = rng.permutation(n_all)
-    train_idx, val_idx = order[:n_train], order[n_train:n_train + n_val]
+    train_idx, val_idx = order[:n_train], order[n_train : n_train + n_val]
     utm = np.c_[692_000.0 + 100.0 * np.arange(n_all), 6_090_000.0 + 50.0 * np.arange(n_all)]
     tr_f, val_f = field_names or (("trainNum", "trainInd"), ("valNum", "valInd"))
     if write_mat:
         root.mkdir(parents=True, exist_ok=True)
-        scipy.io.savemat(root / "ACT_data.mat", {
-            "panoIds": np.array(ids),  # saved as a MATLAB char matrix, like the release
-            "utm": utm,
-            "trainSet": {tr_f[0]: float(n_train), tr_f[1]: (train_idx + 1.0).reshape(-1, 1)},
-            "valSet": {val_f[0]: float(n_val), val_f[1]: (val_idx + 1.0).reshape(-1, 1)},
-            "valSetAll": {"valNum": float(n_val), "valInd": (val_idx + 1.0).reshape(-1, 1)},
-        })
+        scipy.io.savemat(
+            root / "ACT_data.mat",
+            {
+                "panoIds": np.array(ids),  # saved as a MATLAB char matrix, like the release
+                "utm": utm,
+                "trainSet": {tr_f[0]: float(n_train), tr_f[1]: (train_idx + 1.0).reshape(-1, 1)},
+                "valSet": {val_f[0]: float(n_val), val_f[1]: (val_idx + 1.0).reshape(-1, 1)},
+                "valSetAll": {"valNum": float(n_val), "valInd": (val_idx + 1.0).reshape(-1, 1)},
+            },
+        )
     for k, i in enumerate(np.r_[train_idx, val_idx]):
         write_image(root / "ANU_data_small/streetview" / f"{ids[i]}_grdView.jpg", (4, 16), seed=k)
         write_image(root / "ANU_data_small/satview_polish" / f"{ids[i]}_satView_polish.jpg", (8, 8), seed=100 + k)
@@ -95,8 +100,7 @@ def make_cvact(root: Path, n_train: int = 5, n_val: int = 3, n_test: int = 4, *,
 # ------------------------------------------------------------------------------------ VIGOR
 
 
-def make_vigor(root: Path, *, official_layout: bool = False, sats_per_city: int = 5,
-               panos_per_city: int = 4) -> dict:
+def make_vigor(root: Path, *, official_layout: bool = False, sats_per_city: int = 5, panos_per_city: int = 4) -> dict:
     """splits/<city>/{satellite_list,same_area_balanced_train,same_area_balanced_test,
     pano_label_balanced}.txt (13 columns), ground/<city>, satellite/<city>."""
     root = Path(root)

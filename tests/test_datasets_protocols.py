@@ -4,6 +4,7 @@ embeddings whose rankings are chosen by hand, metrics compared with values compu
 The references are one-hot vectors, so a query vector *is* its row of similarities: planting a
 ranking means writing down scores.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,9 @@ def metrics(es: EvalSet, scores: np.ndarray) -> dict[str, float]:
     assert scores.shape == (len(es.query_paths), len(es.reference_paths))
     query = scores + 1e-3  # all positive, so normalisation keeps every ranking (and tie)
     reference = np.eye(len(es.reference_paths))
-    return retrieval_metrics(query, reference, es.positives(), semi_positives=es.semi_positives,
-                             ap=es.multi_positive or None)
+    return retrieval_metrics(
+        query, reference, es.positives(), semi_positives=es.semi_positives, ap=es.multi_positive or None
+    )
 
 
 def ranked(es: EvalSet, order_by_query: list[list[int]]) -> np.ndarray:
@@ -58,8 +60,10 @@ def test_cvact_val_and_test_protocols(tmp_path):
     val = ds.eval_set("val")
     approx(metrics(val, ranked(val, [[0, 1, 2], [0, 2, 1], [1, 0, 2]])), **{"R@1": 100 / 3, "R@5": 100.0})
     test = ds.eval_set("test")
-    approx(metrics(test, ranked(test, [[0, 1, 2, 3], [1, 2, 3, 0], [2, 0, 1, 3], [0, 1, 2, 3]])),
-           **{"R@1": 75.0, "R@5": 100.0})
+    approx(
+        metrics(test, ranked(test, [[0, 1, 2, 3], [1, 2, 3, 0], [2, 0, 1, 3], [0, 1, 2, 3]])),
+        **{"R@1": 75.0, "R@5": 100.0},
+    )
 
 
 @pytest.mark.parametrize("mode", ["same", "cross"])
@@ -72,19 +76,27 @@ def test_vigor_protocol_both_hit_rates(tmp_path, mode):
     orders = []
     for i in range(n_q):
         p, s1, neg = int(pos[i]), int(semi[i, 0]), negatives[i]
-        if i == 1:    # semi-positive first, then the positive: rank 1, hit, strict hit
+        if i == 1:  # semi-positive first, then the positive: rank 1, hit, strict hit
             order = [s1, p]
         elif i == 2:  # semi-positive, a negative, the positive: rank 2, hit, strict miss
             order = [s1, neg[0], p]
         elif i == 3:  # a negative first, then the positive: rank 1, miss, strict miss
             order = [neg[0], p]
-        else:         # positive first: rank 0, hit, strict hit
+        else:  # positive first: rank 0, hit, strict hit
             order = [p]
         orders.append(order + [j for j in range(n_r) if j not in order])
     m = metrics(es, ranked(es, orders))
     n_top = n_q - 3  # queries 0 and 4.. have the positive first
-    approx(m, **{"R@1": 100 * n_top / n_q, "R@5": 100.0, "R@1%": 100 * n_top / n_q,
-                 "hit_rate": 100 * (n_q - 1) / n_q, "hit_rate_strict": 100 * (n_q - 2) / n_q})
+    approx(
+        m,
+        **{
+            "R@1": 100 * n_top / n_q,
+            "R@5": 100.0,
+            "R@1%": 100 * n_top / n_q,
+            "hit_rate": 100 * (n_q - 1) / n_q,
+            "hit_rate_strict": 100 * (n_q - 2) / n_q,
+        },
+    )
     assert m["references"] == (20 if mode == "same" else 10)  # the whole gallery of the test cities
 
 
@@ -105,8 +117,12 @@ def _by_label(es: EvalSet, labels_in_order: list[list[tuple[int, int]]]) -> np.n
 def test_u1652_drone2sat_both_protocols(tmp_path):
     make_u1652(tmp_path)
     # queries: 2 drone images of building 10, 2 of building 11; gallery tiles 10, 11 (+ distractor 12)
-    orders = [[(12, 0), (10, 0), (11, 0)], [(10, 0), (11, 0), (12, 0)],
-              [(10, 0), (12, 0), (11, 0)], [(11, 0), (10, 0), (12, 0)]]
+    orders = [
+        [(12, 0), (10, 0), (11, 0)],
+        [(10, 0), (11, 0), (12, 0)],
+        [(10, 0), (12, 0), (11, 0)],
+        [(11, 0), (10, 0), (12, 0)],
+    ]
     official = _u1652(tmp_path)
     m = metrics(official, _by_label(official, orders))
     # ranks 1, 0, 2, 0; single true match at 0-based place p: AP = (old + 1/(p+1)) / 2, old = 1 if p == 0 else 0
@@ -119,8 +135,10 @@ def test_u1652_drone2sat_both_protocols(tmp_path):
 
 def test_u1652_sat2drone_both_protocols(tmp_path):
     make_u1652(tmp_path)
-    orders = [[(10, 0), (12, 0), (10, 1), (11, 0), (11, 1), (12, 1)],
-              [(12, 0), (12, 1), (10, 0), (11, 0), (11, 1), (10, 1)]]
+    orders = [
+        [(10, 0), (12, 0), (10, 1), (11, 0), (11, 1), (12, 1)],
+        [(12, 0), (12, 1), (10, 0), (11, 0), (11, 1), (10, 1)],
+    ]
     official = _u1652(tmp_path, direction="sat2drone")
     m = metrics(official, _by_label(official, orders))
     # query 10: true matches at places 0 and 2: 1/2·(1+1)/2 + 1/2·(1/2+2/3)/2
@@ -136,10 +154,13 @@ def test_u1652_sat2drone_both_protocols(tmp_path):
     assert m["references"] == 4
 
 
-@pytest.mark.parametrize("name, maker, options, keys", [
-    ("vigor", make_vigor, {"mode": "cross"}, {"hit_rate", "hit_rate_strict"}),
-    ("university1652", make_u1652, {"direction": "sat2drone", "protocol": "sample4geo"}, {"AP"}),
-])
+@pytest.mark.parametrize(
+    "name, maker, options, keys",
+    [
+        ("vigor", make_vigor, {"mode": "cross"}, {"hit_rate", "hit_rate_strict"}),
+        ("university1652", make_u1652, {"direction": "sat2drone", "protocol": "sample4geo"}, {"AP"}),
+    ],
+)
 def test_geokit_evaluate_on_a_benchmark_layout(tmp_path, name, maker, options, keys, monkeypatch):
     """The whole evaluate path (CLI, images at the view sizes, embeddings file) on a real layout."""
     import json
@@ -152,11 +173,29 @@ def test_geokit_evaluate_on_a_benchmark_layout(tmp_path, name, maker, options, k
     from geokit.testing import tiny_config
 
     maker(tmp_path / "data")
-    cfg = tiny_config(tmp_path / "data", dataset={"name": name, "root": str(tmp_path / "data"),
-                                                  "query_size": [32, 32], "reference_size": [32, 32], **options})
+    cfg = tiny_config(
+        tmp_path / "data",
+        dataset={
+            "name": name,
+            "root": str(tmp_path / "data"),
+            "query_size": [32, 32],
+            "reference_size": [32, 32],
+            **options,
+        },
+    )
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    res = CliRunner().invoke(cli, ["evaluate", "--config", str(tmp_path / "c.yaml"), "--output",
-                                   str(tmp_path / "m.json"), "--save-embeddings", str(tmp_path / "e.safetensors")])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            "--config",
+            str(tmp_path / "c.yaml"),
+            "--output",
+            str(tmp_path / "m.json"),
+            "--save-embeddings",
+            str(tmp_path / "e.safetensors"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "m.json").read_text())
     assert keys <= set(m)
@@ -177,8 +216,18 @@ def test_geokit_evaluate_on_a_benchmark_layout(tmp_path, name, maker, options, k
 
     monkeypatch.setattr(geokit.evaluation, "retrieval_metrics", spy)
     for screen in ("false", "true"):
-        res = CliRunner().invoke(cli, ["evaluate", "--config", str(tmp_path / "c.yaml"), "--output",
-                                       str(tmp_path / f"m_{screen}.json"), "--set", f"eval.bf16_screen={screen}"])
+        res = CliRunner().invoke(
+            cli,
+            [
+                "evaluate",
+                "--config",
+                str(tmp_path / "c.yaml"),
+                "--output",
+                str(tmp_path / f"m_{screen}.json"),
+                "--set",
+                f"eval.bf16_screen={screen}",
+            ],
+        )
         assert res.exit_code == 0, res.output
         assert json.loads((tmp_path / f"m_{screen}.json").read_text()) == m
     assert seen == [False, True]

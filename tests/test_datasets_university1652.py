@@ -1,5 +1,6 @@
 """Dataset plugin ``university1652`` on a tiny copy of its real layout: pairs, labels, GPS, sets,
 and a clear error naming the file and line for every bad input."""
+
 from __future__ import annotations
 
 import shutil
@@ -18,8 +19,14 @@ def test_u1652_train_pairs_and_both_directions(tmp_path):
     ds = build("university1652", tmp_path)
     tr = ds.train_set()
     assert [Path(p).parent.name for p in tr.query_paths] == ["0001", "0001", "0002", "0002", "0003", "0003"]
-    assert [Path(tr.reference_paths[j]).name for j in tr.pair_reference] == \
-        ["0001.jpg", "0001.jpg", "0002.jpg", "0002.jpg", "0003.jpg", "0003.jpg"]
+    assert [Path(tr.reference_paths[j]).name for j in tr.pair_reference] == [
+        "0001.jpg",
+        "0001.jpg",
+        "0002.jpg",
+        "0002.jpg",
+        "0003.jpg",
+        "0003.jpg",
+    ]
     assert tr.reference_gps is None
 
     es = ds.eval_set()  # drone2sat, official: the distractor building stays in the gallery
@@ -34,8 +41,9 @@ def test_u1652_train_pairs_and_both_directions(tmp_path):
     assert es.query_labels.tolist() == [10, 11] and es.reference_labels.tolist() == [10, 10, 11, 11, 12, 12]
     assert all("gallery_drone" in p for p in es.reference_paths)
     assert [p.tolist() for p in es.positives()] == [[0, 1], [2, 3]]
-    assert build("university1652", tmp_path, direction="sat2drone",
-                 protocol="sample4geo").eval_set().reference_labels.tolist() == [10, 10, 11, 11]
+    assert build(
+        "university1652", tmp_path, direction="sat2drone", protocol="sample4geo"
+    ).eval_set().reference_labels.tolist() == [10, 10, 11, 11]
     assert (s2d.query_view, s2d.reference_view) == ("satellite", "drone")
     # training is drone -> satellite in both directions
     assert s2d.train_set().reference_paths == tr.reference_paths
@@ -43,8 +51,11 @@ def test_u1652_train_pairs_and_both_directions(tmp_path):
 
 def test_u1652_view_sizes_follow_the_image(tmp_path):
     make_u1652(tmp_path)
-    ds = create("dataset", "university1652", {"root": str(tmp_path), "direction": "sat2drone",
-                                              "query_size": [16, 16], "reference_size": [8, 12]})
+    ds = create(
+        "dataset",
+        "university1652",
+        {"root": str(tmp_path), "direction": "sat2drone", "query_size": [16, 16], "reference_size": [8, 12]},
+    )
     tr = ds.train_set()
     # a training drone image gets the drone size even when the caller asks for the query size
     assert ds.load_image(tr.query_paths[0], ds.query_size).shape == (8, 12, 3)
@@ -52,14 +63,17 @@ def test_u1652_view_sizes_follow_the_image(tmp_path):
     assert create("dataset", "university1652", {"root": str(tmp_path)}).query_size == (384, 384)
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("empty class", "train/drone/0002: class folder holds no image"),
-    ("no satellite", "train/drone/0003: building 0003 has drone images but no satellite folder"),
-    ("two tiles", "train/satellite/0001: expected one satellite tile per building, found 2"),
-    ("not a number", "train/drone/abc: class folder names are building numbers"),
-    ("no test folder", "folder not found: .*test/gallery_satellite"),
-    ("query without gallery", "test/query_drone: 1 query buildings have no gallery folder"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("empty class", "train/drone/0002: class folder holds no image"),
+        ("no satellite", "train/drone/0003: building 0003 has drone images but no satellite folder"),
+        ("two tiles", "train/satellite/0001: expected one satellite tile per building, found 2"),
+        ("not a number", "train/drone/abc: class folder names are building numbers"),
+        ("no test folder", "folder not found: .*test/gallery_satellite"),
+        ("query without gallery", "test/query_drone: 1 query buildings have no gallery folder"),
+    ],
+)
 def test_u1652_bad_input(tmp_path, case, expected):
     make_u1652(tmp_path)
     if case == "empty class":
@@ -81,12 +95,15 @@ def test_u1652_bad_input(tmp_path, case, expected):
         ds.eval_set()
 
 
-@pytest.mark.parametrize("options", [
-    {},
-    # one size for both views (the paper's 384x384): check_dataset loads training drone images at
-    # query_size, which in sat2drone is the satellite view's size
-    {"direction": "sat2drone", "protocol": "sample4geo", "query_size": [8, 8]},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        # one size for both views (the paper's 384x384): check_dataset loads training drone images at
+        # query_size, which in sat2drone is the satellite view's size
+        {"direction": "sat2drone", "protocol": "sample4geo", "query_size": [8, 8]},
+    ],
+)
 def test_check_dataset_conformance(tmp_path, options):
     make_u1652(tmp_path)
     check_dataset("university1652", {"root": str(tmp_path), **SMALL, **options})

@@ -1,4 +1,5 @@
 """``geokit datasets verify`` (through click's CliRunner) and the recipes in examples/configs."""
+
 from __future__ import annotations
 
 import json
@@ -14,20 +15,30 @@ from geokit.cli_datasets import datasets
 
 cli.add_command(datasets)  # as geokit's main() does from COMMAND_MODULES
 RECIPES = Path(__file__).resolve().parent.parent / "examples" / "configs"
-RECIPE_NAMES = ["cvusa", "cvact-val", "cvact-test", "vigor-same", "vigor-cross",
-                "university1652-d2s", "university1652-s2d"]
+RECIPE_NAMES = [
+    "cvusa",
+    "cvact-val",
+    "cvact-test",
+    "vigor-same",
+    "vigor-cross",
+    "university1652-d2s",
+    "university1652-s2d",
+]
 
 
 def verify(*args: str):
     return CliRunner().invoke(cli, ["datasets", "verify", *args])
 
 
-@pytest.mark.parametrize("name, maker, extra", [
-    ("cvusa", make_cvusa, []),
-    ("cvact", make_cvact, ["--set", "split=test"]),
-    ("vigor", make_vigor, ["--set", "mode=cross"]),
-    ("university1652", make_u1652, ["--set", "direction=sat2drone"]),
-])
+@pytest.mark.parametrize(
+    "name, maker, extra",
+    [
+        ("cvusa", make_cvusa, []),
+        ("cvact", make_cvact, ["--set", "split=test"]),
+        ("vigor", make_vigor, ["--set", "mode=cross"]),
+        ("university1652", make_u1652, ["--set", "direction=sat2drone"]),
+    ],
+)
 def test_verify_good_layouts(tmp_path, name, maker, extra):
     maker(tmp_path)
     res = verify(name, "--root", str(tmp_path), *extra)
@@ -69,9 +80,16 @@ def test_verify_missing_folder_hint_and_json(tmp_path):
     assert {"missing city", "missing image"} <= cats
 
 
-@pytest.mark.parametrize("name, extra", [
-    ("cvusa", []), ("cvact", []), ("vigor", []), ("vigor", ["--set", "mode=cross"]), ("university1652", []),
-])
+@pytest.mark.parametrize(
+    "name, extra",
+    [
+        ("cvusa", []),
+        ("cvact", []),
+        ("vigor", []),
+        ("vigor", ["--set", "mode=cross"]),
+        ("university1652", []),
+    ],
+)
 def test_verify_empty_folder_reports_without_a_traceback(tmp_path, name, extra):
     res = verify(name, "--root", str(tmp_path), *extra)
     assert res.exit_code == 1, res.output

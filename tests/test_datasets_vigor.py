@@ -1,5 +1,6 @@
 """Dataset plugin ``vigor`` on a tiny copy of its real layout: pairs, labels, GPS, sets,
 and a clear error naming the file and line for every bad input."""
+
 from __future__ import annotations
 
 import shutil
@@ -45,10 +46,12 @@ def test_vigor_same_area(tmp_path, official):
     assert es.reference_paths == gallery  # all tiles of the four cities, in list order
     test_rows = [(c, r) for c in VIGOR_CITIES for r in info[c][2:]]
     assert [Path(p).name for p in es.query_paths] == [r[0] for _, r in test_rows]
-    assert es.query_labels.tolist() == [gindex[_sat_path(tmp_path, c, info["sats"][c][r[1]][0], official)]
-                                        for c, r in test_rows]
-    assert es.semi_positives.tolist() == [[gindex[_sat_path(tmp_path, c, info["sats"][c][s][0], official)]
-                                           for s in r[2]] for c, r in test_rows]
+    assert es.query_labels.tolist() == [
+        gindex[_sat_path(tmp_path, c, info["sats"][c][r[1]][0], official)] for c, r in test_rows
+    ]
+    assert es.semi_positives.tolist() == [
+        [gindex[_sat_path(tmp_path, c, info["sats"][c][s][0], official)] for s in r[2]] for c, r in test_rows
+    ]
     np.testing.assert_allclose(es.query_gps, [(r[3], r[4]) for _, r in test_rows], atol=1e-6)
     assert es.positives().tolist() == es.query_labels.tolist()
 
@@ -60,22 +63,31 @@ def test_vigor_cross_area(tmp_path):
     assert [Path(p).name for p in tr.query_paths] == [r[0] for c in ("NewYork", "Seattle") for r in info[c]]
     assert {Path(p).parent.name for p in tr.reference_paths} == {"NewYork", "Seattle"}
     es = ds.eval_set()
-    assert es.reference_paths == [_sat_path(tmp_path, c, s[0]) for c in ("Chicago", "SanFrancisco")
-                                  for s in info["sats"][c]]
+    assert es.reference_paths == [
+        _sat_path(tmp_path, c, s[0]) for c in ("Chicago", "SanFrancisco") for s in info["sats"][c]
+    ]
     assert [Path(p).name for p in es.query_paths] == [r[0] for c in ("Chicago", "SanFrancisco") for r in info[c]]
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("city missing", "city folder missing: .*splits/Seattle"),
-    ("label file missing", "splits/NewYork/same_area_balanced_train.txt \\(the train label file of NewYork\\) not found"),
-    ("twelve columns", "splits/Chicago/same_area_balanced_train.txt line 2: expected 13 whitespace-separated"),
-    ("unknown tile", "splits/Chicago/same_area_balanced_train.txt line 1: semi-positive 2 tile nope.png "
-                     "\\(column 8\\)"),
-    ("bad offset", "splits/Chicago/same_area_balanced_train.txt line 1: column 3 \\(a pixel offset\\)"),
-    ("missing pano", "splits/Chicago/same_area_balanced_train.txt line 1: image not found"),
-    ("missing tile", "splits/Chicago/satellite_list.txt line 2: image not found"),
-    ("no image folder", "ground images of SanFrancisco not found"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("city missing", "city folder missing: .*splits/Seattle"),
+        (
+            "label file missing",
+            "splits/NewYork/same_area_balanced_train.txt \\(the train label file of NewYork\\) not found",
+        ),
+        ("twelve columns", "splits/Chicago/same_area_balanced_train.txt line 2: expected 13 whitespace-separated"),
+        (
+            "unknown tile",
+            "splits/Chicago/same_area_balanced_train.txt line 1: semi-positive 2 tile nope.png \\(column 8\\)",
+        ),
+        ("bad offset", "splits/Chicago/same_area_balanced_train.txt line 1: column 3 \\(a pixel offset\\)"),
+        ("missing pano", "splits/Chicago/same_area_balanced_train.txt line 1: image not found"),
+        ("missing tile", "splits/Chicago/satellite_list.txt line 2: image not found"),
+        ("no image folder", "ground images of SanFrancisco not found"),
+    ],
+)
 def test_vigor_bad_input(tmp_path, case, expected):
     info = make_vigor(tmp_path)
     label = tmp_path / "splits/Chicago/same_area_balanced_train.txt"

@@ -1,6 +1,7 @@
 """Evaluation and index building over two gloo ranks under torchrun give what one process
 gives (metrics, embeddings, index vectors), only rank 0 prints, and a rank that hangs makes
 the other fail with a clear error after the timeout instead of waiting for ever."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,17 @@ def _keep_threads():
 
 
 def _torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "geokit", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "geokit",
+        *args,
+    ]
     proc = subprocess.run(cmd, env=dict(os.environ, **ENV), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -48,8 +58,9 @@ def setup(tmp_path_factory, pairs_root):
     from geokit.model import build
 
     tmp = tmp_path_factory.mktemp("evalddp")
-    cfg = tiny_config(pairs_root, train={"threads": 1}, eval={"batch_size": 5},
-                      transforms=[{"name": "limited_fov", "fov": 90}])
+    cfg = tiny_config(
+        pairs_root, train={"threads": 1}, eval={"batch_size": 5}, transforms=[{"name": "limited_fov", "fov": 90}]
+    )
     cfg_path = tmp / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     torch.manual_seed(3)
@@ -66,8 +77,17 @@ def test_evaluate_under_torchrun_equals_one_process(setup, tmp_path):
 
     cfg, cfg_path, ckpt, _ = setup
     single = evaluate(resolve(cfg), ckpt, save_embeddings=tmp_path / "one.safetensors", show=False)
-    proc = _torchrun("evaluate", "--config", str(cfg_path), "--checkpoint", str(ckpt),
-                     "--output", str(tmp_path / "m.json"), "--save-embeddings", str(tmp_path / "two.safetensors"))
+    proc = _torchrun(
+        "evaluate",
+        "--config",
+        str(cfg_path),
+        "--checkpoint",
+        str(ckpt),
+        "--output",
+        str(tmp_path / "m.json"),
+        "--save-embeddings",
+        str(tmp_path / "two.safetensors"),
+    )
     assert json.loads((tmp_path / "m.json").read_text()) == single.metrics
     assert proc.stdout.count("24 queries x 24 references") == 1, proc.stdout  # rank 0 alone prints the table
     one, two = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
@@ -85,13 +105,29 @@ def test_index_build_under_torchrun_equals_one_process(setup, tmp_path, kind):
 
     _, cfg_path, ckpt, _ = setup
     extra = ["--nlist", "4", "--nprobe", "1"] if kind == "ivf" else []
-    proc = _torchrun("index", "build", "--checkpoint", str(ckpt), "--config", str(cfg_path), "--output",
-                     str(tmp_path / "two.index"), "--type", kind, "--chunk", "10", "--batch-size", "3", *extra)
+    proc = _torchrun(
+        "index",
+        "build",
+        "--checkpoint",
+        str(ckpt),
+        "--config",
+        str(cfg_path),
+        "--output",
+        str(tmp_path / "two.index"),
+        "--type",
+        kind,
+        "--chunk",
+        "10",
+        "--batch-size",
+        "3",
+        *extra,
+    )
     assert proc.stdout.count("24 tiles") == 1, proc.stdout  # rank 0 alone reports
     assert not [p.name for p in tmp_path.iterdir() if p.name != "two.index"]  # no spool left behind
     spec = IndexSpec(kind, nlist=4, nprobe=1) if kind == "ivf" else IndexSpec(kind)
-    one = build_from_checkpoint(ckpt, dataset_references(cfg_path), tmp_path / "one.index", spec, chunk=24,
-                                batch_size=7, show=False)
+    one = build_from_checkpoint(
+        ckpt, dataset_references(cfg_path), tmp_path / "one.index", spec, chunk=24, batch_size=7, show=False
+    )
     two = GeoIndex.load(tmp_path / "two.index")
     assert two.paths == one.paths and len(two) == 24
     np.testing.assert_array_equal(two.latlon, one.latlon)
@@ -116,8 +152,9 @@ def _free_port() -> int:
 
 def _hanging_rank(rank: int, port: int, cfg: dict, ckpt: str, out: mp.Queue) -> None:
     """Rank 1 'hangs' while embedding (a stuck file system, say); rank 0 must not wait for ever."""
-    os.environ.update(ENV, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        ENV, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     from geokit import embedding
     from geokit.config import resolve
     from geokit.evaluation import evaluate
@@ -129,6 +166,7 @@ def _hanging_rank(rank: int, port: int, cfg: dict, ckpt: str, out: mp.Queue) -> 
             out.put((rank, "stuck", "", time.time()))
             time.sleep(60)
             return real(*a, **k)
+
         embedding.embed_paths = stuck
     try:
         evaluate(resolve(cfg), ckpt, show=False)

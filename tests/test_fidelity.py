@@ -5,6 +5,7 @@ ratio), row 4 (fp16 + loss scaler), and the recipes that select them. Metadata o
 except the tiny training run of row 4. The statistics come from benchmarks/samplers_fidelity.py
 (helpers imported from there); the full-size numbers are in BENCHMARKS.md, "Sampler fidelity".
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -41,6 +42,7 @@ def _recipe(name: str) -> dict:
 
 # ------------------------------------------------------------------------------ row 2: the walk
 
+
 @pytest.fixture(scope="module")
 def cvusa_size():
     n = 35_532  # CVUSA training pairs; references spread uniformly over the contiguous US
@@ -64,8 +66,11 @@ def test_walk_skip_matches_the_released_builder():
     stats = {m: [] for m in ("released", "skip", "prefilter")}
     for seed in range(3):
         for m in stats:
-            b, a = (F.released_batches(np.arange(n), table, 128, 64, 128, seed) if m == "released"
-                    else F.geokit_batches(train, table, None, seed, m))
+            b, a = (
+                F.released_batches(np.arange(n), table, 128, 64, 128, seed)
+                if m == "released"
+                else F.geokit_batches(train, table, None, seed, m)
+            )
             stats[m].append((F.anchors_per_batch(b, a), F.mates_in_own_list(b, np.arange(n), table)))
     rel, skip, pre = (np.mean(stats[m], axis=0) for m in ("released", "skip", "prefilter"))
     assert abs(skip[0] - rel[0]) < 0.4 and abs(skip[1] / rel[1] - 1) < 0.05, (skip, rel)
@@ -145,8 +150,9 @@ def test_vigor_dss_lists_keep_semi_positives_without_conflicts(world):
         s.batches(EpochContext(epoch=1, epochs=1, batch_size=32, seed=0, train=train, embed=lambda: emb))
         semi = F.semi_refs_of(train, world["labels"])
         lists = s.lists
-        out[conflicts] = np.mean([np.isin(semi[i][semi[i] >= 0], lists[i]).any() for i in range(len(train))
-                                  if (semi[i] >= 0).any()])
+        out[conflicts] = np.mean(
+            [np.isin(semi[i][semi[i] >= 0], lists[i]).any() for i in range(len(train)) if (semi[i] >= 0).any()]
+        )
         assert not (lists == train.pair_reference[:, None]).any()
     assert out[False] > 0.9 and out[True] == 0.0, out
 
@@ -242,6 +248,7 @@ def test_dropout_happens_before_the_quarter_turn():
             import albumentations as A
 
             from geokit.augment import dropout_choice
+
             return A.Compose([dropout_choice(ratio, height, "released")[0]])
 
     aug = Always(geometry="panorama", flip_p=0.0, rotate_p=1.0)
@@ -293,8 +300,13 @@ def test_fp16_training_uses_a_loss_scaler(tmp_path, monkeypatch):
     monkeypatch.setattr(T, "autocast", lambda device, enabled: (seen.append(enabled), real(device, enabled))[1])
     threads = torch.get_num_threads()
     root = make_pairs_dataset(tmp_path / "data", n_train=8, n_test=2)
-    cfg = resolve(tiny_config(root, train={"epochs": 1, "batch_size": 8, "amp": True, "amp_dtype": "float16"},
-                              encoder={"name": "convnext", "model": "convnext_atto", "pretrained": False}))
+    cfg = resolve(
+        tiny_config(
+            root,
+            train={"epochs": 1, "batch_size": 8, "amp": True, "amp_dtype": "float16"},
+            encoder={"name": "convnext", "model": "convnext_atto", "pretrained": False},
+        )
+    )
     try:
         T.train(cfg, tmp_path / "run", show=False)
     finally:

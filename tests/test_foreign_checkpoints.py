@@ -6,6 +6,7 @@ several GPUs). The tests write such files from a timm convnext_atto and check th
 exactly what the timm network embeds, that the temperature reaches the loss, and that the
 imported checkpoint holds the same bits and evaluates to the same metrics.
 """
+
 from __future__ import annotations
 
 import json
@@ -105,8 +106,9 @@ def test_logit_scale_reaches_the_loss(pairs_root, released, caplog):
     assert parts.loss.logit_scale.requires_grad  # still learnable: fine-tuning optimises it
     assert any("logit_scale=3.25" in r.getMessage() for r in caplog.records)
     # a fixed temperature (a buffer) takes it too
-    cfg = tiny_config(pairs_root, encoder={"weights": str(released)},
-                      loss={"name": "infonce", "learnable_temperature": False})
+    cfg = tiny_config(
+        pairs_root, encoder={"weights": str(released)}, loss={"name": "infonce", "learnable_temperature": False}
+    )
     assert build(config_mod.resolve(cfg)).loss.logit_scale.item() == LOGIT_SCALE
     # without a weights file the loss starts as configured
     assert build(_config(pairs_root)).loss.logit_scale.item() == pytest.approx(np.log(1 / 0.07))
@@ -162,8 +164,9 @@ def test_import_weights_is_bit_identical_and_evaluates_like_encoder_weights(tmp_
     from geokit.cli import cli
 
     cfg_file = tmp_path / "run.yaml"  # written by _import
-    run = CliRunner().invoke(cli, ["evaluate", "--config", str(cfg_file), "--checkpoint", str(out),
-                                   "--output", str(tmp_path / "m.json")])
+    run = CliRunner().invoke(
+        cli, ["evaluate", "--config", str(cfg_file), "--checkpoint", str(out), "--output", str(tmp_path / "m.json")]
+    )
     assert run.exit_code == 0, run.output
     via_weights = evaluate(_config(pairs_root, weights=str(src)))
     assert json.loads((tmp_path / "m.json").read_text()) == via_weights.metrics
@@ -173,8 +176,19 @@ def test_import_weights_is_bit_identical_and_evaluates_like_encoder_weights(tmp_
     if module:
         return
     # index build and locate rebuild the encoder from the record alone
-    run = CliRunner().invoke(cli, ["index", "build", "--checkpoint", str(out), "--config", str(cfg_file),
-                                   "--output", str(tmp_path / "tiles.index")])
+    run = CliRunner().invoke(
+        cli,
+        [
+            "index",
+            "build",
+            "--checkpoint",
+            str(out),
+            "--config",
+            str(cfg_file),
+            "--output",
+            str(tmp_path / "tiles.index"),
+        ],
+    )
     assert run.exit_code == 0, run.output
     loc = Localizer(tmp_path / "tiles.index", out, view="query", device="cpu")
     np.testing.assert_allclose(loc.index.vectors, via_weights.reference, atol=1e-5)
@@ -246,12 +260,15 @@ def test_a_pickle_that_would_run_code_is_refused_unrun(tmp_path, pairs_root, tim
     assert not (tmp_path / "out.safetensors").exists()
 
 
-@pytest.mark.parametrize("content, message", [
-    ([torch.zeros(1)], "unknown layout: the file holds a list"),
-    ({"model.a": torch.zeros(1), "epoch": 3}, r"not tensors: epoch \(int\)"),
-    ({"weights": {"a": torch.zeros(1)}, "meta": {"b": 1}}, "unknown layout: a dict holding dicts"),
-    ({}, "empty"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ([torch.zeros(1)], "unknown layout: the file holds a list"),
+        ({"model.a": torch.zeros(1), "epoch": 3}, r"not tensors: epoch \(int\)"),
+        ({"weights": {"a": torch.zeros(1)}, "meta": {"b": 1}}, "unknown layout: a dict holding dicts"),
+        ({}, "empty"),
+    ],
+)
 def test_unreadable_layouts_are_refused_clearly(tmp_path, pairs_root, content, message):
     from geokit.cli_weights import import_weights_file
 
@@ -277,8 +294,9 @@ def test_keys_that_do_not_fit_are_listed(tmp_path, pairs_root, timm_state):
         import_weights_file(src, cfg, tmp_path / "out.safetensors")
 
 
-def test_import_refuses_an_encoder_with_parts_the_file_lacks_and_fills_both_branches(tmp_path, pairs_root, released,
-                                                                                      timm_state):
+def test_import_refuses_an_encoder_with_parts_the_file_lacks_and_fills_both_branches(
+    tmp_path, pairs_root, released, timm_state
+):
     from geokit.cli_weights import import_weights_file
 
     with pytest.raises(GeokitError, match="1 encoder tensors would not come unchanged.*pool.p"):
@@ -297,8 +315,9 @@ def test_fine_tuning_from_a_released_file_starts_from_its_temperature(tmp_path, 
 
     from geokit.training import train
 
-    cfg = tiny_config(pairs_root, encoder={"weights": str(released)},
-                      train={"epochs": 1, "lr": 1e-5, "warmup_epochs": 0})
+    cfg = tiny_config(
+        pairs_root, encoder={"weights": str(released)}, train={"epochs": 1, "lr": 1e-5, "warmup_epochs": 0}
+    )
     train(config_mod.resolve(cfg), tmp_path / "run")
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert row["loss.logit_scale"] == pytest.approx(LOGIT_SCALE, abs=0.01)  # default would be 2.659

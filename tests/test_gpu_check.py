@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.py --tiny runs every check group on the CPU (so the script the GPU
 sessions depend on cannot rot) and writes a JSON whose checks all ran or were skipped by design."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -29,9 +30,16 @@ def test_gpu_check_tiny_runs_every_group(tmp_path, capsys):
     groups = {g for g, _ in rows}
     assert {"cuda_paths", "train", "loader", "embed", "mining", "retrieval"} <= groups, groups
     # what runs on a CPU must have run (a skip here would be the budget, i.e. a broken check)
-    for key in [("cuda_paths", "train_then_evaluate"), ("cuda_paths", "fp16_gradscaler_step"),
-                ("train", "cvusa/bf16+cl"), ("train", "cvusa/fp16+ckpt"), ("train", "cvusa/fp32"),
-                ("loader", "cvusa"), ("retrieval", "cpu_path_vigor_size"), ("retrieval", "torch_cpu_vigor_size")]:
+    for key in [
+        ("cuda_paths", "train_then_evaluate"),
+        ("cuda_paths", "fp16_gradscaler_step"),
+        ("train", "cvusa/bf16+cl"),
+        ("train", "cvusa/fp16+ckpt"),
+        ("train", "cvusa/fp32"),
+        ("loader", "cvusa"),
+        ("retrieval", "cpu_path_vigor_size"),
+        ("retrieval", "torch_cpu_vigor_size"),
+    ]:
         assert rows[key]["status"] == "ok", rows[key]
     assert rows[("train", "cvusa/fp32")]["pairs_per_s"] > 0
     assert rows[("retrieval", "torch_cpu_vigor_size")]["agree"] is True  # the torch ranks = the CPU metrics

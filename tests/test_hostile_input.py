@@ -1,6 +1,7 @@
 """Hostile files, faulty folders and broken plugins (issue 13): each class of the audit gives a
 clear one-paragraph error or the right result, never a traceback, unbounded memory or a silently
 wrong result. Tiny data only; every test here failed before its fix."""
+
 from __future__ import annotations
 
 import resource
@@ -32,8 +33,8 @@ def _max_rss_mb() -> float:
 # --------------------------------------------------------------- 1. bounded config reading
 
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
-    for p, c in zip("abcdefgh", "bcdefghi"))
+    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi")
+)
 
 
 def test_yaml_alias_bomb_is_refused_without_expanding(tmp_path, pairs_root):
@@ -71,13 +72,16 @@ def test_validation_errors_never_print_huge_inputs(tmp_path, pairs_root):
     assert len(str(err.value)) < 600
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("train.lr=.inf", "not a finite number"),
-    ("train.lr=.nan", "not a finite number"),
-    ("seed=-1", "config key 'seed'"),
-    ("seed=100000000000000000000000", "config key 'seed'"),
-    ("train.device=banana", "config key 'train.device'"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.lr=.inf", "not a finite number"),
+        ("train.lr=.nan", "not a finite number"),
+        ("seed=-1", "config key 'seed'"),
+        ("seed=100000000000000000000000", "config key 'seed'"),
+        ("train.device=banana", "config key 'train.device'"),
+    ],
+)
 def test_out_of_range_numbers_and_devices_are_config_errors(tmp_path, pairs_root, override, expected):
     with pytest.raises(GeokitError, match=expected) as err:
         config.load(write(tmp_path, tiny_config(pairs_root)), [override])
@@ -98,6 +102,7 @@ def test_user_errors_exit_with_status_2(tmp_path):
 
 
 # --------------------------------------------------------------- 7. broken plugins
+
 
 class _Dist:
     def __init__(self, name):
@@ -126,9 +131,11 @@ def install(monkeypatch, fresh_plugins):
     real = gp.metadata.entry_points
 
     def go(*eps):
-        monkeypatch.setattr(gp.metadata, "entry_points", lambda group: [
-            *real(group=group), *(eps if group == gp.GROUP else ())])
+        monkeypatch.setattr(
+            gp.metadata, "entry_points", lambda group: [*real(group=group), *(eps if group == gp.GROUP else ())]
+        )
         gp.reset_manager()
+
     return go
 
 
@@ -140,8 +147,11 @@ def test_a_raising_command_hook_does_not_take_the_cli_down(install):
     from geokit.cli import main
 
     install(_EP("badcmd", _plugin("badcmd", geokit_register_commands=_boom)))
-    with pytest.warns(gp.PluginWarning, match="'badcmd = evil_pkg.badcmd' from distribution 'evil-pkg 0.1' "
-                                              "failed in geokit_register_commands: RuntimeError: kaboom"):
+    with pytest.warns(
+        gp.PluginWarning,
+        match="'badcmd = evil_pkg.badcmd' from distribution 'evil-pkg 0.1' "
+        "failed in geokit_register_commands: RuntimeError: kaboom",
+    ):
         with pytest.raises(SystemExit) as ex:
             main(["--help"])
     assert ex.value.code == 0
@@ -171,12 +181,16 @@ def test_factories_that_raise_or_return_the_wrong_kind_name_their_plugin(install
     def reg_samplers(registry):
         registry.add("nobatches", lambda o: object())
 
-    install(_EP("wrongkind", _plugin("wrongkind", geokit_register_losses=reg_losses,
-                                     geokit_register_samplers=reg_samplers)))
+    install(
+        _EP("wrongkind", _plugin("wrongkind", geokit_register_losses=reg_losses, geokit_register_samplers=reg_samplers))
+    )
     from geokit.registry import create
 
-    with pytest.raises(GeokitError, match=r"loss 'crash' \(plugin wrongkind, distribution evil-pkg 0.1\) "
-                                          r"failed to build: ZeroDivisionError"):
+    with pytest.raises(
+        GeokitError,
+        match=r"loss 'crash' \(plugin wrongkind, distribution evil-pkg 0.1\) "
+        r"failed to build: ZeroDivisionError",
+    ):
         create("loss", "crash")
     with pytest.raises(GeokitError, match=r"loss 'notmodule' \(plugin wrongkind.*returned str, not a torch.nn.Module"):
         create("loss", "notmodule")
@@ -184,13 +198,16 @@ def test_factories_that_raise_or_return_the_wrong_kind_name_their_plugin(install
         create("sampler", "nobatches")
 
 
-@pytest.mark.parametrize("batches, expected", [
-    ([np.array([0, 1, 99])], "index 99, outside the 8 training pairs"),
-    ([np.array([0, -1])], "index -1"),
-    ([np.array([0.0, 1.0])], "float64 values"),
-    ([np.array([[0, 1]])], "shape"),
-    ([np.array([2, 2])], "same pair twice"),
-])
+@pytest.mark.parametrize(
+    "batches, expected",
+    [
+        ([np.array([0, 1, 99])], "index 99, outside the 8 training pairs"),
+        ([np.array([0, -1])], "index -1"),
+        ([np.array([0.0, 1.0])], "float64 values"),
+        ([np.array([[0, 1]])], "shape"),
+        ([np.array([2, 2])], "same pair twice"),
+    ],
+)
 def test_sampler_returning_invalid_indices_names_itself(batches, expected):
     from geokit.sampling import CheckedSampler, EpochContext
     from geokit.testing import synthetic_train_set
@@ -221,6 +238,7 @@ def test_a_plugin_can_be_disabled_by_name(install, monkeypatch):
 
 
 # --------------------------------------------------------------- 5/6. one run per folder, faults
+
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, pairs_root):
@@ -332,11 +350,25 @@ def test_a_full_or_read_only_folder_is_detected_before_the_work(tmp_path, pairs_
 
     from geokit import training
 
-    cfg = config.load(None, [f"{k}={v}" for k, v in {
-        "encoder.name": "convnext", "encoder.model": "convnext_atto", "encoder.pretrained": "false",
-        "loss.name": "infonce", "sampler.name": "random", "dataset.name": "pairs",
-        "dataset.root": str(pairs_root), "dataset.query_size": "[32, 128]",
-        "dataset.reference_size": "[32, 32]", "train.batch_size": 8, "train.workers": 0}.items()])
+    cfg = config.load(
+        None,
+        [
+            f"{k}={v}"
+            for k, v in {
+                "encoder.name": "convnext",
+                "encoder.model": "convnext_atto",
+                "encoder.pretrained": "false",
+                "loss.name": "infonce",
+                "sampler.name": "random",
+                "dataset.name": "pairs",
+                "dataset.root": str(pairs_root),
+                "dataset.query_size": "[32, 128]",
+                "dataset.reference_size": "[32, 32]",
+                "train.batch_size": 8,
+                "train.workers": 0,
+            }.items()
+        ],
+    )
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=10 << 20))
     with pytest.raises(GeokitError, match="has 10 MiB free, but the checkpoints of this model need about"):
@@ -362,6 +394,7 @@ def test_pairs_that_cannot_all_be_batched_are_reported():
 
 
 # --------------------------------------------------------------- 4. batch packing stays O(N log N)
+
 
 class _QueuePacker:
     """The simple queue the packer replaced (every waiting pair re-offered to every fresh
@@ -447,8 +480,12 @@ def test_packing_gives_the_same_batches_as_the_simple_queue():
             conf = np.full((n, 2), -1)
             m = rng.random((n, 2)) < 0.3
             conf[m] = rng.integers(0, n_refs, m.sum())
-        train = TrainSet([f"q{i}" for i in range(n)], [f"r{j}" for j in range(n_refs)],
-                         rng.integers(0, n_refs, n), pair_conflicts=conf)
+        train = TrainSet(
+            [f"q{i}" for i in range(n)],
+            [f"r{j}" for j in range(n_refs)],
+            rng.integers(0, n_refs, n),
+            pair_conflicts=conf,
+        )
         ops = [(int(rng.choice(3, p=[0.7, 0.2, 0.1])), int(i)) for i in rng.permutation(n)]
         bs, last = int(rng.integers(2, 9)), ("keep", "drop")[int(rng.integers(2))]
         want, got = _pack(_QueuePacker, train, bs, ops, last), _pack(BatchPacker, train, bs, ops, last)
@@ -471,19 +508,27 @@ def test_packing_many_pairs_of_one_reference_is_fast():
 
 # --------------------------------------------------------------- 1. checkpoint and index records
 
-GOOD_RECORD = {"encoder": {"name": "convnext", "model": "convnext_atto", "pretrained": False},
-               "embedding_dim": 320, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-               "query_size": [32, 128], "reference_size": [32, 32]}
+GOOD_RECORD = {
+    "encoder": {"name": "convnext", "model": "convnext_atto", "pretrained": False},
+    "embedding_dim": 320,
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+    "query_size": [32, 128],
+    "reference_size": [32, 32],
+}
 
 
-@pytest.mark.parametrize("change, key", [
-    ({"query_size": [12000, 12000]}, "query_size"),  # would allocate gigabytes per photo
-    ({"reference_size": [0, 32]}, "reference_size"),
-    ({"std": [0, 0.2, 0.2]}, "std"),  # NaN scores
-    ({"mean": [float("nan"), 0, 0]}, "mean"),
-    ({"embedding_dim": 10**9}, "embedding_dim"),
-    ({"encoder": "convnext"}, "encoder"),
-])
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"query_size": [12000, 12000]}, "query_size"),  # would allocate gigabytes per photo
+        ({"reference_size": [0, 32]}, "reference_size"),
+        ({"std": [0, 0.2, 0.2]}, "std"),  # NaN scores
+        ({"mean": [float("nan"), 0, 0]}, "mean"),
+        ({"embedding_dim": 10**9}, "embedding_dim"),
+        ({"encoder": "convnext"}, "encoder"),
+    ],
+)
 def test_hostile_checkpoint_records_are_refused_before_anything_is_built(tmp_path, change, key):
     import torch
 
@@ -513,8 +558,9 @@ def _index_with_paths(tmp_path, paths, references=None):
 
     x = np.eye(4, dtype=np.float32)[: len(paths)]
     meta = {"references": references} if references else {}
-    ix = build_index(lambda pos: x[pos], len(paths), 4, IndexSpec("flat"), paths=paths,
-                     latlon=np.zeros((len(paths), 2)), meta=meta)
+    ix = build_index(
+        lambda pos: x[pos], len(paths), 4, IndexSpec("flat"), paths=paths, latlon=np.zeros((len(paths), 2)), meta=meta
+    )
     ix.save(tmp_path / "x.index")
     return tmp_path / "x.index"
 
@@ -544,8 +590,8 @@ def test_index_tile_paths_stay_inside_the_gallery(tmp_path):
 def test_index_search_parameters_are_bounded(tmp_path):
     import json
 
-    from safetensors.numpy import load_file, save_file
     from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
 
     from geokit.index import META_KEY, GeoIndex
 
@@ -570,11 +616,11 @@ def test_locate_bounds_top_k_before_allocating(tmp_path):
 
 # --------------------------------------------------------------- 3/4. paths stay in roots; suspicious data
 
+
 def _pairs(root, **opts):
     from geokit.registry import create
 
-    return create("dataset", "pairs", {"root": str(root), "query_size": [32, 128],
-                                       "reference_size": [32, 32], **opts})
+    return create("dataset", "pairs", {"root": str(root), "query_size": [32, 128], "reference_size": [32, 32], **opts})
 
 
 def _verify(root, *extra):
@@ -603,7 +649,9 @@ def test_csv_paths_that_leave_the_root_are_refused_naming_the_line(small_pairs, 
     lines[2] = lines[2].replace("train/q0001.png", "../secret.png")
     lines[4] = lines[4].replace("train/r0003.png", str(outside))
     (small_pairs / "train.csv").write_text("\n".join(lines) + "\n")
-    with pytest.raises(GeokitError, match=r"train.csv line 3: path ../secret.png is absolute or leaves the dataset root"):
+    with pytest.raises(
+        GeokitError, match=r"train.csv line 3: path ../secret.png is absolute or leaves the dataset root"
+    ):
         _pairs(small_pairs).train_set()
     assert len(_pairs(small_pairs, allow_outside_root=True).train_set()) == 6  # the user says so
     res, report = _verify(small_pairs)
@@ -617,7 +665,7 @@ def test_benchmark_listed_paths_stay_in_the_root(tmp_path):
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_datasets_layouts import make_cvusa  # noqa: E402
+    from test_datasets_layouts import make_cvusa
 
     from geokit.registry import create
     from geokit.verify import Problems, collecting
@@ -627,13 +675,13 @@ def test_benchmark_listed_paths_stay_in_the_root(tmp_path):
     lines = split.read_text().splitlines()
     lines[1] = lines[1].replace("streetview/", "../../streetview/", 1)
     split.write_text("\n".join(lines) + "\n")
-    ds = create("dataset", "cvusa", {"root": str(tmp_path / "cvusa"), "query_size": [8, 32],
-                                     "reference_size": [8, 8]})
+    ds = create("dataset", "cvusa", {"root": str(tmp_path / "cvusa"), "query_size": [8, 32], "reference_size": [8, 8]})
     with pytest.raises(GeokitError, match="train-19zl.csv line 2: path .* leaves the dataset root"):
         ds.train_set()
     with collecting(Problems()) as probs:
-        create("dataset", "cvusa", {"root": str(tmp_path / "cvusa"), "query_size": [8, 32],
-                                    "reference_size": [8, 8]}).train_set()
+        create(
+            "dataset", "cvusa", {"root": str(tmp_path / "cvusa"), "query_size": [8, 32], "reference_size": [8, 8]}
+        ).train_set()
     assert [p.category for p in probs] == ["path outside root"]
 
 
@@ -660,8 +708,11 @@ def test_suspicious_rows_are_reported(small_pairs, caplog):
     rows = [f"{t.split(',')[0]},{ref}," + ",".join(test[1].split(",")[2:]) for t in test[1:]] * 3
     (small_pairs / "test.csv").write_text("\n".join([test[0], *rows]) + "\n")  # 12 queries, one reference
     res, report = _verify(small_pairs)
-    warns = {(p["line"], p["message"].split(":")[0].split(" (")[0]) for p in report["problems"]
-             if p["category"] == "suspicious data"}
+    warns = {
+        (p["line"], p["message"].split(":")[0].split(" (")[0])
+        for p in report["problems"]
+        if p["category"] == "suspicious data"
+    }
     assert (8, "duplicate row") in warns and (9, "the query is its own reference") in warns
     assert any("12 of the 12 test queries share one reference" in p["message"] for p in report["problems"])
     assert res.exit_code == 0  # legal: warnings only
@@ -674,8 +725,13 @@ def test_verify_reports_suspicious_data_of_any_dataset():
     from geokit.verify import suspicious_data
 
     tr = TrainSet(["a", "b", "a", "r1"], ["r0", "r1"], np.array([0, 1, 0, 1]))
-    es = EvalSet([f"q{i}" for i in range(20)], ["r0", "r1"], query_labels=np.r_[np.zeros(15, int), np.ones(5, int)],
-                 reference_labels=np.arange(2), name="test")
+    es = EvalSet(
+        [f"q{i}" for i in range(20)],
+        ["r0", "r1"],
+        query_labels=np.r_[np.zeros(15, int), np.ones(5, int)],
+        reference_labels=np.arange(2),
+        name="test",
+    )
     found = [p.message for p in suspicious_data(tr, [es])]
     assert found[0].startswith("1 training pairs repeat another pair")
     assert found[1].startswith("1 training pairs have the query image as their reference")
@@ -688,8 +744,10 @@ def test_faiss_too_small_training_sets_are_one_paragraph():
     x = np.eye(100, 32, dtype=np.float32)
     x[:, 0] = 1
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    for spec, msg in ((IndexSpec("ivfpq", nlist=4, m=8), "at least 256 training vectors"),
-                      (IndexSpec("ivf", nlist=4, train_size=2), "training sample of 2 vectors is smaller than nlist=4")):
+    for spec, msg in (
+        (IndexSpec("ivfpq", nlist=4, m=8), "at least 256 training vectors"),
+        (IndexSpec("ivf", nlist=4, train_size=2), "training sample of 2 vectors is smaller than nlist=4"),
+    ):
         with pytest.raises(GeokitError, match=msg):
             build_index(lambda p: x[p], 100, 32, spec, paths=[str(i) for i in range(100)], latlon=np.zeros((100, 2)))
 
@@ -704,6 +762,7 @@ def test_unknown_devices_and_disk_errors_are_one_paragraph(tmp_path, monkeypatch
 
     def full(*a, **k):
         import errno
+
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "m.json"))
 
     monkeypatch.setattr("geokit.config.load", full)
@@ -724,8 +783,9 @@ def test_a_sampler_that_leaves_most_pairs_out_is_reported(caplog):
     ctx = EpochContext(epoch=1, epochs=1, batch_size=32, seed=0, train=train)
     batches = CheckedSampler(create("sampler", "random"), "sampler 'random'").batches(ctx)
     assert sum(len(b) for b in batches) == 32
-    assert "epoch 1: sampler 'random' placed 32 of the 1031 training pairs in its 1 batches (999 left out)" \
-        in caplog.text
+    assert (
+        "epoch 1: sampler 'random' placed 32 of the 1031 training pairs in its 1 batches (999 left out)" in caplog.text
+    )
 
 
 def test_training_on_pairs_that_cannot_all_be_batched_says_so_and_plans_the_schedule(tmp_path):
@@ -741,8 +801,11 @@ def test_training_on_pairs_that_cannot_all_be_batched_says_so_and_plans_the_sche
     res = _train(cfg, tmp_path / "run")
     assert res.exit_code == 0, res.output
     log = (tmp_path / "run" / "train.log").read_text()
-    assert "only 1 batches of 4 pairs with distinct references can be formed from 16 training pairs with 5 " \
-           "references" in log and "planned for 1 steps per epoch" in log
+    assert (
+        "only 1 batches of 4 pairs with distinct references can be formed from 16 training pairs with 5 references"
+        in log
+        and "planned for 1 steps per epoch" in log
+    )
     assert "placed 4 of the 16 training pairs" in log
 
 

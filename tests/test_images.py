@@ -1,4 +1,5 @@
 """The image loader (geokit.images): Sample4Geo's pixels, hostile files, modes, EXIF, options."""
+
 from __future__ import annotations
 
 import io
@@ -38,12 +39,13 @@ def _restore_options():
 def photo(h: int, w: int, seed: int = 0) -> np.ndarray:
     """Photographic-like RGB: smooth colour fields, fine texture and a few hard edges."""
     rng = np.random.default_rng(seed)
-    base = cv2.resize(rng.random((h // 16 + 2, w // 16 + 2, 3)).astype(np.float32), (w, h),
-                      interpolation=cv2.INTER_CUBIC)
+    base = cv2.resize(
+        rng.random((h // 16 + 2, w // 16 + 2, 3)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC
+    )
     texture = cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (0, 0), 1.0)
     img = 0.6 * base + 0.5 * texture
-    img[:, w // 3:w // 3 + 3] = 0.05
-    img[h // 2:h // 2 + 2] = 0.95
+    img[:, w // 3 : w // 3 + 3] = 0.05
+    img[h // 2 : h // 2 + 2] = 0.95
     return np.clip(img * 255, 0, 255).astype(np.uint8)
 
 
@@ -65,19 +67,28 @@ def png_chunk(kind: bytes, body: bytes) -> bytes:
 def bomb_png(width: int, height: int) -> bytes:
     """A PNG of a few dozen bytes whose header declares width x height 8-bit grey pixels."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
-            + png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 # ---------------------------------------------------------------------- Sample4Geo's pixels
 
 
-@pytest.mark.parametrize("src,size", [((96, 192), (36, 72)),     # VIGOR-like 2:1 pano, 2.67x down
-                                      ((75, 75), (38, 38)),      # CVUSA tile 750 -> 384
-                                      ((64, 64), (48, 48)),      # University-1652 512 -> 384
-                                      ((22, 123), (14, 77)),     # CVUSA pano 1232x224 -> 140x768
-                                      ((40, 50), (80, 90)),      # upscaling
-                                      ((40, 50), (40, 50))])     # no resize
+@pytest.mark.parametrize(
+    "src,size",
+    [
+        ((96, 192), (36, 72)),  # VIGOR-like 2:1 pano, 2.67x down
+        ((75, 75), (38, 38)),  # CVUSA tile 750 -> 384
+        ((64, 64), (48, 48)),  # University-1652 512 -> 384
+        ((22, 123), (14, 77)),  # CVUSA pano 1232x224 -> 140x768
+        ((40, 50), (80, 90)),  # upscaling
+        ((40, 50), (40, 50)),
+    ],
+)  # no resize
 def test_opencv_default_is_bitwise_the_original_path(tmp_path, src, size):
     for i, ext in enumerate(("jpg", "png")):
         path = tmp_path / f"a.{ext}"
@@ -124,7 +135,7 @@ def test_reduced_jpeg_decodes_smaller_and_stays_close(tmp_path, monkeypatch):
     assert calls == [cv2.IMREAD_REDUCED_GRAYSCALE_2 | cv2.IMREAD_COLOR_RGB]  # 512x256 -> 256x128
     assert red.shape == full.shape and not np.array_equal(red, full)
     mse = np.mean((red.astype(float) - full) ** 2)
-    assert 10 * np.log10(255 ** 2 / mse) > 30
+    assert 10 * np.log10(255**2 / mse) > 30
     # A target above half the source: no reduction, identical pixels.
     calls.clear()
     same = images.load_image(path, (160, 320), ImageOptions(reduced_jpeg=True))
@@ -176,7 +187,7 @@ def test_bomb_is_skipped_under_bad_images_skip(tmp_path):
 
 @pytest.mark.parametrize("decoder", ["opencv", "pil"])
 def test_16_bit_grey_png_is_grey_not_white(tmp_path, decoder):
-    grey = np.full((6, 8), 128 * 257, np.uint16)   # 50 % grey in 16 bits
+    grey = np.full((6, 8), 128 * 257, np.uint16)  # 50 % grey in 16 bits
     grey[0, 0], grey[0, 1] = 65535, 0
     path = tmp_path / "g16.png"
     assert cv2.imwrite(str(path), grey)
@@ -202,9 +213,15 @@ def test_other_modes_become_the_right_rgb(tmp_path, decoder):
     Image.new("1", (6, 4), 1).save(tmp_path / "bit.png")
     Image.new("L", (6, 4), 99).save(tmp_path / "l.jpg", quality=95)
     Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg", quality=95)
-    expect = {"c16.png": (255, 156, 3), "p.png": (200, 100, 50), "la.png": (77, 77, 77),
-              "rgba.png": (10, 20, 30), "bit.png": (255, 255, 255), "l.jpg": (99, 99, 99),
-              "cmyk.jpg": (255, 0, 0)}
+    expect = {
+        "c16.png": (255, 156, 3),
+        "p.png": (200, 100, 50),
+        "la.png": (77, 77, 77),
+        "rgba.png": (10, 20, 30),
+        "bit.png": (255, 255, 255),
+        "l.jpg": (99, 99, 99),
+        "cmyk.jpg": (255, 0, 0),
+    }
     for name, colour in expect.items():
         out = images.load_image(tmp_path / name, None, opts)
         assert out.ndim == 3 and out.shape[2] == 3 and out.dtype == np.uint8, name
@@ -244,8 +261,14 @@ def test_broken_files_are_one_paragraph_naming_the_file(tmp_path, decoder):
     jpg = save_jpeg(tmp_path / "whole.jpg", photo(64, 64)).read_bytes()
     png = io.BytesIO()
     Image.fromarray(photo(64, 64)).save(png, "PNG")
-    cases = {"cut.jpg": jpg[: len(jpg) // 2], "noeoi.jpg": jpg[:-2], "cut.png": png.getvalue()[:400],
-             "head.jpg": jpg[:20], "text.jpg": b"hello, not an image", "empty.png": b""}
+    cases = {
+        "cut.jpg": jpg[: len(jpg) // 2],
+        "noeoi.jpg": jpg[:-2],
+        "cut.png": png.getvalue()[:400],
+        "head.jpg": jpg[:20],
+        "text.jpg": b"hello, not an image",
+        "empty.png": b"",
+    }
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(GeokitError) as exc:
@@ -343,8 +366,10 @@ def test_to_tensor_is_the_float_formula_bit_for_bit():
         assert got.dtype == torch.float32 and got.shape == expected.shape
         assert torch.equal(got, expected)
     grey = img[..., :1]
-    assert torch.equal(to_tensor(grey, (0.5,), (0.25,)), (torch.from_numpy(
-        np.ascontiguousarray(grey)).permute(2, 0, 1).float() / 255.0 - 0.5) / 0.25)
+    assert torch.equal(
+        to_tensor(grey, (0.5,), (0.25,)),
+        (torch.from_numpy(np.ascontiguousarray(grey)).permute(2, 0, 1).float() / 255.0 - 0.5) / 0.25,
+    )
     floats = img.astype(np.float32)  # not uint8: the direct formula
     assert torch.allclose(to_tensor(floats, mean, std), to_tensor(img, mean, std))
 
@@ -369,12 +394,21 @@ def test_a_checkpoint_decodes_as_it_was_trained(tmp_path, monkeypatch):
     from geokit.model import BuildContext, build_component, without_initial_weights
 
     options = {"model": "convnext_atto", "pretrained": False}
-    module = build_component("encoder", "convnext", without_initial_weights(options),
-                             BuildContext("encoder", dataset_name="pairs", query_size=(32, 128),
-                                          reference_size=(32, 32)))
-    record = {"encoder": {"name": "convnext", **options}, "embedding_dim": int(module.embedding_dim),
-              "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "query_size": [32, 128],
-              "reference_size": [32, 32], "config": {"images": {"decoder": "pil", "reduced_jpeg": True}}}
+    module = build_component(
+        "encoder",
+        "convnext",
+        without_initial_weights(options),
+        BuildContext("encoder", dataset_name="pairs", query_size=(32, 128), reference_size=(32, 32)),
+    )
+    record = {
+        "encoder": {"name": "convnext", **options},
+        "embedding_dim": int(module.embedding_dim),
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "query_size": [32, 128],
+        "reference_size": [32, 32],
+        "config": {"images": {"decoder": "pil", "reduced_jpeg": True}},
+    }
     tensors = {f"encoder.{k}": v for k, v in module.state_dict().items()}
     save_weights(tmp_path / "pil.safetensors", tensors, record)
     images.configure(None)
@@ -401,8 +435,10 @@ def test_variables_exported_by_a_parent_do_not_count_as_the_users(tmp_path):
     import sys
 
     images.configure(ImageOptions())
-    code = ("from geokit import images; "
-            "print(images._USER_ENV, images.apply_record({'config': {'images': {'decoder': 'pil'}}}).decoder)")
+    code = (
+        "from geokit import images; "
+        "print(images._USER_ENV, images.apply_record({'config': {'images': {'decoder': 'pil'}}}).decoder)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["{}", "pil"]
     env = {**os.environ, "GEOKIT_IMAGES_DECODER": "opencv"}

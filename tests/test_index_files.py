@@ -1,5 +1,6 @@
 """Index build/save/load round trips for every type, search quality of the ANN types on easy
 data, refusal of a foreign encoder, and clear errors for corrupt or truncated files."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,14 +26,30 @@ def make(spec, x, meta=None, chunk=700):
         calls.append(len(pos))
         return x[pos]
 
-    ix = build_index(embed, n, x.shape[1], spec, paths=[f"t/{i}.png" for i in range(n)],
-                     latlon=np.c_[np.linspace(40, 41, n), np.linspace(10, 11, n)], meta=meta, chunk=chunk)
+    ix = build_index(
+        embed,
+        n,
+        x.shape[1],
+        spec,
+        paths=[f"t/{i}.png" for i in range(n)],
+        latlon=np.c_[np.linspace(40, 41, n), np.linspace(10, 11, n)],
+        meta=meta,
+        chunk=chunk,
+    )
     return ix, calls
 
 
-@pytest.mark.parametrize("spec", [IndexSpec("flat"), IndexSpec("flat", dtype="float16"),
-                                  IndexSpec("ivf", nlist=32, nprobe=8), IndexSpec("ivfpq", nlist=32, m=8, nprobe=8),
-                                  IndexSpec("hnsw", hnsw_m=16)], ids=lambda s: f"{s.type}-{s.dtype}")
+@pytest.mark.parametrize(
+    "spec",
+    [
+        IndexSpec("flat"),
+        IndexSpec("flat", dtype="float16"),
+        IndexSpec("ivf", nlist=32, nprobe=8),
+        IndexSpec("ivfpq", nlist=32, m=8, nprobe=8),
+        IndexSpec("hnsw", hnsw_m=16),
+    ],
+    ids=lambda s: f"{s.type}-{s.dtype}",
+)
 def test_round_trip_and_recall(tmp_path, spec):
     x = clustered()
     ix, calls = make(spec, x, meta={"note": "x"})
@@ -81,10 +98,19 @@ def test_truncated_and_corrupt_files_are_clear_errors(tmp_path):
 
 
 def test_foreign_encoder_is_refused():
-    record = {"encoder": {"name": "convnext", "model": "convnext_atto"}, "embedding_dim": 32, "mean": [0, 0, 0],
-              "std": [1, 1, 1], "query_size": [32, 128], "reference_size": [32, 32]}
-    ix, _ = make(IndexSpec("flat"), clustered(100),
-                 meta={"encoder_record": record, "encoder_fingerprint": "abc", "checkpoint": "m.safetensors"})
+    record = {
+        "encoder": {"name": "convnext", "model": "convnext_atto"},
+        "embedding_dim": 32,
+        "mean": [0, 0, 0],
+        "std": [1, 1, 1],
+        "query_size": [32, 128],
+        "reference_size": [32, 32],
+    }
+    ix, _ = make(
+        IndexSpec("flat"),
+        clustered(100),
+        meta={"encoder_record": record, "encoder_fingerprint": "abc", "checkpoint": "m.safetensors"},
+    )
     ix.check_encoder(record, "abc")  # the same encoder passes
     with pytest.raises(GeokitError, match="reference_size"):
         ix.check_encoder({**record, "reference_size": [64, 64]}, "abc")

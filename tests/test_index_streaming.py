@@ -1,5 +1,6 @@
 """The streamed index build (spool on disk, then the index file written from it) gives the file
 the in-memory build saves, for every index type, and a flat index never sits in memory."""
+
 from __future__ import annotations
 
 import tracemalloc
@@ -25,9 +26,17 @@ def _tensors(path):
         return {k: fh.get_tensor(k) for k in fh.keys()}
 
 
-@pytest.mark.parametrize("spec", [IndexSpec("flat"), IndexSpec("flat", dtype="float16"),
-                                  IndexSpec("ivf", nlist=16, nprobe=4), IndexSpec("ivfpq", nlist=16, m=8, nprobe=4),
-                                  IndexSpec("hnsw", hnsw_m=8)], ids=lambda s: f"{s.type}-{s.dtype}")
+@pytest.mark.parametrize(
+    "spec",
+    [
+        IndexSpec("flat"),
+        IndexSpec("flat", dtype="float16"),
+        IndexSpec("ivf", nlist=16, nprobe=4),
+        IndexSpec("ivfpq", nlist=16, m=8, nprobe=4),
+        IndexSpec("hnsw", hnsw_m=8),
+    ],
+    ids=lambda s: f"{s.type}-{s.dtype}",
+)
 def test_streamed_file_equals_the_in_memory_build(tmp_path, spec):
     x = clustered()
     n, dim = x.shape
@@ -42,12 +51,14 @@ def test_streamed_file_equals_the_in_memory_build(tmp_path, spec):
         return x[pos]
 
     dtype = np.float16 if spec.dtype == "float16" else np.float32
-    spool = spool_embeddings(embed, n, dim, tmp_path / "s.spool", dtype=dtype if spec.type == "flat" else np.float32,
-                             chunk=300)
+    spool = spool_embeddings(
+        embed, n, dim, tmp_path / "s.spool", dtype=dtype if spec.type == "flat" else np.float32, chunk=300
+    )
     assert calls == [300] * 6 + [200]
     assert (tmp_path / "s.spool").stat().st_size == n * dim * np.dtype(spool.dtype).itemsize
-    info = write_index_from_spool(spool, spec, tmp_path / "disk.index", paths=paths, latlon=latlon,
-                                  meta={"note": "x"}, chunk=300)
+    info = write_index_from_spool(
+        spool, spec, tmp_path / "disk.index", paths=paths, latlon=latlon, meta={"note": "x"}, chunk=300
+    )
     assert info["count"] == n and info["type"] == spec.type
     a, b = GeoIndex.load(tmp_path / "mem.index"), GeoIndex.load(tmp_path / "disk.index")
     assert b.paths == a.paths and b.meta["note"] == "x"
@@ -92,8 +103,9 @@ def test_spool_errors_are_clear(tmp_path):
         spool_embeddings(lambda p: x[p][:, :3], 50, 32, tmp_path / "s", chunk=20)
     spool = spool_embeddings(lambda p: x[p], 50, 32, tmp_path / "s", chunk=20)
     with pytest.raises(GeokitError, match="fewer than nlist"):
-        write_index_from_spool(spool, IndexSpec("ivf", nlist=64), tmp_path / "i", paths=["a"] * 50,
-                               latlon=np.zeros((50, 2)))
+        write_index_from_spool(
+            spool, IndexSpec("ivf", nlist=64), tmp_path / "i", paths=["a"] * 50, latlon=np.zeros((50, 2))
+        )
     with pytest.raises(GeokitError, match="50 embeddings but 3 paths"):
         write_index_from_spool(spool, IndexSpec("flat"), tmp_path / "i", paths=["a"] * 3, latlon=np.zeros((3, 2)))
     assert not (tmp_path / "i").exists()

@@ -1,5 +1,6 @@
 """End to end: train briefly on a tiny pairs dataset, `geokit index build` its reference tiles,
 `geokit locate` its photos (CLI and the Python API), refuse a checkpoint that differs."""
+
 from __future__ import annotations
 
 import csv
@@ -40,12 +41,22 @@ def world(tmp_path_factory):
     photos = [str(root / r["query"]) for r in rows]
     truth = [str(root / r["reference"]) for r in rows]
     index = tmp / "tiles.index"
-    res = CliRunner().invoke(cli, ["index", "build", "--checkpoint", str(ckpt), "--references",
-                                   str(tmp / "tiles.csv"), "--output", str(index)])
+    res = CliRunner().invoke(
+        cli,
+        ["index", "build", "--checkpoint", str(ckpt), "--references", str(tmp / "tiles.csv"), "--output", str(index)],
+    )
     assert res.exit_code == 0, res.output
     assert "32 tiles, 32 with lat/lon" in res.output
-    return {"tmp": tmp, "root": root, "ckpt": ckpt, "index": index, "photos": photos, "truth": truth,
-            "rows": rows, "config": cfg}
+    return {
+        "tmp": tmp,
+        "root": root,
+        "ckpt": ckpt,
+        "index": index,
+        "photos": photos,
+        "truth": truth,
+        "rows": rows,
+        "config": cfg,
+    }
 
 
 def test_localizer_finds_the_true_tile_first_for_most_photos(world):
@@ -67,9 +78,25 @@ def test_localizer_finds_the_true_tile_first_for_most_photos(world):
 def test_locate_cli_formats_and_sheet(world):
     runner = CliRunner()
     photos = world["photos"][:3]
-    res = runner.invoke(cli, ["locate", "--index", str(world["index"]), "--checkpoint", str(world["ckpt"]),
-                              "--top-k", "4", "--format", "json", "--radius", "500",
-                              "--sheet", str(world["tmp"] / "sheet.png"), *photos])
+    res = runner.invoke(
+        cli,
+        [
+            "locate",
+            "--index",
+            str(world["index"]),
+            "--checkpoint",
+            str(world["ckpt"]),
+            "--top-k",
+            "4",
+            "--format",
+            "json",
+            "--radius",
+            "500",
+            "--sheet",
+            str(world["tmp"] / "sheet.png"),
+            *photos,
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert len(data) == 3 and len(data[0]["candidates"]) == 4
@@ -102,8 +129,9 @@ def test_a_different_checkpoint_is_refused(world):
     save_weights(other, tensors, record)
     with pytest.raises(GeokitError, match="different weights"):
         Localizer(world["index"], other)
-    res = CliRunner().invoke(cli, ["locate", "--index", str(world["index"]), "--checkpoint", str(other),
-                                   world["photos"][0]])
+    res = CliRunner().invoke(
+        cli, ["locate", "--index", str(world["index"]), "--checkpoint", str(other), world["photos"][0]]
+    )
     assert res.exit_code != 0 and "different weights" in res.output
 
 
@@ -113,8 +141,23 @@ def test_index_the_reference_set_of_a_config_and_a_truncated_index(world, tmp_pa
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config(world["root"])))
     out = tmp_path / "test.index"
-    res = CliRunner().invoke(cli, ["index", "build", "--checkpoint", str(world["ckpt"]), "--config", str(cfg),
-                                   "--output", str(out), "--type", "hnsw", "--hnsw-m", "8"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "index",
+            "build",
+            "--checkpoint",
+            str(world["ckpt"]),
+            "--config",
+            str(cfg),
+            "--output",
+            str(out),
+            "--type",
+            "hnsw",
+            "--hnsw-m",
+            "8",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "hnsw, 8 tiles, 8 with lat/lon" in res.output
     data = out.read_bytes()
@@ -130,8 +173,9 @@ def test_index_vectors_are_the_evaluation_embeddings(world, tmp_path):
 
     cfg_file = tmp_path / "run.yaml"
     cfg_file.write_text(world["config"].to_yaml())
-    ix = build_from_checkpoint(world["ckpt"], dataset_references(cfg_file), tmp_path / "t.index",
-                               IndexSpec("flat"), show=False)
+    ix = build_from_checkpoint(
+        world["ckpt"], dataset_references(cfg_file), tmp_path / "t.index", IndexSpec("flat"), show=False
+    )
     res = evaluate(world["config"], world["ckpt"], show=False)
     np.testing.assert_allclose(ix.vectors, res.reference, atol=1e-5)
     assert ix.paths == list(res.eval_set.reference_paths)

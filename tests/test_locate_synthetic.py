@@ -6,6 +6,7 @@ suite, and the only one that checks a real training run localises photos). To re
 
     GEOKIT_DEMO_RUN=runs/demo pytest tests/test_locate_synthetic.py
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,9 +52,8 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Conf
         return Path(RUN)
     from click.testing import CliRunner
 
-    from geokit.runtime import log
-
     from geokit.cli import _load_plugin_commands, cli
+    from geokit.runtime import log
 
     if "demo" not in cli.commands:
         _load_plugin_commands()
@@ -62,8 +62,10 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Conf
     old = os.environ.get("GEOKIT_CACHE")
     os.environ["GEOKIT_CACHE"] = str(tmp / "cache")
     tell = _ToTerminal(pytestconfig)
-    tell.say("training the shipped demo for this test (about 3 minutes on 2 cores; "
-             "GEOKIT_DEMO_RUN=runs/demo reuses a finished run)")
+    tell.say(
+        "training the shipped demo for this test (about 3 minutes on 2 cores; "
+        "GEOKIT_DEMO_RUN=runs/demo reuses a finished run)"
+    )
     log.addHandler(tell)
     try:
         res = CliRunner().invoke(cli, ["demo", "--output", str(out)], catch_exceptions=False)

@@ -1,4 +1,5 @@
 """Consensus location, output formats and the lazy ``geokit.Localizer`` export (no model needed)."""
+
 from __future__ import annotations
 
 import csv
@@ -24,8 +25,13 @@ def test_haversine_known_distance():
 
 
 def test_consensus_is_the_top1_confirmed_by_candidates_near_it():
-    cands = [cand(1, 48.0, 11.0, 0.9), cand(2, 48.0003, 11.0003, 0.85), cand(3, 47.9998, 11.0, 0.8),
-             cand(4, 40.0, 2.0, 0.7), cand(5, 40.0001, 2.0, 0.6)]
+    cands = [
+        cand(1, 48.0, 11.0, 0.9),
+        cand(2, 48.0003, 11.0003, 0.85),
+        cand(3, 47.9998, 11.0, 0.8),
+        cand(4, 40.0, 2.0, 0.7),
+        cand(5, 40.0001, 2.0, 0.6),
+    ]
     c = consensus(cands, radius_m=100)
     assert c is not None and c.support == 3 and c.members == [1, 2, 3]
     assert (c.lat, c.lon) == (48.0, 11.0)  # the top-1's location exactly: never worse than the top-1
@@ -34,8 +40,13 @@ def test_consensus_is_the_top1_confirmed_by_candidates_near_it():
 
 def test_a_larger_group_elsewhere_does_not_move_the_consensus_away_from_the_top1():
     # issue 16: a cluster of lower-ranked look-alikes (ranks 2-4) far from the top-1 used to win
-    cands = [cand(1, 48.0, 11.0, 0.9), cand(2, 40.0, 2.0, 0.85), cand(3, 40.0003, 2.0, 0.8),
-             cand(4, 40.0, 2.0003, 0.7), cand(5, 48.0002, 11.0, 0.6)]
+    cands = [
+        cand(1, 48.0, 11.0, 0.9),
+        cand(2, 40.0, 2.0, 0.85),
+        cand(3, 40.0003, 2.0, 0.8),
+        cand(4, 40.0, 2.0003, 0.7),
+        cand(5, 48.0002, 11.0, 0.6),
+    ]
     c = consensus(cands, radius_m=100)
     assert c is not None and (c.lat, c.lon) == (48.0, 11.0) and c.members == [1, 5]
     lonely = [cand(1, 48.0, 11.0, 0.9), *cands[1:4]]
@@ -73,8 +84,10 @@ def test_contact_sheet_labels_rows_with_file_names_scores_and_consensus(tmp_path
 
     for name, colour in (("a.png", "red"), ("b.png", "blue"), ("t1.png", "green"), ("t2.png", "gray")):
         Image.new("RGB", (64, 32 if name < "t" else 64), colour).save(tmp_path / name)
-    cands = [Candidate(1, 0, str(tmp_path / "t1.png"), 48.0, 11.0, 0.84),
-             Candidate(2, 1, str(tmp_path / "t2.png"), 48.0001, 11.0, 0.8)]
+    cands = [
+        Candidate(1, 0, str(tmp_path / "t1.png"), 48.0, 11.0, 0.84),
+        Candidate(2, 1, str(tmp_path / "t2.png"), 48.0001, 11.0, 0.8),
+    ]
     c = consensus(cands, 100)
 
     def label_area(photo: str, cons) -> Image.Image:
@@ -93,14 +106,14 @@ def test_contact_sheet_labels_rows_with_file_names_scores_and_consensus(tmp_path
 
 
 def test_localizer_api_is_importable_without_torch():
-    code = ("import sys, geokit.locate as m; assert hasattr(m, 'Localizer'); "
-            "print('torch' in sys.modules)")
+    code = "import sys, geokit.locate as m; assert hasattr(m, 'Localizer'); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
 
-@pytest.mark.skipif("Localizer" not in getattr(geokit, "__all__", ()),
-                    reason="geokit/__init__.py does not export Localizer yet")
+@pytest.mark.skipif(
+    "Localizer" not in getattr(geokit, "__all__", ()), reason="geokit/__init__.py does not export Localizer yet"
+)
 def test_geokit_localizer_lazy_export():
     code = "import sys, geokit; L = geokit.Localizer; print(L.__module__, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -2,6 +2,7 @@
 definitions, on random cases with many exact ties, chunk sizes that do not divide Q,
 multi-positive AP and VIGOR hit rates; with and without the bfloat16 screen (which must give the
 same metrics: it re-scores in float32 whatever it cannot decide)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -148,8 +149,9 @@ def test_forced_ap_on_single_positive_and_torch_float16_inputs():
     r = exact_unit_vectors(rng, 90)
     pos = rng.integers(0, 90, 30)
     q = exact_unit_vectors(rng, 30)  # ±0.5 entries are exact in float16
-    got = retrieval_metrics(torch.from_numpy(q).half(), r.astype(np.float16), torch.from_numpy(pos),
-                            ap=True, chunk_size=7)
+    got = retrieval_metrics(
+        torch.from_numpy(q).half(), r.astype(np.float16), torch.from_numpy(pos), ap=True, chunk_size=7
+    )
     assert_same(got, dense_metrics(q, r, pos, want_ap=True))
 
 
@@ -181,9 +183,9 @@ def test_screened_count_equals_float32_count(fallback, above_t, budget, monkeypa
     backend too: one that rounded partial sums to bfloat16 would fail here)."""
     import torch
 
-    from geokit.retrieval import as_matrix, exact_dots
     from geokit import screening
-    from geokit.screening import U, ScreenedGallery
+    from geokit.retrieval import as_matrix, exact_dots
+    from geokit.screening import ScreenedGallery, U
 
     monkeypatch.setattr(screening, "PAIR_BUDGET", budget)  # small: too many candidates for one pass
     rng = np.random.default_rng(5)

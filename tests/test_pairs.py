@@ -1,4 +1,5 @@
 """The `pairs` dataset: what it reads, and a clear error for every kind of bad input."""
+
 from __future__ import annotations
 
 import shutil
@@ -61,15 +62,33 @@ def edit_csv(root, split, fn):
     return path
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda ls: [ls[0].replace("reference", "ref")] + ls[1:], r"train.csv: missing column 'reference' \(found: query, ref, lat, lon\)"),
-    (lambda ls: ls[:3] + ["train/nope.png" + ls[3][ls[3].index(","):]] + ls[4:], r"train.csv line 4: image not found: .*nope.png"),
-    (lambda ls: ls[:2] + [ls[2].rsplit(",", 2)[0] + ",north,11.0"] + ls[3:], r"train.csv line 3: lat 'north' is not a number"),
-    (lambda ls: ls[:2] + [ls[2].rsplit(",", 2)[0] + ",95.5,11.0"] + ls[3:], r"train.csv line 3: lat 95.5 is outside \[-90, 90\]"),
-    (lambda ls: ls[:2] + [ls[2].rsplit(",", 2)[0] + ",45,181"] + ls[3:], r"train.csv line 3: lon 181.0 is outside"),
-    (lambda ls: [ls[0]], r"train.csv: no rows after the header"),
-    (lambda ls: [",".join(ls[0].split(",")[:3])] + [",".join(x.split(",")[:3]) for x in ls[1:]], "only one of the columns lat/lon"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda ls: [ls[0].replace("reference", "ref")] + ls[1:],
+            r"train.csv: missing column 'reference' \(found: query, ref, lat, lon\)",
+        ),
+        (
+            lambda ls: ls[:3] + ["train/nope.png" + ls[3][ls[3].index(",") :]] + ls[4:],
+            r"train.csv line 4: image not found: .*nope.png",
+        ),
+        (
+            lambda ls: ls[:2] + [ls[2].rsplit(",", 2)[0] + ",north,11.0"] + ls[3:],
+            r"train.csv line 3: lat 'north' is not a number",
+        ),
+        (
+            lambda ls: ls[:2] + [ls[2].rsplit(",", 2)[0] + ",95.5,11.0"] + ls[3:],
+            r"train.csv line 3: lat 95.5 is outside \[-90, 90\]",
+        ),
+        (lambda ls: ls[:2] + [ls[2].rsplit(",", 2)[0] + ",45,181"] + ls[3:], r"train.csv line 3: lon 181.0 is outside"),
+        (lambda ls: [ls[0]], r"train.csv: no rows after the header"),
+        (
+            lambda ls: [",".join(ls[0].split(",")[:3])] + [",".join(x.split(",")[:3]) for x in ls[1:]],
+            "only one of the columns lat/lon",
+        ),
+    ],
+)
 def test_bad_csv_errors_name_file_and_line(root, edit, message):
     edit_csv(root, "train", edit)
     with pytest.raises(GeokitError, match=message):
@@ -89,6 +108,7 @@ def test_inconsistent_gps_for_one_reference(root):
         q1 = ls[2].split(",")[0]
         r0 = ls[1].split(",")[1]
         return ls + [f"{q1},{r0},10.0,10.0"]
+
     edit_csv(root, "train", dup)
     with pytest.raises(GeokitError, match="has lat/lon .* here but .* on line 2"):
         dataset(root).train_set()

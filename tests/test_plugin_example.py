@@ -1,5 +1,6 @@
 """The example third-party package installs, shows up in `geokit plugins`, passes the
 conformance kit, and trains (in a separate target folder, so the project venv stays clean)."""
+
 from __future__ import annotations
 
 import json
@@ -19,10 +20,27 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugin-example"
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     target = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(EXAMPLE)], check=True, capture_output=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")]),
-           "GEOKIT_PROGRESS": "0"}
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(EXAMPLE),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")]),
+        "GEOKIT_PROGRESS": "0",
+    }
     return env
 
 
@@ -47,11 +65,15 @@ def test_passes_the_conformance_kit_and_trains(installed, tmp_path):
     root = make_pairs_dataset(tmp_path / "data", n_train=16, n_test=8)
     for split in ("train", "test"):
         lines = (root / f"{split}.csv").read_text().splitlines()[1:]
-        (root / f"{split}.jsonl").write_text("".join(
-            json.dumps(dict(zip(("query", "reference", "lat", "lon"), ln.split(",")))) + "\n" for ln in lines))
-    cfg = tiny_config(root, sampler={"name": "blocks", "block": 2}, train={"epochs": 1},
-                      dataset={"name": "jsonl", "root": str(root), "query_size": [32, 128],
-                               "reference_size": [32, 32]})
+        (root / f"{split}.jsonl").write_text(
+            "".join(json.dumps(dict(zip(("query", "reference", "lat", "lon"), ln.split(",")))) + "\n" for ln in lines)
+        )
+    cfg = tiny_config(
+        root,
+        sampler={"name": "blocks", "block": 2},
+        train={"epochs": 1},
+        dataset={"name": "jsonl", "root": str(root), "query_size": [32, 128], "reference_size": [32, 32]},
+    )
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     out = geokit(installed, "train", "--config", str(tmp_path / "run.yaml"), "--output", str(tmp_path / "run"))
     assert out.returncode == 0, out.stderr

@@ -1,11 +1,11 @@
 """Plugin discovery, registries and their errors."""
+
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
 import types
-import warnings
 
 import pytest
 from pydantic import BaseModel
@@ -56,9 +56,9 @@ def with_entry_points(monkeypatch, fresh_plugins):
     real = gp.metadata.entry_points
 
     def install(*eps):
-        monkeypatch.setattr(gp.metadata, "entry_points",
-                            lambda group: [*real(group=group), *eps])
+        monkeypatch.setattr(gp.metadata, "entry_points", lambda group: [*real(group=group), *eps])
         gp.reset_manager()
+
     return install
 
 
@@ -69,8 +69,7 @@ def test_bundled_components_are_registered_under_the_contract_names():
         for comp in reg:
             if comp.name in names:
                 assert comp.distribution.startswith("geokit "), comp
-    assert {"convnext", "infonce", "random", "pairs"} <= {
-        c.name for kind in CONTRACT for c in get_registry(kind)}
+    assert {"convnext", "infonce", "random", "pairs"} <= {c.name for kind in CONTRACT for c in get_registry(kind)}
 
 
 def test_unknown_name_lists_available_and_closest():
@@ -117,22 +116,28 @@ def test_third_party_plugin_registers_and_is_listed(with_entry_points):
 
 def test_broken_plugin_warns_with_entry_point_and_distribution_and_others_load(with_entry_points):
     with_entry_points(FakeEntryPoint("broken", error=ImportError("No module named 'missing_dep'")))
-    with pytest.warns(gp.PluginWarning, match=r"'broken = acme_geo.broken' from distribution 'acme-geo 1.2.3' "
-                                              r"failed to import: ImportError"):
+    with pytest.warns(
+        gp.PluginWarning,
+        match=r"'broken = acme_geo.broken' from distribution 'acme-geo 1.2.3' "
+        r"failed to import: ImportError",
+    ):
         reg = get_registry("loss")
     assert "infonce" in reg
 
 
 def test_misspelled_hook_is_reported_with_the_closest_name(with_entry_points):
     with_entry_points(FakeEntryPoint("typo", plugin_module("typo", geokit_register_sampler=lambda registry: None)))
-    with pytest.warns(gp.PluginWarning, match="unknown hook.*geokit_register_sampler.*did you mean "
-                                              "'geokit_register_samplers'"):
+    with pytest.warns(
+        gp.PluginWarning, match="unknown hook.*geokit_register_sampler.*did you mean 'geokit_register_samplers'"
+    ):
         gp.get_manager()
     assert "typo" not in gp.get_manager().plugins
 
 
 def test_bad_hook_signature_is_reported(with_entry_points):
-    with_entry_points(FakeEntryPoint("badsig", plugin_module("badsig", geokit_register_losses=lambda registry, extra: None)))
+    with_entry_points(
+        FakeEntryPoint("badsig", plugin_module("badsig", geokit_register_losses=lambda registry, extra: None))
+    )
     with pytest.warns(gp.PluginWarning, match="badsig"):
         gp.get_manager()
     assert "badsig" not in gp.get_manager().plugins
@@ -140,8 +145,12 @@ def test_bad_hook_signature_is_reported(with_entry_points):
 
 def test_disable_autoload_keeps_only_bundled(with_entry_points, monkeypatch):
     monkeypatch.setenv(gp.DISABLE_ENV, "1")
-    with_entry_points(FakeEntryPoint("acme", plugin_module(
-        "acme", geokit_register_samplers=lambda registry: registry.add("acme", lambda o: None))))
+    with_entry_points(
+        FakeEntryPoint(
+            "acme",
+            plugin_module("acme", geokit_register_samplers=lambda registry: registry.add("acme", lambda o: None)),
+        )
+    )
     assert "acme" not in get_registry("sampler")
     assert "random" in get_registry("sampler")
 
@@ -160,10 +169,12 @@ def test_plugins_json_lists_kind_name_plugin_distribution():
 
 def test_startup_does_not_import_torch():
     # `geokit --help` and `geokit plugins` must stay light: no torch, timm, faiss or albumentations.
-    code = ("import sys; from geokit.cli import main\n"
-            "try:\n    main(['plugins'])\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('torch', 'timm', 'faiss', 'albumentations', 'cv2', 'scipy') if m in sys.modules]\n"
-            "print('HEAVY', heavy)")
+    code = (
+        "import sys; from geokit.cli import main\n"
+        "try:\n    main(['plugins'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'timm', 'faiss', 'albumentations', 'cv2', 'scipy') if m in sys.modules]\n"
+        "print('HEAVY', heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
 
@@ -184,15 +195,21 @@ def test_core_names_no_bundled_component():
     import ast
     from pathlib import Path
 
-    bundled = {c.name for kind in CONTRACT for c in get_registry(kind)
-               if (c.distribution or "").startswith("geokit ")} | set().union(*CONTRACT.values())
+    bundled = {
+        c.name for kind in CONTRACT for c in get_registry(kind) if (c.distribution or "").startswith("geokit ")
+    } | set().union(*CONTRACT.values())
     for path in Path(geokit.__file__).parent.glob("*.py"):
         if path.name == "testing.py":  # tiny_config: a ready-made test recipe, never used by the engines
             continue
         tree = ast.parse(path.read_text())
-        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
-                      if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
-                      and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        docstrings = {
+            id(n.body[0].value)
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+            and n.body
+            and isinstance(n.body[0], ast.Expr)
+            and isinstance(n.body[0].value, ast.Constant)
+        }
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 mods = [a.name for a in node.names] + [getattr(node, "module", "") or ""]

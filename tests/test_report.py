@@ -1,4 +1,5 @@
 """Report pictures (geokit.report): generic over any EvalSet, Pillow only."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -60,13 +61,16 @@ def test_haversine_one_degree_of_latitude() -> None:
     assert abs(report.haversine_m(np.array([0.0, 0.0]), np.array([1.0, 0.0])) - 111_195) < 5
 
 
-@pytest.mark.parametrize("lo, hi, ticks", [
-    (0.0, 100.0, [0, 20, 40, 60, 80, 100]),
-    (0.0, 3.2, [0, 1, 2, 3]),
-    (0.3, 4.1, [1, 2, 3, 4]),
-    (2.05, 2.61, [2.2, 2.4, 2.6]),
-    (0.0, 0.5, [0, 0.1, 0.2, 0.3, 0.4, 0.5]),
-])
+@pytest.mark.parametrize(
+    "lo, hi, ticks",
+    [
+        (0.0, 100.0, [0, 20, 40, 60, 80, 100]),
+        (0.0, 3.2, [0, 1, 2, 3]),
+        (0.3, 4.1, [1, 2, 3, 4]),
+        (2.05, 2.61, [2.2, 2.4, 2.6]),
+        (0.0, 0.5, [0, 0.1, 0.2, 0.3, 0.4, 0.5]),
+    ],
+)
 def test_nice_ticks_are_round_numbers(lo, hi, ticks):
     assert report.nice_ticks(lo, hi) == pytest.approx(ticks)
 

@@ -1,4 +1,5 @@
 """Exact top-k (``geokit.retrieval.search``) equals a dense argsort, ties by lower index."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Samplers gps and dss: conformance, hand-built neighbour cases, DDP slicing, resume."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -56,15 +57,24 @@ def planted_embeddings(train: TrainSet, group_of_ref: np.ndarray, dim: int = 32,
 
 # ------------------------------------------------------------------------------ conformance
 
-@pytest.mark.parametrize("options", [{}, {"select": 2, "range": 4}, {"hard_fraction": 0.5, "last_batch": "keep"},
-                                     {"backend": "faiss"}])
+
+@pytest.mark.parametrize(
+    "options", [{}, {"select": 2, "range": 4}, {"hard_fraction": 0.5, "last_batch": "keep"}, {"backend": "faiss"}]
+)
 def test_gps_conformance(options):
     check_sampler("gps", options)
 
 
-@pytest.mark.parametrize("options", [{}, {"zero_shot": True}, {"every": 1, "select": 2, "range": 4},
-                                     {"every": 2, "warm_start": "random", "hard_fraction": 0.5},
-                                     {"every": 1, "exclude_conflicts": False, "last_batch": "keep"}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"zero_shot": True},
+        {"every": 1, "select": 2, "range": 4},
+        {"every": 2, "warm_start": "random", "hard_fraction": 0.5},
+        {"every": 1, "exclude_conflicts": False, "last_batch": "keep"},
+    ],
+)
 def test_dss_conformance(options):
     check_sampler("dss", options, epochs=4)
 
@@ -83,6 +93,7 @@ def test_default_depth_scales_with_batch():
 
 
 # ------------------------------------------------------------------------------ GPS
+
 
 def test_gps_neighbours_are_geodesic_order():
     rng = np.random.default_rng(0)
@@ -119,10 +130,12 @@ def test_gps_street_groups_are_blocks():
 
 def test_gps_hard_fraction_mixes_random_items():
     train = street(groups=16, size=8)
+
     def same_block_share(options):
         bs = create("sampler", "gps", options).batches(ctx_for(train, batch_size=8))
         blocks = [train.block[train.pair_reference[b]] for b in bs]
         return np.mean([np.max(np.bincount(x)) / len(x) for x in blocks])
+
     full, half, none = (same_block_share({"select": 7, "range": 7, "hard_fraction": f}) for f in (1.0, 0.5, 0.0))
     assert full == 1.0
     assert 0.4 <= half < 0.8
@@ -146,6 +159,7 @@ def test_gps_bad_coordinates_name_the_dataset():
 
 
 # ------------------------------------------------------------------------------ DSS
+
 
 def test_mine_neighbours_matches_dense_and_drops_own_and_conflicts():
     rng = np.random.default_rng(2)
@@ -171,9 +185,11 @@ def test_dss_groups_planted_confusers():
     train = TrainSet([f"q{i}" for i in range(n)], [f"r{i}" for i in range(n)], np.arange(n), reference_gps=None)
     emb = planted_embeddings(train, group_of_ref)
     calls = []
+
     def embed():
         calls.append(1)
         return emb
+
     sampler = create("sampler", "dss", {"zero_shot": True, "select": 7, "range": 7})
     batches = sampler.batches(ctx_for(train, embed=embed))
     assert calls == [1]
@@ -199,7 +215,8 @@ def test_dss_schedule():
             if calls:
                 out.append(e)
         return out
-    assert mined({}) == [5, 9]                    # Sample4Geo: GPS for epochs 1-4, re-mined every 4
+
+    assert mined({}) == [5, 9]  # Sample4Geo: GPS for epochs 1-4, re-mined every 4
     assert mined({"zero_shot": True}) == [1, 5, 9]
     assert mined({"every": 2}) == [3, 5, 7, 9]
     assert mined({"every": 1}, 3) == [2, 3]
@@ -217,6 +234,7 @@ def test_dss_warm_start_default_follows_gps():
 
 
 # ------------------------------------------------------------------------------ DDP, resume, scale
+
 
 @pytest.mark.parametrize("name,options", [("gps", {"select": 3, "range": 6}), ("dss", {"zero_shot": True})])
 def test_rank_slices_partition_global_batches(name, options):
@@ -241,6 +259,7 @@ def test_dss_resume_round_trip_gives_identical_batches(tmp_path):
     def ctx(epoch):  # the "model" after epoch e-1 embeds differently from the one after e-2
         emb = planted_embeddings(train, groups[epoch], seed=epoch)
         return ctx_for(train, epoch=epoch, batch_size=10, embed=lambda: emb)
+
     options = {"every": 2, "select": 4, "range": 8}
     straight = create("sampler", "dss", options)
     ref = [straight.batches(ctx(e)) for e in range(1, 9)]
@@ -253,8 +272,9 @@ def test_dss_resume_round_trip_gives_identical_batches(tmp_path):
         resumed.load_state_dict(load_state(tmp_path / "s.safetensors")["sampler"])
         for e in range(stop + 1, 9):
             got = resumed.batches(ctx(e))
-            assert len(got) == len(ref[e - 1]) and all(np.array_equal(a, b) for a, b in zip(got, ref[e - 1])), \
+            assert len(got) == len(ref[e - 1]) and all(np.array_equal(a, b) for a, b in zip(got, ref[e - 1])), (
                 f"resume after epoch {stop}: epoch {e} differs"
+            )
 
 
 def test_gps_resume_round_trip(tmp_path):
@@ -273,6 +293,7 @@ def test_builder_keeps_every_pair_with_keep_policy_and_scales():
     train = TrainSet([""] * n, [""] * n, np.arange(n))
     table = rng.integers(0, n, size=(n, 16))
     import time
+
     t = time.perf_counter()
     batches = build_neighbour_batches(train, 64, table, rng, select=8, range_=16, last_batch="keep")
     assert time.perf_counter() - t < 10
@@ -281,6 +302,7 @@ def test_builder_keeps_every_pair_with_keep_policy_and_scales():
 
 
 # ------------------------------------------------------------------------------ through the engine
+
 
 def test_train_end_to_end(tmp_path, monkeypatch):
     """GPS warm start for epoch 1, then DSS mined with the engine's real ctx.embed() before

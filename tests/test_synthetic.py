@@ -1,4 +1,5 @@
 """The synthetic world generator: determinism, geometry conventions, splits, GPS, caching."""
+
 from __future__ import annotations
 
 import csv
@@ -14,8 +15,17 @@ from geokit_plugins.synthetic import SyntheticOptions
 from geokit_plugins.synthetic import world as W
 from geokit_plugins.synthetic.generate import ensure_world
 
-TINY = dict(seed=3, map_size=320, locations=90, spacing=10.0, tile_metres=40.0, query_size=[16, 64],
-            reference_size=[32, 32], test_fraction=0.25, val_fraction=0.15)
+TINY = dict(
+    seed=3,
+    map_size=320,
+    locations=90,
+    spacing=10.0,
+    tile_metres=40.0,
+    query_size=[16, 64],
+    reference_size=[32, 32],
+    test_fraction=0.25,
+    val_fraction=0.15,
+)
 
 
 def tiny(root: Path, **kw) -> SyntheticOptions:
@@ -104,7 +114,12 @@ def test_neighbouring_tiles_overlap(world: Path) -> None:
     ra, rb = slice(max(oy, 0), size + min(oy, 0)), slice(max(-oy, 0), size + min(-oy, 0))
     ca, cb = slice(max(ox, 0), size + min(ox, 0)), slice(max(-ox, 0), size + min(-ox, 0))
     same = np.abs(ta[ra, ca] - tb[rb, cb]).mean()
-    unrelated = np.abs(ta - np.asarray(Image.open(world / f"aerial/{int(np.argmax(np.where(np.isinf(d[a]), 0, d[a]))):05d}.png"), np.float32)).mean()
+    unrelated = np.abs(
+        ta
+        - np.asarray(
+            Image.open(world / f"aerial/{int(np.argmax(np.where(np.isinf(d[a]), 0, d[a]))):05d}.png"), np.float32
+        )
+    ).mean()
     assert same < 0.5 * unrelated and same < 25, (same, unrelated)
 
 
@@ -117,10 +132,10 @@ def test_panorama_faces_north_at_column_zero(dx: int, dy: int, column: float) ->
     tx, ty = int(x + dx), int(y + dy)
     city.height[:] = 0.0  # an empty plain: only the landmark stands up
     city.cls[:] = W.GRASS
-    city.height[ty - 2:ty + 3, tx - 2:tx + 3] = 60.0
-    city.cls[ty - 2:ty + 3, tx - 2:tx + 3] = W.BUILDING
-    city.facade[ty - 2:ty + 3, tx - 2:tx + 3] = (255, 0, 0)
-    city.aerial[ty - 2:ty + 3, tx - 2:tx + 3] = (255, 0, 0)
+    city.height[ty - 2 : ty + 3, tx - 2 : tx + 3] = 60.0
+    city.cls[ty - 2 : ty + 3, tx - 2 : tx + 3] = W.BUILDING
+    city.facade[ty - 2 : ty + 3, tx - 2 : tx + 3] = (255, 0, 0)
+    city.aerial[ty - 2 : ty + 3, tx - 2 : tx + 3] = (255, 0, 0)
     W_ = 128
     pano = W.render_panoramas(city, np.array([[x, y]]), (32, W_))[0].astype(int)
     red = (pano[..., 0] > 120) & (pano[..., 1] < 90) & (pano[..., 2] < 90)

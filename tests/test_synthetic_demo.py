@@ -1,4 +1,5 @@
 """`geokit demo` end to end on a shrunken world (tiny map, one epoch)."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,19 @@ from PIL import Image
 from geokit.cli import _load_plugin_commands, cli
 from geokit_plugins.synthetic import DEMO_CONFIG
 
-SHRINK = ["dataset.map_size=320", "dataset.locations=120", "dataset.spacing=10", "dataset.tile_metres=40",
-          "dataset.query_size=[32,128]", "dataset.reference_size=[32,32]", "dataset.test_fraction=0.3",
-          "dataset.val_fraction=0.15", "train.epochs=1", "train.batch_size=8", "eval.batch_size=32"]
+SHRINK = [
+    "dataset.map_size=320",
+    "dataset.locations=120",
+    "dataset.spacing=10",
+    "dataset.tile_metres=40",
+    "dataset.query_size=[32,128]",
+    "dataset.reference_size=[32,32]",
+    "dataset.test_fraction=0.3",
+    "dataset.val_fraction=0.15",
+    "train.epochs=1",
+    "train.batch_size=8",
+    "eval.batch_size=32",
+]
 
 
 def test_demo_config_is_the_example() -> None:
@@ -41,9 +52,19 @@ def test_shrunken_demo_end_to_end(tmp_path: Path, monkeypatch) -> None:
     assert (out / "model.safetensors").is_file()
     assert sorted(p.name for p in (tmp_path / "cache").iterdir())[0].startswith("synthetic-")
     # the demo's numbers are `geokit evaluate` on the run's config and weights (one code path)
-    res_eval = CliRunner().invoke(cli, ["evaluate", "--config", str(out / "config.yaml"), "--checkpoint",
-                                        str(out / "model.safetensors"), "--output", str(tmp_path / "eval.json")],
-                                  catch_exceptions=False)
+    res_eval = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            "--config",
+            str(out / "config.yaml"),
+            "--checkpoint",
+            str(out / "model.safetensors"),
+            "--output",
+            str(tmp_path / "eval.json"),
+        ],
+        catch_exceptions=False,
+    )
     assert res_eval.exit_code == 0, res_eval.output
     assert json.loads((tmp_path / "eval.json").read_text()) == metrics
     # re-running on the finished folder reuses the world and the weights

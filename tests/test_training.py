@@ -1,5 +1,6 @@
 """Training engine, in-process: gradient caching, bad images, a NaN loss, failing checkpoint
 writes, the schedule, periodic evaluation, optional TensorBoard."""
+
 from __future__ import annotations
 
 import errno
@@ -43,16 +44,24 @@ def test_keep_freed_memory_respects_opt_outs(monkeypatch):
 
     from geokit import runtime
 
-    for env in ({"GEOKIT_MALLOC_TUNING": "0"}, {"MALLOC_TRIM_THRESHOLD_": "1"},
-                {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}):
+    for env in (
+        {"GEOKIT_MALLOC_TUNING": "0"},
+        {"MALLOC_TRIM_THRESHOLD_": "1"},
+        {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"},
+    ):
         monkeypatch.setattr(runtime, "_malloc_tuned", None)
         with monkeypatch.context() as m:
             for k, v in env.items():
                 m.setenv(k, v)
             assert runtime.keep_freed_memory() is False, env
     monkeypatch.setattr(runtime, "_malloc_tuned", None)
-    for k in ("GEOKIT_MALLOC_TUNING", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
-              "GLIBC_TUNABLES"):
+    for k in (
+        "GEOKIT_MALLOC_TUNING",
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TRIM_THRESHOLD_",
+        "MALLOC_TOP_PAD_",
+        "GLIBC_TUNABLES",
+    ):
         monkeypatch.delenv(k, raising=False)
     # Where it applies, it sticks (mallopt is one-way) and is cached.
     assert runtime.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
@@ -204,8 +213,7 @@ def test_a_failing_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, pair
     assert res.epochs_run == 1 and [r["epoch"] for r in res.history] == [1, 2]
 
 
-def test_periodic_evaluation_monitors_the_val_split_and_tensorboard_is_optional(tmp_path, pairs_root,
-                                                                             monkeypatch):
+def test_periodic_evaluation_monitors_the_val_split_and_tensorboard_is_optional(tmp_path, pairs_root, monkeypatch):
     written = []
 
     class FakeWriter:

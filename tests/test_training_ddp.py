@@ -2,6 +2,7 @@
 and the final weights agree to float tolerance, with and without gradient caching. SIGTERM
 stops both ranks after the same step with the state saved, and the resumed run ends with the
 weights of an uninterrupted one."""
+
 from __future__ import annotations
 
 import os
@@ -31,10 +32,22 @@ def _keep_threads():
 
 
 def _torchrun_cmd(cfg_path, out, *sets):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", GEOKIT_PROGRESS="0",
-               OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "geokit", "train", "--config", str(cfg_path), "--output", str(out)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", GEOKIT_PROGRESS="0", OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "geokit",
+        "train",
+        "--config",
+        str(cfg_path),
+        "--output",
+        str(out),
+    ]
     for s in sets:
         cmd += ["--set", s]
     return cmd, env
@@ -132,8 +145,9 @@ def test_sigterm_under_torchrun_stops_every_rank_after_the_same_step_then_resume
         seen = len(read_steps(out))
         cmd, env = _torchrun_cmd(cfg_path, out)
         # Its own session, so that a hung run can be ended as a whole (torchrun and its ranks).
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         try:
             target = _rank_pid(proc.pid, 1) if who == "rank 1" else proc.pid
             end = time.monotonic() + 120
@@ -148,8 +162,9 @@ def test_sigterm_under_torchrun_stops_every_rank_after_the_same_step_then_resume
             try:
                 text = proc.communicate(timeout=60)[0]
             except subprocess.TimeoutExpired:
-                raise AssertionError(f"{who} after step {after}: no exit 60 s after SIGTERM (seed {seed}, "
-                                     f"{notes})") from None
+                raise AssertionError(
+                    f"{who} after step {after}: no exit 60 s after SIGTERM (seed {seed}, {notes})"
+                ) from None
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -175,5 +190,8 @@ def test_sigterm_under_torchrun_stops_every_rank_after_the_same_step_then_resume
     differ = [k for k in expected if not bool((got[k] == expected[k]).all())]
     assert not differ, f"weights differ after resume (seed {seed}, {notes}): {differ[:5]}"
     assert [s["loss"] for s in read_steps(out)] == [s["loss"] for s in read_steps(ddp_out)], notes
-    print(seed, notes, [line.split(" ", 3)[-1] for line in (out / "train.log").read_text().splitlines()
-                        if "resuming" in line])
+    print(
+        seed,
+        notes,
+        [line.split(" ", 3)[-1] for line in (out / "train.log").read_text().splitlines() if "resuming" in line],
+    )

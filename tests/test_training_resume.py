@@ -1,6 +1,7 @@
 """Exact resume: a tiny CPU run killed with SIGKILL at random points (and once stopped with
 SIGTERM), then re-run with the same command, ends with weights bit-identical to a run that was
 never interrupted."""
+
 from __future__ import annotations
 
 import os
@@ -34,9 +35,13 @@ def _env():
 
 
 def _start(cfg_path, out):
-    return subprocess.Popen([sys.executable, "-m", "geokit", "train", "--config", str(cfg_path),
-                             "--output", str(out)], env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "geokit", "train", "--config", str(cfg_path), "--output", str(out)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_for(out, text, count, proc, timeout=60.0):
@@ -55,8 +60,9 @@ def test_sigkill_at_random_points_then_resume_gives_identical_weights(tmp_path):
 
     root = make_pairs_dataset(tmp_path / "data", n_train=32, n_test=8)
     # drop_path > 0: the per-step RNG must be restored too; augmentation on (pairs default).
-    cfg = tiny_config(root, encoder={"drop_path_rate": 0.1},
-                      train={"epochs": 3, "checkpoint_every": 1, "threads": 1, "log_every": 1})
+    cfg = tiny_config(
+        root, encoder={"drop_path_rate": 0.1}, train={"epochs": 3, "checkpoint_every": 1, "threads": 1, "log_every": 1}
+    )
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
 

@@ -1,5 +1,6 @@
 """The first hour of a new user (issue 16): configs that state only what a command needs,
 progress on long loops, a locate consensus that is never worse than its top-1, readable pictures."""
+
 from __future__ import annotations
 
 import logging
@@ -52,8 +53,9 @@ def test_resolve_requires_only_the_sections_a_command_needs(pairs_root):
 # ------------------------------------------------------------------------------ progress
 
 
-@pytest.mark.parametrize("seconds, text", [(0, "0 s"), (59.4, "59 s"), (61, "1 min 01 s"),
-                                           (3 * 3600 + 7 * 60 + 9, "3 h 07 min")])
+@pytest.mark.parametrize(
+    "seconds, text", [(0, "0 s"), (59.4, "59 s"), (61, "1 min 01 s"), (3 * 3600 + 7 * 60 + 9, "3 h 07 min")]
+)
 def test_format_duration(seconds, text):
     assert runtime.format_duration(seconds) == text
 
@@ -63,8 +65,11 @@ def test_progress_prints_lines_with_rate_and_time_left_when_not_on_a_terminal(mo
     monkeypatch.setenv("GEOKIT_PROGRESS_EVERY", "0")
     monkeypatch.setattr(runtime, "show_progress", lambda: False)  # stderr is not a terminal
     assert list(runtime.progress(range(4), total=4, desc="test embed")) == [0, 1, 2, 3]
-    assert [re.sub(r", [\d.]+(/s| s each), .*", "", x) for x in geokit_lines[:3]] == \
-        ["test embed: 1/4 (25 %)", "test embed: 2/4 (50 %)", "test embed: 3/4 (75 %)"]
+    assert [re.sub(r", [\d.]+(/s| s each), .*", "", x) for x in geokit_lines[:3]] == [
+        "test embed: 1/4 (25 %)",
+        "test embed: 2/4 (50 %)",
+        "test embed: 3/4 (75 %)",
+    ]
     assert all(" left" in x for x in geokit_lines[:3])
     assert re.fullmatch(r"test embed: 4 done in \d+ s", geokit_lines[3]), geokit_lines
     geokit_lines.clear()
@@ -88,8 +93,9 @@ def test_training_logs_rate_and_time_left_every_log_every_steps(tmp_path, pairs_
 
     threads = torch.get_num_threads()
     try:
-        train(config.resolve(tiny_config(pairs_root, train={"epochs": 1, "log_every": 2})), tmp_path / "run",
-              show=False)
+        train(
+            config.resolve(tiny_config(pairs_root, train={"epochs": 1, "log_every": 2})), tmp_path / "run", show=False
+        )
     finally:
         torch.set_num_threads(threads)
     lines = [x for x in (tmp_path / "run" / "train.log").read_text().splitlines() if " step " in x]
@@ -115,7 +121,7 @@ def test_readme_documents_query_type_with_the_options_real_values():
     from geokit_plugins.pairs import PairsOptions
 
     readme = (ROOT / "README.md").read_text()
-    own = readme[readme.index("## Your own data"):readme.index("## Configuration reference")]
+    own = readme[readme.index("## Your own data") : readme.index("## Configuration reference")]
     values = get_args(PairsOptions.model_fields["query_type"].annotation)
     assert "query_type" in own and all(f"`{v}`" in own for v in values), values
     assert PairsOptions.model_fields["query_type"].default == "panorama" and "default" in own
@@ -127,9 +133,9 @@ def test_readme_references_csv_example_is_what_index_build_reads(tmp_path):
     from geokit.index import read_references
 
     readme = (ROOT / "README.md").read_text()
-    block = readme[readme.index("`--references` is a CSV"):]
-    csv_text = block[block.index("```\n") + 4:]
-    csv_text = csv_text[:csv_text.index("```")]
+    block = readme[readme.index("`--references` is a CSV") :]
+    csv_text = block[block.index("```\n") + 4 :]
+    csv_text = csv_text[: csv_text.index("```")]
     assert csv_text.startswith("path,lat,lon\n")
     for line in csv_text.splitlines()[1:]:
         (tmp_path / line.split(",")[0]).parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 Installed with ``pip install ./examples/plugin-example``, both appear in ``geokit plugins`` and
 can be named in any config (``sampler: {name: blocks, block: 4}``).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,8 @@ from geokit.augment import PairAugment
 from geokit.data import CrossViewDataset, EvalSet, TrainSet
 from geokit.sampling import EpochContext, pack_batches
 
-
 # ------------------------------------------------------------------ sampler: route-order blocks
+
 
 class BlocksOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -48,6 +49,7 @@ class BlocksSampler:
 
 
 # ------------------------------------------------------------------ dataset: JSON lines
+
 
 class JsonlOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -102,6 +104,7 @@ class JsonlDataset(CrossViewDataset):
 
 # ------------------------------------------------------------------ registration
 
+
 @geokit.hookimpl
 def geokit_register_samplers(registry):
     registry.add("blocks", BlocksSampler, options=BlocksOptions)
@@ -109,5 +112,4 @@ def geokit_register_samplers(registry):
 
 @geokit.hookimpl
 def geokit_register_datasets(registry):
-    registry.add("jsonl", JsonlDataset, options=JsonlOptions,
-                 summary="pairs listed in train.jsonl / test.jsonl")
+    registry.add("jsonl", JsonlDataset, options=JsonlOptions, summary="pairs listed in train.jsonl / test.jsonl")

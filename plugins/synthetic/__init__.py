@@ -10,6 +10,7 @@ Splits: ``split: area`` puts test locations in the south-east corner of the map 
 locations in the north-west corner, with a gap of one tile between areas (cross-area, like
 CVUSA/VIGOR); ``split: random`` draws them from the whole map (same-area).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,8 +28,9 @@ DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 class SyntheticOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    root: Path | None = Field(None, description="cache folder for generated worlds; null: "
-                              "$GEOKIT_CACHE or ~/.cache/geokit")
+    root: Path | None = Field(
+        None, description="cache folder for generated worlds; null: $GEOKIT_CACHE or ~/.cache/geokit"
+    )
     seed: int = Field(0, description="the city and its locations")
     locations: PositiveInt = Field(3600, description="street locations sampled (before the split)")
     map_size: int = Field(1800, ge=128, le=8192, description="map side in pixels")
@@ -38,7 +40,9 @@ class SyntheticOptions(BaseModel):
     query_size: tuple[PositiveInt, PositiveInt] = Field((32, 128), description="[height, width] of panoramas")
     reference_size: tuple[PositiveInt, PositiveInt] = Field((64, 64), description="[height, width] of aerial tiles")
     heading: Literal["north", "random"] = Field("north", description="panorama column 0: north, or a random heading")
-    split: Literal["area", "random"] = Field("area", description="area: test/val in separate corners; random: same area")
+    split: Literal["area", "random"] = Field(
+        "area", description="area: test/val in separate corners; random: same area"
+    )
     test_fraction: float = Field(0.16, gt=0, lt=1)
     val_fraction: float = Field(0.07, ge=0, lt=1, description="validation locations (carved from training)")
     origin_lat: float = Field(47.3769, ge=-85, le=85, description="latitude of the map centre")
@@ -46,9 +50,11 @@ class SyntheticOptions(BaseModel):
     eye_height: float = Field(1.7, gt=0, description="camera height above the street, metres")
     view_distance: float = Field(160.0, gt=1, description="how far the panorama ray caster looks, metres")
     augment: bool | Literal["geometry"] = Field(
-        True, description="Sample4Geo pair-consistent training augmentation: true (flips, quarter "
+        True,
+        description="Sample4Geo pair-consistent training augmentation: true (flips, quarter "
         "turns with matching panorama rolls, photometric, dropout), geometry (flips and turns only: "
-        "cheaper on a CPU), false")
+        "cheaper on a CPU), false",
+    )
     in_memory: bool = Field(True, description="keep decoded images in memory after first use")
 
     @field_validator("reference_size")
@@ -67,9 +73,15 @@ class SyntheticDataset(PairsDataset):
 
         self.synthetic_options = options
         self.world = ensure_world(options)
-        super().__init__(PairsOptions(root=self.world, query_size=options.query_size,
-                                      reference_size=options.reference_size, query_type="panorama",
-                                      augment=bool(options.augment)))
+        super().__init__(
+            PairsOptions(
+                root=self.world,
+                query_size=options.query_size,
+                reference_size=options.reference_size,
+                query_type="panorama",
+                augment=bool(options.augment),
+            )
+        )
         if options.augment == "geometry":
             from geokit.augment import PairAugment
 
@@ -89,8 +101,12 @@ class SyntheticDataset(PairsDataset):
 
 @geokit.hookimpl
 def geokit_register_datasets(registry):
-    registry.add("synthetic", SyntheticDataset, options=SyntheticOptions,
-                 summary="generated city: ray-cast street panoramas + aerial tiles with GPS (no download)")
+    registry.add(
+        "synthetic",
+        SyntheticDataset,
+        options=SyntheticOptions,
+        summary="generated city: ray-cast street panoramas + aerial tiles with GPS (no download)",
+    )
 
 
 @geokit.hookimpl

@@ -3,6 +3,7 @@
 It is ``geokit train`` and ``geokit evaluate`` on ``demo.yaml`` (the same engine calls, no
 separate code path) followed by the report pictures of :mod:`geokit.report`.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,12 +15,27 @@ import numpy as np
 
 
 @click.command("demo")
-@click.option("--output", type=click.Path(file_okay=False), default="runs/demo", show_default=True,
-              help="Folder for the run, metrics.json and the pictures (re-running resumes).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="Use an edited copy of the demo config (default: the shipped demo.yaml).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config key, e.g. --set train.epochs=2 (repeatable).")
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False),
+    default="runs/demo",
+    show_default=True,
+    help="Folder for the run, metrics.json and the pictures (re-running resumes).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Use an edited copy of the demo config (default: the shipped demo.yaml).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key, e.g. --set train.epochs=2 (repeatable).",
+)
 def demo_cmd(output: str, config_path: str | None, overrides: tuple[str, ...]) -> None:
     """Generate the synthetic city, train a small ConvNeXt from scratch, evaluate on the held-out
     area and draw the report (about 5 minutes on 2 CPU cores; no network)."""
@@ -33,8 +49,7 @@ def demo_cmd(output: str, config_path: str | None, overrides: tuple[str, ...]) -
     click.echo(summary)
 
 
-def run_demo(config_path: Path, overrides: tuple[str, ...] | list[str], out: Path, *,
-             show: bool | None = None) -> str:
+def run_demo(config_path: Path, overrides: tuple[str, ...] | list[str], out: Path, *, show: bool | None = None) -> str:
     """The whole demo; returns the terminal summary. Everything is written into ``out``."""
     from PIL import Image
 
@@ -66,8 +81,9 @@ def run_demo(config_path: Path, overrides: tuple[str, ...] | list[str], out: Pat
     top1 = report.top_k(res.query, res.reference, 1)[:, 0]
     sheet = report.retrieval_sheet(parts.dataset, es, res.query, res.reference, out / "retrieval.png")
     history = result.history or _read_jsonl(out / "metrics.jsonl")
-    curve = report.training_curve(history, out / "training_curve.png",
-                                  label="R@1 (%) during training, on the val split")
+    curve = report.training_curve(
+        history, out / "training_curve.png", label="R@1 (%) during training, on the val split"
+    )
     pictures = [sheet, curve]
     errors = report.localisation_errors(es, top1)
     if errors is not None:
@@ -83,14 +99,19 @@ def run_demo(config_path: Path, overrides: tuple[str, ...] | list[str], out: Pat
     chance1 = 100.0 / metrics["references"]
     lines = [
         "",
-        format_table(metrics, f"geokit demo: {cfg.names['dataset']} / {es.name} "
-                     f"({cfg.names['encoder']} {getattr(cfg.encoder, 'model', '')}, sampler {cfg.names['sampler']})"),
+        format_table(
+            metrics,
+            f"geokit demo: {cfg.names['dataset']} / {es.name} "
+            f"({cfg.names['encoder']} {getattr(cfg.encoder, 'model', '')}, sampler {cfg.names['sampler']})",
+        ),
         f"R@1 is {metrics['R@1'] / chance1:.0f}x chance ({chance1:.2f}% for one guess among "
         f"{int(metrics['references'])} tiles); R@10 chance {min(100.0, 10 * chance1):.2f}%",
     ]
     if errors is not None:
-        lines.append(f"top-1 localisation error: median {np.median(errors):.0f} m, "
-                     f"{100 * (errors <= 25).mean():.1f}% within 25 m")
+        lines.append(
+            f"top-1 localisation error: median {np.median(errors):.0f} m, "
+            f"{100 * (errors <= 25).mean():.1f}% within 25 m"
+        )
     lines += [
         f"time: {t_total:.0f} s (world {t_gen:.0f} s, training {t_train:.0f} s, "
         f"evaluation {t_eval:.0f} s, report {t_total - t_gen - t_train - t_eval:.0f} s)",
@@ -108,4 +129,3 @@ def _read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-

@@ -12,6 +12,7 @@ Layout of a world folder (``<cache>/synthetic-<hash>``)::
 The folder is written under a temporary name and renamed into place, so a reader never sees a
 half-written world and two processes generating the same world at once both end up using one.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,9 +30,24 @@ import numpy as np
 from geokit_plugins.synthetic import world as W
 
 VERSION = 2  # bump when the generator's output changes for the same parameters
-GENERATION_KEYS = ("seed", "locations", "map_size", "metres_per_pixel", "spacing", "tile_metres",
-                   "query_size", "reference_size", "heading", "split", "test_fraction", "val_fraction",
-                   "origin_lat", "origin_lon", "eye_height", "view_distance")
+GENERATION_KEYS = (
+    "seed",
+    "locations",
+    "map_size",
+    "metres_per_pixel",
+    "spacing",
+    "tile_metres",
+    "query_size",
+    "reference_size",
+    "heading",
+    "split",
+    "test_fraction",
+    "val_fraction",
+    "origin_lat",
+    "origin_lon",
+    "eye_height",
+    "view_distance",
+)
 
 
 def generation_params(options: Any) -> dict[str, Any]:
@@ -85,13 +101,15 @@ def split_locations(xy: np.ndarray, params: dict[str, Any], rng: np.random.Gener
     if params["split"] == "random":
         order = rng.permutation(n)
         out[order[:n_test]] = "test"
-        out[order[n_test:n_test + n_val]] = "val"
+        out[order[n_test : n_test + n_val]] = "val"
         return out
     size = params["map_size"]
     gap = params["tile_metres"] / params["metres_per_pixel"]
     # Test: the square around the south-east corner holding n_test locations; val: north-west.
-    for name, count, dist in (("test", n_test, np.maximum(size - xy[:, 0], size - xy[:, 1])),
-                              ("val", n_val, np.maximum(xy[:, 0], xy[:, 1]))):
+    for name, count, dist in (
+        ("test", n_test, np.maximum(size - xy[:, 0], size - xy[:, 1])),
+        ("val", n_val, np.maximum(xy[:, 0], xy[:, 1])),
+    ):
         if count == 0:
             continue
         free = np.flatnonzero(out == "train")
@@ -113,8 +131,13 @@ def write_world(params: dict[str, Any], folder: Path, *, show: bool | None = Non
 
     t0 = time.perf_counter()
     p = params
-    log.info("generating the synthetic world (seed %d, %d locations, %d m map) in %s",
-             p["seed"], p["locations"], int(p["map_size"] * p["metres_per_pixel"]), folder.parent)
+    log.info(
+        "generating the synthetic world (seed %d, %d locations, %d m map) in %s",
+        p["seed"],
+        p["locations"],
+        int(p["map_size"] * p["metres_per_pixel"]),
+        folder.parent,
+    )
     city = W.generate_city(p["seed"], p["map_size"], p["metres_per_pixel"])
     t_city = time.perf_counter() - t0
     xy = W.sample_locations(city, p["locations"], p["spacing"], p["seed"])
@@ -138,12 +161,12 @@ def write_world(params: dict[str, Any], folder: Path, *, show: bool | None = Non
     chunk = 192
     with ThreadPoolExecutor(max_workers=2) as pool:  # zlib releases the GIL while rendering continues
         pending = []
-        for a in progress(range(0, len(xy), chunk), total=-(-len(xy) // chunk), desc="render world",
-                          enabled=show):
+        for a in progress(range(0, len(xy), chunk), total=-(-len(xy) // chunk), desc="render world", enabled=show):
             sl = slice(a, a + chunk)
             tiles = W.render_tiles(city, xy[sl], rh, p["tile_metres"])
-            panos = W.render_panoramas(city, xy[sl], (qh, qw), headings=headings[sl],
-                                       eye=p["eye_height"], max_m=p["view_distance"])
+            panos = W.render_panoramas(
+                city, xy[sl], (qh, qw), headings=headings[sl], eye=p["eye_height"], max_m=p["view_distance"]
+            )
             for j in range(len(tiles)):
                 i = a + j
                 pending.append(pool.submit(save, (panos[j], folder / "ground" / f"{i:05d}.png")))
@@ -158,16 +181,36 @@ def write_world(params: dict[str, Any], folder: Path, *, show: bool | None = Non
             w = csv.writer(fh)
             w.writerow(["query", "reference", "lat", "lon", "heading"])
             for i in np.flatnonzero(split == name):
-                w.writerow([f"ground/{i:05d}.png", f"aerial/{i:05d}.png", f"{gps[i, 0]:.7f}",
-                            f"{gps[i, 1]:.7f}", f"{heading_deg[i]:.2f}"])
+                w.writerow(
+                    [
+                        f"ground/{i:05d}.png",
+                        f"aerial/{i:05d}.png",
+                        f"{gps[i, 0]:.7f}",
+                        f"{gps[i, 1]:.7f}",
+                        f"{heading_deg[i]:.2f}",
+                    ]
+                )
     with open(folder / "locations.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["id", "split", "x", "y", "lat", "lon", "heading"])
         for i in range(len(xy)):
-            w.writerow([i, split[i], f"{xy[i, 0]:.2f}", f"{xy[i, 1]:.2f}", f"{gps[i, 0]:.7f}",
-                        f"{gps[i, 1]:.7f}", f"{heading_deg[i]:.2f}"])
-    corners = W.pixels_to_gps(np.array([[0.0, 0.0], [p["map_size"], p["map_size"]]]), p["map_size"],
-                              p["metres_per_pixel"], (p["origin_lat"], p["origin_lon"]))
+            w.writerow(
+                [
+                    i,
+                    split[i],
+                    f"{xy[i, 0]:.2f}",
+                    f"{xy[i, 1]:.2f}",
+                    f"{gps[i, 0]:.7f}",
+                    f"{gps[i, 1]:.7f}",
+                    f"{heading_deg[i]:.2f}",
+                ]
+            )
+    corners = W.pixels_to_gps(
+        np.array([[0.0, 0.0], [p["map_size"], p["map_size"]]]),
+        p["map_size"],
+        p["metres_per_pixel"],
+        (p["origin_lat"], p["origin_lon"]),
+    )
     seconds = time.perf_counter() - t0
     record = {
         "generator": f"geokit synthetic v{VERSION}",
@@ -179,6 +222,9 @@ def write_world(params: dict[str, Any], folder: Path, *, show: bool | None = Non
         "seconds": {"city": round(t_city, 2), "total": round(seconds, 2)},
     }
     (folder / "world.json").write_text(json.dumps(record, indent=2) + "\n")
-    log.info("synthetic world: %s locations (train/val/test) in %.1f s",
-             "/".join(str(v) for v in record["counts"].values()), seconds)
+    log.info(
+        "synthetic world: %s locations (train/val/test) in %.1f s",
+        "/".join(str(v) for v in record["counts"].values()),
+        seconds,
+    )
     return record

@@ -18,6 +18,7 @@ Two renderers read that raster:
 
 Only numpy at module level; scipy is imported where used.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,31 +35,55 @@ DOWNTOWN, RESIDENTIAL, INDUSTRIAL, PARK = range(4)
 _TYPE_P = np.array([0.25, 0.42, 0.2, 0.13])
 #                        block u,   block v,   road w, sidewalk, lot,  setback, gap, empty p, height lo/hi
 _STYLE = {
-    DOWNTOWN: dict(bu=(55, 85), bv=(55, 85), road=12, side=4, lot=(18, 30), setback=0.5, gap=1.0,
-                   empty=0.10, h=(14.0, 55.0)),
-    RESIDENTIAL: dict(bu=(70, 110), bv=(38, 56), road=8, side=3, lot=(11, 17), setback=3.5, gap=3.0,
-                      empty=0.14, h=(5.0, 12.0)),
-    INDUSTRIAL: dict(bu=(90, 140), bv=(70, 110), road=10, side=2, lot=(30, 50), setback=4.0, gap=5.0,
-                     empty=0.30, h=(6.0, 14.0)),
-    PARK: dict(bu=(180, 260), bv=(180, 260), road=8, side=2, lot=(40, 60), setback=5.0, gap=5.0,
-               empty=1.0, h=(0.0, 0.0)),
+    DOWNTOWN: dict(
+        bu=(55, 85), bv=(55, 85), road=12, side=4, lot=(18, 30), setback=0.5, gap=1.0, empty=0.10, h=(14.0, 55.0)
+    ),
+    RESIDENTIAL: dict(
+        bu=(70, 110), bv=(38, 56), road=8, side=3, lot=(11, 17), setback=3.5, gap=3.0, empty=0.14, h=(5.0, 12.0)
+    ),
+    INDUSTRIAL: dict(
+        bu=(90, 140), bv=(70, 110), road=10, side=2, lot=(30, 50), setback=4.0, gap=5.0, empty=0.30, h=(6.0, 14.0)
+    ),
+    PARK: dict(
+        bu=(180, 260), bv=(180, 260), road=8, side=2, lot=(40, 60), setback=5.0, gap=5.0, empty=1.0, h=(0.0, 0.0)
+    ),
 }
 # Facade palettes per type; each entry has a paired roof colour (brick houses get red roofs...),
 # so the two views are related through the building, not through a shared pixel.
 _FACADES = {
-    DOWNTOWN: [((150, 160, 175), (90, 95, 100)), ((95, 130, 165), (70, 75, 85)),
-               ((200, 190, 170), (120, 115, 110)), ((120, 120, 125), (150, 150, 150)),
-               ((170, 120, 95), (95, 80, 70)), ((215, 215, 210), (175, 175, 170))],
-    RESIDENTIAL: [((235, 225, 200), (160, 60, 45)), ((205, 120, 80), (130, 50, 40)),
-                  ((240, 210, 120), (90, 80, 80)), ((250, 250, 245), (60, 60, 70)),
-                  ((230, 180, 180), (150, 90, 60)), ((160, 190, 160), (110, 70, 50)),
-                  ((170, 90, 70), (70, 70, 75))],
-    INDUSTRIAL: [((200, 195, 180), (205, 205, 200)), ((175, 180, 185), (225, 225, 220)),
-                 ((80, 110, 150), (180, 185, 190)), ((110, 140, 110), (190, 190, 180)),
-                 ((190, 160, 120), (160, 160, 155))],
+    DOWNTOWN: [
+        ((150, 160, 175), (90, 95, 100)),
+        ((95, 130, 165), (70, 75, 85)),
+        ((200, 190, 170), (120, 115, 110)),
+        ((120, 120, 125), (150, 150, 150)),
+        ((170, 120, 95), (95, 80, 70)),
+        ((215, 215, 210), (175, 175, 170)),
+    ],
+    RESIDENTIAL: [
+        ((235, 225, 200), (160, 60, 45)),
+        ((205, 120, 80), (130, 50, 40)),
+        ((240, 210, 120), (90, 80, 80)),
+        ((250, 250, 245), (60, 60, 70)),
+        ((230, 180, 180), (150, 90, 60)),
+        ((160, 190, 160), (110, 70, 50)),
+        ((170, 90, 70), (70, 70, 75)),
+    ],
+    INDUSTRIAL: [
+        ((200, 195, 180), (205, 205, 200)),
+        ((175, 180, 185), (225, 225, 220)),
+        ((80, 110, 150), (180, 185, 190)),
+        ((110, 140, 110), (190, 190, 180)),
+        ((190, 160, 120), (160, 160, 155)),
+    ],
 }
-_GROUND = {GRASS: (82, 128, 62), ROAD: (72, 72, 78), SIDEWALK: (172, 168, 160), WATER: (48, 88, 138),
-           PARKING: (96, 96, 100), PLAZA: (186, 174, 150)}
+_GROUND = {
+    GRASS: (82, 128, 62),
+    ROAD: (72, 72, 78),
+    SIDEWALK: (172, 168, 160),
+    WATER: (48, 88, 138),
+    PARKING: (96, 96, 100),
+    PLAZA: (186, 174, 150),
+}
 SUN_AZIMUTH = math.radians(150.0)  # sun in the south-south-east: shadows fall north-north-west
 SUN_ELEVATION = math.radians(45.0)
 
@@ -195,8 +220,7 @@ def generate_city(seed: int, size: int = 1280, mpp: float = 1.0) -> City:
     bank = (np.abs(n) < river_w + 10) & ~water
 
     # Lots and buildings inside blocks.
-    sty = {key: np.array([_STYLE[t][key] for t in dtype_k], np.float32)
-           for key in ("setback", "gap", "empty")}
+    sty = {key: np.array([_STYLE[t][key] for t in dtype_k], np.float32) for key in ("setback", "gap", "empty")}
     lot_lo = np.array([_STYLE[t]["lot"][0] for t in dtype_k], np.float32)
     lot_hi = np.array([_STYLE[t]["lot"][1] for t in dtype_k], np.float32)
     blk_u, blk_v = np.floor(u / bu[k]).astype(np.int64), np.floor(v / bv[k]).astype(np.int64)
@@ -234,7 +258,7 @@ def generate_city(seed: int, size: int = 1280, mpp: float = 1.0) -> City:
     h_lo = np.array([_STYLE[t]["h"][0] for t in range(4)], np.float32)[t_k]
     h_hi = np.array([_STYLE[t]["h"][1] for t in range(4)], np.float32)[t_k]
     r_h = _unit(hl, 4).astype(np.float32)
-    height_b = h_lo + (h_hi - h_lo) * np.where(t_k == DOWNTOWN, r_h ** 2, r_h)
+    height_b = h_lo + (h_hi - h_lo) * np.where(t_k == DOWNTOWN, r_h**2, r_h)
     facade = np.zeros((S, S, 3), np.float32)
     roof = np.zeros((S, S, 3), np.float32)
     pick = _unit(hl, 5)
@@ -262,8 +286,11 @@ def generate_city(seed: int, size: int = 1280, mpp: float = 1.0) -> City:
 
     # Roof texture: pitched roofs (residential) get a ridge; flat roofs get a parapet and units.
     ridge = np.abs(np.minimum(e_v0, e_v1) / np.maximum(e_v0 + e_v1, 1e-3))  # 0 at eaves, .5 at ridge
-    roof_shade = np.where(t_k == RESIDENTIAL, 0.75 + 0.5 * ridge * np.where(e_v0 < e_v1, 1.0, 0.7),
-                          np.where(np.min(edges, axis=0) < 1.0, 0.8, 1.0))
+    roof_shade = np.where(
+        t_k == RESIDENTIAL,
+        0.75 + 0.5 * ridge * np.where(e_v0 < e_v1, 1.0, 0.7),
+        np.where(np.min(edges, axis=0) < 1.0, 0.8, 1.0),
+    )
 
     # Ground classes.
     cls = np.full((S, S), GRASS, np.uint8)
@@ -288,12 +315,14 @@ def generate_city(seed: int, size: int = 1280, mpp: float = 1.0) -> City:
     ix, iy = np.clip(tx.astype(np.int64), 0, S - 1), np.clip(ty.astype(np.int64), 0, S - 1)
     under = cls[iy, ix]
     t_under = t_k[iy, ix]
-    p_tree = np.select([under == GRASS, (under == SIDEWALK) & (t_under == RESIDENTIAL),
-                        (under == PLAZA) | (under == PARKING)], [0.55, 0.45, 0.12], 0.0)
+    p_tree = np.select(
+        [under == GRASS, (under == SIDEWALK) & (t_under == RESIDENTIAL), (under == PLAZA) | (under == PARKING)],
+        [0.55, 0.45, 0.12],
+        0.0,
+    )
     p_tree = np.where((under == GRASS) & (t_under == INDUSTRIAL), 0.2, p_tree)
     rd = np.hypot(xx - tx, yy - ty)
-    tree = (_unit(ht, 4) < p_tree) & (rd < tr) & (cls != BUILDING) & (cls != WATER) & ~(
-        (cls == ROAD) & (centre < 0.5))
+    tree = (_unit(ht, 4) < p_tree) & (rd < tr) & (cls != BUILDING) & (cls != WATER) & ~((cls == ROAD) & (centre < 0.5))
     tree_h = (6.0 + 6.0 * _unit(ht, 5)).astype(np.float32)
 
     height = np.where(bldg, height_b, 0.0).astype(np.float32)
@@ -330,15 +359,26 @@ def generate_city(seed: int, size: int = 1280, mpp: float = 1.0) -> City:
         shifted = np.zeros_like(height)
         ys0, ys1 = max(0, -oy), min(S, S - oy)
         xs0, xs1 = max(0, -ox), min(S, S - ox)
-        shifted[ys0:ys1, xs0:xs1] = height[ys0 + oy:ys1 + oy, xs0 + ox:xs1 + ox]
+        shifted[ys0:ys1, xs0:xs1] = height[ys0 + oy : ys1 + oy, xs0 + ox : xs1 + ox]
         shade |= shifted > height + step * mpp * tan_e
     aerial = np.where(shade[..., None], aerial * 0.55, aerial)
     aerial = np.clip(aerial, 0, 255).astype(np.uint8)
 
     cls_out = np.where(tree, TREE, cls).astype(np.uint8)
-    city = City(seed, S, mpp, cls_out, aerial, ground.astype(np.uint8), height,
-                np.where(bldg[..., None], facade, 0).astype(np.uint8), normal, along,
-                dist_id, dtype_k)
+    city = City(
+        seed,
+        S,
+        mpp,
+        cls_out,
+        aerial,
+        ground.astype(np.uint8),
+        height,
+        np.where(bldg[..., None], facade, 0).astype(np.uint8),
+        normal,
+        along,
+        dist_id,
+        dtype_k,
+    )
     # Candidate street locations: road centre lines, away from the border.
     margin = 8
     cand = (cls == ROAD) & (centre < 0.15)
@@ -381,12 +421,12 @@ def render_tiles(city: City, xy: np.ndarray, size: int, tile_m: float, chunk: in
     out = np.empty((len(xy), size, size, 3), np.uint8)
     src = city.aerial.astype(np.float32)
     for a in range(0, len(xy), chunk):
-        p = xy[a:a + chunk]
+        p = xy[a : a + chunk]
         X = np.clip((p[:, 0, None, None] + g[None, None, :] * span).astype(np.int64), 0, S - 1)
         Y = np.clip((p[:, 1, None, None] + g[None, :, None] * span).astype(np.int64), 0, S - 1)
         img = src[Y, X]  # (n, size*sub, size*sub, 3)
         img = img.reshape(len(p), size, sub, size, sub, 3).mean(axis=(2, 4))
-        out[a:a + len(p)] = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+        out[a : a + len(p)] = np.clip(img + 0.5, 0, 255).astype(np.uint8)
     return out
 
 
@@ -395,9 +435,18 @@ def _distances(max_m: float, steps: int) -> np.ndarray:
     return (0.4 * (max_m / 0.4) ** (np.arange(steps) / (steps - 1))).astype(np.float32)
 
 
-def render_panoramas(city: City, xy: np.ndarray, size: tuple[int, int], *, headings: np.ndarray | None = None,
-                     eye: float = 1.7, max_m: float = 160.0, steps: int = 112, haze_m: float = 180.0,
-                     chunk: int = 48) -> np.ndarray:
+def render_panoramas(
+    city: City,
+    xy: np.ndarray,
+    size: tuple[int, int],
+    *,
+    headings: np.ndarray | None = None,
+    eye: float = 1.7,
+    max_m: float = 160.0,
+    steps: int = 112,
+    haze_m: float = 180.0,
+    chunk: int = 48,
+) -> np.ndarray:
     """Ground panoramas ``(N, H, W, 3)`` uint8 at ``xy`` (pixels): equirectangular, 360° over
     the width, square pixels (so the vertical field of view is H/W·360°, centred on the
     horizon), column 0 facing north (or ``headings`` radians clockwise from north), azimuth
@@ -418,9 +467,9 @@ def render_panoramas(city: City, xy: np.ndarray, size: tuple[int, int], *, headi
     ground, facade = city.ground.astype(np.float32), city.facade.astype(np.float32)
     out = np.empty((len(xy), H, W, 3), np.uint8)
     for a in range(0, len(xy), chunk):
-        p = xy[a:a + chunk]
+        p = xy[a : a + chunk]
         n = len(p)
-        head = np.zeros(n, np.float32) if headings is None else headings[a:a + chunk].astype(np.float32)
+        head = np.zeros(n, np.float32) if headings is None else headings[a : a + chunk].astype(np.float32)
         az = (2 * np.pi * (np.arange(W) + 0.5) / W)[None, :] + head[:, None]  # (n, W)
         ex, ny_ = np.sin(az).astype(np.float32), np.cos(az).astype(np.float32)
         X = p[:, 0, None, None] + ex[..., None] * (dist / mpp)  # (n, W, steps)
@@ -456,8 +505,14 @@ def render_panoramas(city: City, xy: np.ndarray, size: tuple[int, int], *, headi
             al = city.along[gi[b], gj[b]]
             zb = z[b]
             hb = height[gi[b], gj[b]]
-            win = (np.mod(zb, 3.2) > 1.0) & (np.mod(zb, 3.2) < 2.3) & (np.mod(al, 3.0) > 0.9) & (
-                np.mod(al, 3.0) < 2.1) & (zb < hb - 0.6) & (zb > 0.8)
+            win = (
+                (np.mod(zb, 3.2) > 1.0)
+                & (np.mod(zb, 3.2) < 2.3)
+                & (np.mod(al, 3.0) > 0.9)
+                & (np.mod(al, 3.0) < 2.1)
+                & (zb < hb - 0.6)
+                & (zb > 0.8)
+            )
             f[win] = f[win] * 0.35 + np.array([40, 60, 85], np.float32) * 0.65
             f[zb > hb - 0.5] *= 0.8  # roof edge / parapet
             col[b] = f
@@ -472,7 +527,7 @@ def render_panoramas(city: City, xy: np.ndarray, size: tuple[int, int], *, headi
         col = col * (1 - fog) + haze * fog
         col = np.where(ins[..., None], col, haze)
         col = np.where(is_sky[..., None], sky[None, :, None, :], col)
-        out[a:a + n] = np.clip(col + 0.5, 0, 255).astype(np.uint8)
+        out[a : a + n] = np.clip(col + 0.5, 0, 255).astype(np.uint8)
     return out
 
 
