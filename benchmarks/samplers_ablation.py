@@ -102,7 +102,7 @@ def main() -> None:
         for seed in args.seeds:
             if (cond, seed) in done:
                 continue
-            lock = open(LOCK, "a")
+            lock = open(LOCK, "a")  # noqa: SIM115 - held across the run, released below
             fcntl.flock(lock, fcntl.LOCK_EX)
             d = args.out / f"{cond}-s{seed}"
             # "sampler={}" first: the condition replaces the config's whole sampler section

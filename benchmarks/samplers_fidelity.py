@@ -159,8 +159,8 @@ def vigor_world(side: int = 200, seed: int = 0, p_positive: float = 0.5, p_two: 
     the panorama, the other three are its semi-positives (VIGOR's definition). A share
     ``p_positive`` of tiles are some panorama's positive, ``p_two`` of those have two panoramas
     (VIGOR has 1-2 per tile; the defaults give ~1.2 panoramas per positive tile and half the
-    tiles positive, about VIGOR's same-area training split). Returns tile ``gps`` (lat, lon), panorama ``labels`` ``(N, 4)``
-    global tile indices (positive, 3 semi-positives).
+    tiles positive, about VIGOR's same-area training split). Returns tile ``gps`` (lat, lon), panorama
+    ``labels`` ``(N, 4)`` global tile indices (positive, 3 semi-positives).
     """
     rng = np.random.default_rng(seed)
     stride_m = 36.0  # VIGOR tiles cover ~72 m; neighbouring tiles overlap by half

@@ -70,7 +70,7 @@ def main() -> None:
     import torch
     from safetensors.torch import load_file
 
-    (a_name, a), (b_name, b) = out.items()
+    (_a_name, a), (_b_name, b) = out.items()
     la = torch.tensor([r["loss"] for r in a["steps"]], dtype=torch.float64)
     lb = torch.tensor([r["loss"] for r in b["steps"]], dtype=torch.float64)
     wa, wb = load_file(a["folder"] / "model.safetensors"), load_file(b["folder"] / "model.safetensors")

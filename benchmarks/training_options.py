@@ -66,7 +66,7 @@ def main() -> None:
                 step.step(q, r, 1e-4)  # warm-up (oneDNN primitive creation)
                 runs[name] = dict(step=step, q=q, r=r, e=e, enc=enc, amp=amp, train=[], embed=[])
             for _ in range(args.rounds):
-                for name, run in runs.items():
+                for run in runs.values():
                     t = time.perf_counter()
                     for _ in range(args.steps):
                         run["step"].step(run["q"], run["r"], 1e-4)

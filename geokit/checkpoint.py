@@ -80,7 +80,7 @@ def read_record(path: str | Path) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is one error
         raise GeokitError(
             f"{path} is not a readable safetensors file ({exc}); a geokit checkpoint "
             "is a .safetensors file written by 'geokit train'"
@@ -162,7 +162,7 @@ def load_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     record = read_record(path)
     try:
         tensors = load_file(str(path))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is one error
         raise GeokitError(f"{path}: cannot read tensors ({exc}); the file may be truncated") from None
     return tensors, record
 
@@ -259,9 +259,9 @@ def load_state(path: str | Path) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - a safetensors handle
         return _join(json.loads(meta["skeleton"]), tensors)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is one error
         raise GeokitError(f"resume state {path} is unreadable ({exc}); delete it to start over") from None
 
 
@@ -381,7 +381,7 @@ def read_tensor_file(path: str | Path, *, what: str = "weights") -> Any:
 
         try:
             return load_file(str(path))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is one error
             raise GeokitError(f"{what}: cannot read {path} as safetensors ({exc})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -392,7 +392,7 @@ def read_tensor_file(path: str | Path, *, what: str = "weights") -> Any:
             f"unpickles (torch.load weights_only=True: {first}). Re-save the weights alone with "
             "torch.save(model.state_dict(), path), or as .safetensors"
         ) from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is one error
         raise GeokitError(f"{what}: cannot read {path} ({type(exc).__name__}: {exc})") from None
 
 

@@ -106,7 +106,7 @@ def plugins_cmd(as_json: bool) -> None:
             failures.append(str(exc))
             comps = [c for c in get_registry(kind)._pending]
         for comp in comps:
-            dist, _, version = (comp.distribution or "").partition(" ")
+            _dist, _, version = (comp.distribution or "").partition(" ")
             rows.append(
                 {
                     "kind": kind,
@@ -144,7 +144,7 @@ def plugins_cmd(as_json: bool) -> None:
         return
     width = max((len(r["name"]) for r in rows), default=4)
     for kind in KINDS:
-        click.echo(f"{kind if kind == 'loss' else kind}{'es' if kind == 'loss' else 's'}:")
+        click.echo(f"{kind}{'es' if kind == 'loss' else 's'}:")
         for r in (r for r in rows if r["kind"] == kind):
             origin = r["distribution"] or r["plugin"]
             extra = f" (replaces {', '.join(r['replaces'])})" if r["replaces"] else ""

@@ -59,7 +59,8 @@ def index() -> None:
     type=int,
     default=64,
     show_default=True,
-    help="hnsw: search effort. Raise it for big galleries: recall@1 measured 0.999 at 100k vectors but 0.77 at 1M, where 256 gave 0.96 (BENCHMARKS.md).",
+    help="hnsw: search effort. Raise it for big galleries: recall@1 measured 0.999 at 100k vectors "
+    "but 0.77 at 1M, where 256 gave 0.96 (BENCHMARKS.md).",
 )
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Images per embedding batch.")
 @click.option(

@@ -100,7 +100,7 @@ def setup(device_name: str = "auto", timeout_s: float = 1800.0) -> tuple[World, 
             dist.init_process_group(
                 backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s)
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to join is one error
             raise DistributedError(
                 f"rank {rank}: could not join the {backend} process group of {world_size} ranks ({exc})"
             ) from None

@@ -350,7 +350,7 @@ def read_embeddings(path: str | Path) -> tuple[EvalSet, np.ndarray, np.ndarray]:
     try:
         with safe_open(str(path), framework="numpy") as fh:
             meta = fh.metadata() or {}
-            t = {k: fh.get_tensor(k) for k in fh.keys()}
+            t = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - a safetensors handle
     except Exception as exc:  # noqa: BLE001 (any unreadable file is one error)
         raise GeokitError(f"cannot read embeddings file {path}: {exc}") from None
     missing = [k for k in ("query", "reference", "query_labels", "reference_labels") if k not in t]

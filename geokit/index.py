@@ -265,10 +265,10 @@ class GeoIndex:
                         f"{path} is a safetensors file but not a geokit index (no '{META_KEY}' metadata); {hint}"
                     )
                 meta = json.loads(raw)
-                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - a safetensors handle
         except GeokitError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is one error
             raise GeokitError(
                 f"{path} is not a readable geokit index: it is truncated, corrupt or "
                 f"not an index file ({type(exc).__name__}: {exc}); {hint}"
@@ -294,7 +294,7 @@ class GeoIndex:
 
             try:
                 faiss_index = faiss.deserialize_index(tensors["faiss"])
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - faiss raises RuntimeError or worse
                 raise GeokitError(f"{path}: the faiss index inside is corrupt ({exc}); {hint}") from None
         else:
             raise GeokitError(f"{path}: holds neither 'vectors' nor 'faiss' data; {hint}")

@@ -189,10 +189,11 @@ def _exact_scan(
         if gallery is not None:
             s16, err = gallery.shifted_scores(qb, best_pos, out=buf[:b])
 
+        # called only within this iteration, so binding the loop's block variables late is right
         def above(rows: Any, theta: Any, exclude: Any) -> Any:
             if gallery is None:
-                return count_above_float32(qb[rows], r, s32[rows], theta, exclude)
-            return gallery.count_above(qb[rows], s16[rows], best_pos[rows], err[rows], theta, exclude, fallback)
+                return count_above_float32(qb[rows], r, s32[rows], theta, exclude)  # noqa: B023
+            return gallery.count_above(qb[rows], s16[rows], best_pos[rows], err[rows], theta, exclude, fallback)  # noqa: B023
 
         every = slice(None)
         rank = above(every, best_pos, p)

@@ -173,7 +173,7 @@ def load_manager(autoload: bool | None = None) -> Manager:
             continue
         try:
             obj = ep.load()
-        except Exception as exc:  # a broken plugin must not take the others down
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the others down
             mgr.mark_broken(info, f"failed to import: {type(exc).__name__}: {_first_line(exc)}")
             continue
         mgr.add_plugin(obj, info)

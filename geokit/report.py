@@ -372,7 +372,7 @@ def location_map(
     counts = np.histogram(err, bins=[-1.0, *edges, np.inf])[0]
     share = counts / max(len(err), 1)
     bar_w = side - 134
-    for text, c, f in zip(labels, counts, share):
+    for text, _c, f in zip(labels, counts, share):
         draw.text((x0, y), text, fill=INK, font=small)
         draw.rectangle((x0 + 66, y + 2, x0 + 66 + max(1, f * bar_w), y + 13), fill=BLUE)
         draw.text((x0 + 72 + bar_w, y), f"{100 * f:.0f}%", fill=INK, font=small)

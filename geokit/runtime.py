@@ -208,8 +208,8 @@ def progress(
 
     ``enabled=None`` (the default): a tqdm bar when stderr is a terminal; otherwise (a log file,
     a pipe, a batch job) a plain line through the ``geokit`` logger every
-    :func:`progress_interval` seconds (``desc: 120/572 (21 %), 3.2/s, 2 min 10 s left``; ``18.5 s each`` when slower than 1/s), so it
-    lands in ``train.log`` too; nothing for loops shorter than that. ``True``: the bar;
+    :func:`progress_interval` seconds (``desc: 120/572 (21 %), 3.2/s, 2 min 10 s left``; ``18.5 s each``
+    when slower than 1/s), so it lands in ``train.log`` too; nothing for loops shorter than that. ``True``: the bar;
     ``False``: silent (rank > 0, or a caller that reports progress itself).
     ``GEOKIT_PROGRESS=0`` silences both.
     """
@@ -329,7 +329,7 @@ class TensorBoard:
             return
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except Exception:  # tensorboard not installed (ImportError), or a broken install
+        except Exception:  # noqa: BLE001 - tensorboard not installed (ImportError), or a broken install
             return
         self.writer = SummaryWriter(str(folder))
 

@@ -48,7 +48,7 @@ def screen_available() -> bool:
 
     try:
         return bool(torch.cpu._is_amx_tile_supported())
-    except Exception:  # a private API: absent or changed in another torch means "do not know"
+    except Exception:  # noqa: BLE001 - a private API: absent or changed in another torch means "do not know"
         return False
 
 

@@ -432,7 +432,7 @@ def _lock_output(output: Path) -> Any:
 
     try:
         output.mkdir(parents=True, exist_ok=True)
-        fh = open(output / LOCK, "a+")  # held for the whole run
+        fh = open(output / LOCK, "a+")  # noqa: SIM115 - held for the whole run
     except OSError as exc:
         raise GeokitError(
             f"cannot write to the output folder {output}: {exc.strerror or exc}. Choose a writable --output."

@@ -109,7 +109,7 @@ def build_convnext(options: ConvNextOptions) -> Any:
             raise
         except GeokitError:
             raise
-        except Exception as exc:  # hub unreachable, offline, ...
+        except Exception as exc:  # noqa: BLE001 - hub unreachable, offline, ...
             offline = os.environ.get("HF_HUB_OFFLINE") == "1"
             raise GeokitError(
                 f"encoder: could not load pretrained weights for '{options.model}' "

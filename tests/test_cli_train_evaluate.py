@@ -31,7 +31,7 @@ def trained(tmp_path_factory, pairs_root):
 
 
 def test_train_writes_config_metrics_and_weights(trained):
-    cfg, out = trained
+    _cfg, out = trained
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["lr"] == 5e-4
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)

@@ -147,13 +147,15 @@ def test_a_raising_command_hook_does_not_take_the_cli_down(install):
     from geokit.cli import main
 
     install(_EP("badcmd", _plugin("badcmd", geokit_register_commands=_boom)))
-    with pytest.warns(
-        gp.PluginWarning,
-        match="'badcmd = evil_pkg.badcmd' from distribution 'evil-pkg 0.1' "
-        "failed in geokit_register_commands: RuntimeError: kaboom",
+    with (
+        pytest.warns(
+            gp.PluginWarning,
+            match="'badcmd = evil_pkg.badcmd' from distribution 'evil-pkg 0.1' "
+            "failed in geokit_register_commands: RuntimeError: kaboom",
+        ),
+        pytest.raises(SystemExit) as ex,
     ):
-        with pytest.raises(SystemExit) as ex:
-            main(["--help"])
+        main(["--help"])
     assert ex.value.code == 0
     res = CliRunner().invoke(cli, ["plugins"])
     assert res.exit_code == 0 and "convnext" in res.output
@@ -699,7 +701,7 @@ def test_a_csv_that_is_not_utf8_is_one_clear_error(small_pairs):
 
 def test_suspicious_rows_are_reported(small_pairs, caplog):
     lines = (small_pairs / "train.csv").read_text().splitlines()
-    q, r = lines[1].split(",")[:2]
+    _q, _r = lines[1].split(",")[:2]
     lines.append(lines[1])  # line 8 duplicates line 2
     lines.append(lines[2].replace(lines[2].split(",")[0], lines[2].split(",")[1], 1))  # query == reference
     (small_pairs / "train.csv").write_text("\n".join(lines) + "\n")

@@ -63,8 +63,8 @@ def test_round_trip_and_recall(tmp_path, spec):
     assert back.meta["note"] == "x" and back.meta["count"] == len(x)
     q = x[:200] + 0.05 * np.random.default_rng(1).normal(size=(200, x.shape[1])).astype(np.float32)
     _, exact = search(q, x, 10)
-    s1, i1 = ix.search(q, 10)
-    s2, i2 = back.search(q, 10)
+    _s1, i1 = ix.search(q, 10)
+    _s2, i2 = back.search(q, 10)
     np.testing.assert_array_equal(i1, i2)
     recall1 = np.mean(i2[:, 0] == exact[:, 0])
     if spec.type == "flat" and spec.dtype == "float32":

@@ -39,7 +39,7 @@ def test_shared_references_and_val_split(tmp_path):
     root = make_pairs_dataset(tmp_path / "d", n_train=4, n_test=3, val=True)
     lines = (root / "train.csv").read_text().splitlines()
     # Two queries looking at the same reference tile (VIGOR-style).
-    q0, r0, lat0, lon0 = lines[1].split(",")
+    _q0, r0, lat0, lon0 = lines[1].split(",")
     lines.append(f"{lines[2].split(',')[0]},{r0},{lat0},{lon0}")
     (root / "train.csv").write_text("\n".join(lines) + "\n")
     ds = dataset(root)

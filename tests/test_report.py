@@ -38,7 +38,7 @@ def test_training_curve_with_and_without_eval(tmp_path: Path) -> None:
 
 
 def test_location_map_and_errors(evaluated, tmp_path: Path) -> None:
-    ds, es, q, r = evaluated
+    _ds, es, q, r = evaluated
     top1 = report.top_k(q, r, 1)[:, 0]
     err = report.localisation_errors(es, top1)
     hit = es.reference_labels[top1] == es.query_labels

@@ -41,7 +41,7 @@ def test_search_gaussian_and_threads_option():
     r = rng.normal(size=(500, 32)).astype(np.float32)
     q = rng.normal(size=(77, 32)).astype(np.float16)
     s, i = search(q, r, 5, chunk_size=13, threads=1)
-    ds, di = dense_topk(q.astype(np.float32), r, 5)
+    _ds, di = dense_topk(q.astype(np.float32), r, 5)
     np.testing.assert_array_equal(i, di)
     assert (np.diff(s, axis=1) <= 0).all()
 
@@ -59,7 +59,7 @@ def test_score_blocks_cover_all_queries_with_uneven_chunks():
 
 def test_empty_and_mismatched_inputs():
     r = np.eye(3, dtype=np.float32)
-    s, i = search(np.zeros((0, 3), np.float32), r, 2)
+    s, _i = search(np.zeros((0, 3), np.float32), r, 2)
     assert s.shape == (0, 2)
     with pytest.raises(ValueError, match="dim"):
         search(np.ones((2, 4)), r, 1)
