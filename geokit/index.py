@@ -577,7 +577,7 @@ def spool_embeddings(
     dtype = np.dtype(dtype)
     spool = Spool(Path(path), n, dim, dtype)
     starts = range(0, n, chunk)
-    fh = open(spool.path, "wb") if write else None
+    fh = open(spool.path, "wb") if write else None  # noqa: SIM115 - closed in the finally below
     try:
         for s in progress(starts, total=len(starts), desc="index: embed", enabled=show):
             rows = embed(np.arange(s, min(s + chunk, n)))

@@ -171,7 +171,7 @@ def _hanging_rank(rank: int, port: int, cfg: dict, ckpt: str, out: mp.Queue) -> 
     try:
         evaluate(resolve(cfg), ckpt, show=False)
         out.put((rank, "ok", "", time.time()))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any outcome goes back to the parent process
         out.put((rank, type(exc).__name__, str(exc), time.time()))
 
 

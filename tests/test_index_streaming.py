@@ -23,7 +23,7 @@ def _tensors(path):
     from safetensors import safe_open
 
     with safe_open(str(path), framework="numpy") as fh:
-        return {k: fh.get_tensor(k) for k in fh.keys()}
+        return {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - a safetensors handle
 
 
 @pytest.mark.parametrize(
