@@ -27,7 +27,7 @@ from geokit.errors import GeokitError
 RECORD_KEY = "geokit"
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp_path)`` then fsync and rename onto ``path``; nothing is left on failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,6 +123,7 @@ def validate_record(record: Mapping[str, Any], source: str) -> None:
     def is_num(v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
 
+    v: Any  # a record's values are whatever the JSON held
     for key in ("query_size", "reference_size"):
         v = record.get(key)
         if key in record and not (

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -42,7 +43,7 @@ class Interrupted(click.ClickException):
 class GeokitGroup(click.Group):
     """Turns GeokitError into a one-paragraph message and exit status 2."""
 
-    def invoke(self, ctx: click.Context):  # type: ignore[override]
+    def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except GeokitError as exc:
@@ -97,7 +98,7 @@ def plugins_cmd(as_json: bool) -> None:
     from geokit.registry import get_registry
 
     mgr = get_manager()
-    rows = []
+    rows: list[dict[str, Any]] = []
     failures = []
     for kind in KINDS:
         try:
@@ -119,7 +120,7 @@ def plugins_cmd(as_json: bool) -> None:
                     "broken": comp.plugin in mgr.broken,
                 }
             )
-    problems = [
+    problems: list[dict[str, Any]] = [
         {
             "plugin": name,
             "distribution": info.distribution,

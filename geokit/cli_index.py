@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal, cast
 
 import click
 
@@ -87,8 +88,8 @@ def build(
     overrides: tuple[str, ...],
     split: str | None,
     output: str,
-    index_type: str,
-    dtype: str,
+    index_type: Literal["flat", "ivf", "ivfpq", "hnsw"],  # the click.Choice above
+    dtype: Literal["float32", "float16"],
     nlist: int | None,
     nprobe: int,
     pq_m: int | None,
@@ -113,7 +114,7 @@ def build(
 
     if (references is None) == (config_path is None):
         raise GeokitError("give exactly one of --references (CSV or folder) and --config (a dataset)")
-    refs = read_references(references) if references else dataset_references(config_path, overrides, split)
+    refs = read_references(references) if references else dataset_references(cast(str, config_path), overrides, split)
     spec = IndexSpec(
         type=index_type,
         dtype=dtype,
@@ -125,16 +126,19 @@ def build(
         ef_construction=ef_construction,
         ef_search=ef_search,
     )
-    info = build_from_checkpoint(
-        checkpoint,
-        refs,
-        output,
-        spec,
-        batch_size=batch_size,
-        chunk=chunk,
-        device=device,
-        load=False,
-        dist_timeout=dist_timeout,
+    info = cast(
+        "dict[str, Any] | None",
+        build_from_checkpoint(  # load=False: the index's metadata (or None on other ranks)
+            checkpoint,
+            refs,
+            output,
+            spec,
+            batch_size=batch_size,
+            chunk=chunk,
+            device=device,
+            load=False,
+            dist_timeout=dist_timeout,
+        ),
     )
     if info is None:  # a rank other than 0 under torchrun: rank 0 reports
         return

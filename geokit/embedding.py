@@ -43,8 +43,12 @@ def embed_paths(
 
     device = device or next(encoder.parameters()).device
     images = ImageList(dataset, paths, size, norm, view=view, transforms=transforms, seed=seed, offset=offset)
-    loader = DataLoader(
-        images, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda"
+    loader: DataLoader[Any] = DataLoader(
+        images,  # type: ignore[arg-type]  # a map-style dataset (len, getitem) without torch's base class
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
     )
     was_training = encoder.training
     encoder.eval()

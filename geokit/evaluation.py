@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,7 @@ def protocol_metrics(
     query: np.ndarray,
     reference: np.ndarray,
     *,
-    metrics: list[Any] = (),
+    metrics: Sequence[Any] = (),
     chunk_size: int | None = None,
     bf16_screen: bool | None = None,
 ) -> dict[str, float]:

@@ -119,7 +119,7 @@ class IndexSpec:
 
 
 def _crc(a: np.ndarray) -> int:
-    return zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B")) & 0xFFFFFFFF
+    return zlib.crc32(np.ascontiguousarray(a).data.cast("B")) & 0xFFFFFFFF
 
 
 def fingerprint(tensors: Mapping[str, Any]) -> str:
@@ -129,7 +129,7 @@ def fingerprint(tensors: Mapping[str, Any]) -> str:
         t = tensors[name]
         arr = t.detach().cpu().contiguous().numpy() if hasattr(t, "detach") else np.ascontiguousarray(t)
         h.update(f"{name}:{arr.dtype}:{arr.shape};".encode())
-        h.update(memoryview(arr).cast("B"))
+        h.update(arr.data.cast("B"))
     return h.hexdigest()
 
 
@@ -286,7 +286,8 @@ class GeoIndex:
             latlon = tensors["latlon"].reshape(-1, 2)
         except (KeyError, UnicodeDecodeError) as exc:
             raise GeokitError(f"{path}: index metadata is damaged ({exc}); {hint}") from None
-        vectors = faiss_index = None
+        vectors: Any = None
+        faiss_index: Any = None
         if "vectors" in tensors:
             vectors = tensors["vectors"]
         elif "faiss" in tensors:
@@ -397,8 +398,7 @@ def check_tile_paths(
     allow_outside: bool = False,
 ) -> str | None:
     """The gallery root; refuses stored paths outside it (see :meth:`GeoIndex.load`)."""
-    user = tiles_root is not None
-    root = os.path.abspath(os.fspath(tiles_root)) if user else recorded_tiles_root(meta, paths)
+    root = os.path.abspath(os.fspath(tiles_root)) if tiles_root is not None else recorded_tiles_root(meta, paths)
     if allow_outside:
         return root
     how = (
@@ -473,6 +473,7 @@ def build_index(
 
     metric = faiss.METRIC_INNER_PRODUCT
     cache: dict[int, np.ndarray] = {}
+    index: faiss.Index
     if spec.type == "hnsw":
         index = faiss.IndexHNSWFlat(dim, spec.hnsw_m, metric)
         index.hnsw.efConstruction = spec.ef_construction
@@ -587,8 +588,8 @@ def spool_embeddings(
                 )
             if fh is not None:
                 data = np.ascontiguousarray(rows, dtype=dtype)
-                spool.crc = zlib.crc32(memoryview(data).cast("B"), spool.crc)
-                fh.write(memoryview(data).cast("B"))
+                spool.crc = zlib.crc32(data.data.cast("B"), spool.crc)
+                fh.write(data.data.cast("B"))
     finally:
         if fh is not None:
             fh.close()
@@ -663,6 +664,8 @@ def write_index_from_spool(
         "paths": np.frombuffer("\n".join(paths).encode("utf-8"), dtype=np.uint8).copy(),
     }
     faiss_file: Path | None = None
+    big_dtype: np.dtype
+    big_shape: tuple[int, ...]
     try:
         if spec.type == "flat":
             want = np.dtype(np.float16 if spec.dtype == "float16" else np.float32)
@@ -720,6 +723,7 @@ def _faiss_from_spool(spool: Spool, spec: IndexSpec, chunk: int, show: bool | No
 
     n, dim = spool.n, spool.dim
     metric = faiss.METRIC_INNER_PRODUCT
+    index: faiss.Index
     if spec.type == "hnsw":
         index = faiss.IndexHNSWFlat(dim, spec.hnsw_m, metric)
         index.hnsw.efConstruction = spec.ef_construction
@@ -865,7 +869,7 @@ class Encoder:
     def size(self, view: str) -> tuple[int, int]:
         if view not in ("query", "reference"):
             raise GeokitError(f"view must be 'query' or 'reference', not {view!r}")
-        return tuple(self.record[f"{view}_size"])  # type: ignore[return-value]
+        return tuple(self.record[f"{view}_size"])
 
     @property
     def norm(self) -> Any:

@@ -191,17 +191,15 @@ class Localizer:
 
     def locate(self, photos: str | Path | Sequence[str | Path], k: int = 5) -> list[Location]:
         """Top-``k`` tiles per photo, best first, with a consensus where others lie near the top-1."""
-        if isinstance(photos, (str, Path)):
-            photos = [photos]
-        photos = [str(p) for p in photos]
-        if not photos:
+        names = [str(p) for p in ([photos] if isinstance(photos, (str, Path)) else photos)]
+        if not names:
             return []
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise GeokitError(f"k (--top-k) must be a whole number ≥ 1, not {str(k)[:40]}")
         k = int(min(k, len(self.index)))  # more than the index holds would only allocate
-        emb = self.embed(photos)
+        emb = self.embed(names)
         if not np.isfinite(emb).all():  # never a NaN score with exit status 0
-            bad = photos[int(np.flatnonzero(~np.isfinite(emb).all(1))[0])]
+            bad = names[int(np.flatnonzero(~np.isfinite(emb).all(1))[0])]
             raise GeokitError(
                 f"the embedding of {bad} is not finite: the checkpoint's weights or normalisation are damaged"
             )
@@ -214,8 +212,8 @@ class Localizer:
         else:
             scores, ids = self.index.search(emb, k)
         out = []
-        for photo, srow, irow in zip(photos, scores, ids):
-            cands = []
+        for photo, srow, irow in zip(names, scores, ids):
+            cands: list[Candidate] = []
             for s, i in zip(srow, irow):
                 if i < 0:
                     continue
@@ -342,7 +340,7 @@ def contact_sheet(results: Sequence[Location], path: str | Path, *, thumb: int =
             with Image.open(img_path) as im:
                 im = im.convert("RGB")
                 f = thumb / max(im.width, im.height)  # fit the cell, enlarging small tiles too
-                im = im.resize((max(1, round(im.width * f)), max(1, round(im.height * f))), Image.BILINEAR)
+                im = im.resize((max(1, round(im.width * f)), max(1, round(im.height * f))), Image.Resampling.BILINEAR)
                 sheet.paste(im, (x + (thumb - im.width) // 2, y + (thumb - im.height) // 2))
         except OSError:
             draw.rectangle([x, y, x + thumb, y + thumb], outline=(215, 50, 40))

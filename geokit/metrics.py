@@ -129,6 +129,7 @@ def retrieval_metrics(
         screen = screen_available() if bf16_screen is None else bool(bf16_screen)
         _exact_scan(q, r, pos_t, semi_t, ranks, hits, hits_strict, chunk_size, threads, screen)
     else:  # AP: float32 scores, every one bucketed among the true matches' scores
+        assert aps is not None  # want_ap
         for start, _, s in _blocks(q, r, chunk_size, threads):
             b = len(s)
             p = pos_t[start : start + b]
@@ -142,7 +143,7 @@ def retrieval_metrics(
     for k in ks:
         out[f"R@{k}"] = float(100.0 * np.mean(ranks < k)) if n_q else 0.0
     out["R@1%"] = float(100.0 * np.mean(ranks < k_pct)) if n_q else 0.0
-    if hits is not None:
+    if hits is not None and hits_strict is not None:
         out["hit_rate"] = float(100.0 * hits.mean()) if n_q else 0.0
         out["hit_rate_strict"] = float(100.0 * hits_strict.mean()) if n_q else 0.0
     if aps is not None:
@@ -187,11 +188,13 @@ def _exact_scan(
         p = pos_t[start : start + b]
         best_pos = scores_at(qb, p).max(dim=1).values
         if gallery is not None:
+            assert buf is not None  # made when screening
             s16, err = gallery.shifted_scores(qb, best_pos, out=buf[:b])
 
         # called only within this iteration, so binding the loop's block variables late is right
         def above(rows: Any, theta: Any, exclude: Any) -> Any:
             if gallery is None:
+                assert s32 is not None  # noqa: B023 - _blocks multiplied: not screening
                 return count_above_float32(qb[rows], r, s32[rows], theta, exclude)  # noqa: B023
             return gallery.count_above(qb[rows], s16[rows], best_pos[rows], err[rows], theta, exclude, fallback)  # noqa: B023
 
@@ -200,6 +203,7 @@ def _exact_scan(
         ranks[start : start + b] = rank.numpy()
         if semi_t is None:
             continue
+        assert hits is not None and hits_strict is not None  # made with semi_t
         sp = semi_t[start : start + b]
         sscores = scores_at(qb, sp)
         strict = rank == (sscores > best_pos.unsqueeze(1)).sum(1)

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from geokit._calls import accepts
 from geokit.checkpoint import MAX_INPUT_SIDE, load_module_strict, load_weights, save_weights
@@ -103,7 +103,8 @@ def view_norm(encoder: Any, view: str) -> Normalisation:
         mean = mean[view]
     if isinstance(std, Mapping):
         std = std[view]
-    return Normalisation(tuple(float(x) for x in mean), tuple(float(x) for x in std))
+    rgb = tuple[float, float, float]  # one value per channel
+    return Normalisation(cast(rgb, tuple(float(x) for x in mean)), cast(rgb, tuple(float(x) for x in std)))
 
 
 def encode(encoder: Any, images: Any, view: str) -> Any:

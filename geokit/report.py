@@ -69,7 +69,7 @@ def retrieval_sheet(
     rows: int = 6,
     k: int = 5,
     cell: int = 96,
-    indices: Sequence[int] | None = None,
+    indices: Sequence[int] | np.ndarray | None = None,
 ) -> Path:
     """A PNG: ``rows`` queries (evenly spread over the set), each with its top-``k`` references,
     true matches outlined in green, others in red, with the rank and the distance when GPS is known."""
@@ -102,12 +102,12 @@ def retrieval_sheet(
     for row, qi in enumerate(indices):
         y = head + row * (cell + label + pad)
         q = Image.fromarray(dataset.load_image(eval_set.query_paths[qi], dataset.query_size))
-        sheet.paste(q.resize((qcell_w, cell), Image.BILINEAR), (pad, y))
+        sheet.paste(q.resize((qcell_w, cell), Image.Resampling.BILINEAR), (pad, y))
         draw.text((pad, y + cell + 2), f"query {qi}: {Path(eval_set.query_paths[qi]).name}", fill=INK, font=small)
         for j, ri in enumerate(top[qi]):
             x = pad + qcell_w + pad + j * (cell + pad)
             r = Image.fromarray(dataset.load_image(eval_set.reference_paths[ri], dataset.reference_size))
-            sheet.paste(r.resize((cell, cell), Image.BILINEAR), (x, y))
+            sheet.paste(r.resize((cell, cell), Image.Resampling.BILINEAR), (x, y))
             hit = eval_set.reference_labels[ri] == eval_set.query_labels[qi]
             draw.rectangle(
                 (x - 2, y - 2, x + cell + 1, y + cell + 1), outline=GREEN if hit else RED, width=4 if hit else 1

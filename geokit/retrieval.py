@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
@@ -112,6 +112,14 @@ def score_blocks(
         yield start, block
 
 
+@overload
+def _blocks(
+    q: Any, r: torch.Tensor, chunk_size: int | None, threads: int | None, *, multiply: Literal[True] = ...
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]: ...
+@overload
+def _blocks(
+    q: Any, r: torch.Tensor, chunk_size: int | None, threads: int | None, *, multiply: bool
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]: ...
 def _blocks(
     q: Any, r: torch.Tensor, chunk_size: int | None, threads: int | None, *, multiply: bool = True
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:

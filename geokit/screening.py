@@ -30,7 +30,7 @@ float32 multiply's own bound: both give the same counts, those of the vectors' f
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     import torch
@@ -214,7 +214,7 @@ def _decided_and_open(
     found = _at_least(scores, lo, budget=PAIR_BUDGET)
     if found is None:  # pathological crowding: count the certain ones with a second pass
         certain = count_above(scores, hi)
-        rows, cols = _at_least(scores, lo, hi=hi)
+        rows, cols = cast("tuple[torch.Tensor, torch.Tensor]", _at_least(scores, lo, hi=hi))  # no budget: never None
     else:
         rows, cols = found
         above = scores[rows, cols] > hi.squeeze(1)[rows]
@@ -243,7 +243,7 @@ def _at_least(
         tile = scores[:, j : j + COUNT_TILE]
         w = tile.shape[1]
         m = torch.ge(tile, lo, out=mask[:, :w])
-        if m_hi is not None:
+        if m_hi is not None and hi is not None:  # m_hi is made with hi
             m.logical_and_(torch.le(tile, hi, out=m_hi[:, :w]))
         ri, ci = torch.nonzero(m, as_tuple=True)
         found += len(ri)

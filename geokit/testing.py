@@ -272,7 +272,7 @@ def check_sampler(
             return [np.asarray(b) for b in s.batches(context(epoch))]
         if start == 0 and hasattr(s, "start_epoch"):
             s.start_epoch(context(epoch))
-        out = []
+        out: list[np.ndarray] = []
         for k in range(start, len(train) + 1):
             batch = s.next_batch(context(epoch, k))
             if batch is None:

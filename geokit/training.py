@@ -28,7 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -190,7 +190,8 @@ class _EpochBatches:
     ``(epoch, index)`` keys for :class:`PairList`."""
 
     def __init__(self) -> None:
-        self.epoch, self.batches = 1, []
+        self.epoch = 1
+        self.batches: list[np.ndarray] = []
 
     def set(self, epoch: int, batches: list[np.ndarray]) -> None:
         self.epoch, self.batches = epoch, batches
@@ -222,7 +223,7 @@ class TrainStep:
         optimizer: Any,
         *,
         device: Any,
-        amp: bool = False,
+        amp: bool | str = False,
         scaler: Any = None,
         clip_value: float | None = None,
         grad_cache_chunk: int | None = None,
@@ -286,8 +287,8 @@ class TrainStep:
     def _backward_cached(self, q: Any, r: Any, sizes: tuple[int, ...], extra: dict[str, Any]) -> Any:
         import torch
 
-        n = len(q)
-        spans = [(a, min(a + self.chunk, n)) for a in range(0, n, self.chunk)] or [(0, 0)]
+        n, chunk = len(q), cast(int, self.chunk)  # set: backward() comes here only then
+        spans = [(a, min(a + chunk, n)) for a in range(0, n, chunk)] or [(0, 0)]
         rng = []
         with torch.no_grad(), autocast(self.device, self.amp):
             qs, rs = [], []
@@ -567,8 +568,10 @@ class _Engine:
         np.random.seed(config.seed % 2**32)
 
         parts = self.parts = build(config)
+        context = parts.context
+        assert context is not None  # build() makes one
         ds = parts.dataset
-        train_set = self.train_set = parts.context.train_set  # listed once, shared with factories
+        train_set = self.train_set = context.train_set  # listed once, shared with factories
         if len(train_set) < tc.batch_size:
             raise GeokitError(
                 f"dataset '{ds.name}' has {len(train_set)} training pairs, fewer than train.batch_size={tc.batch_size}"
@@ -580,7 +583,7 @@ class _Engine:
             )
         name = config.names["sampler"]
         self.sampler = CheckedSampler(
-            build_component("sampler", name, config.sampler, parts.context.for_kind("sampler")),
+            build_component("sampler", name, config.sampler, context.for_kind("sampler")),
             f"sampler '{name}' {origin('sampler', name)}",
         )
         self.step_level = is_step_level(self.sampler)
@@ -704,8 +707,8 @@ class _Engine:
         # sampler hands out (epoch, index) keys. It has its own generator: creating iterators
         # must not draw from torch's global RNG (exact resume).
         self.batch_keys = _EpochBatches()
-        self.loader = torch.utils.data.DataLoader(
-            self.pairs,
+        self.loader: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(
+            self.pairs,  # type: ignore[arg-type]  # a map-style dataset without torch's base class
             batch_sampler=self.batch_keys,
             num_workers=self.workers,
             collate_fn=collate_pairs,
@@ -960,9 +963,9 @@ class _Engine:
 
         tc, world, device = self.config.train, self.world, self.device
         if resume is not None and not resume["epoch_done"]:
-            sizes = [int(n) for n in resume["epoch_batch_sizes"]]
+            lengths = [int(n) for n in resume["epoch_batch_sizes"]]
             flat = np.asarray(resume["epoch_batches"], dtype=np.int64)
-            batches = np.split(flat, np.cumsum(sizes)[:-1]) if sizes else []
+            batches = np.split(flat, np.cumsum(lengths)[:-1]) if lengths else []
             start = int(resume["batches_done"])
             stats = {k: float(v) for k, v in resume["epoch_stats"].items()}
         else:
@@ -1019,8 +1022,10 @@ class _Engine:
                 self._interrupt(epoch, batches, done, stats)
             if sum(sizes) >= 2:
                 if q is None:  # every pair of this rank's slice was unreadable
-                    q = torch.empty((0, 3, *self.parts.context.query_size))
-                    r = torch.empty((0, 3, *self.parts.context.reference_size))
+                    context = self.parts.context
+                    assert context is not None  # build() makes one
+                    q = torch.empty((0, 3, *context.query_size))
+                    r = torch.empty((0, 3, *context.reference_size))
                     idx = torch.empty(0, dtype=torch.int64)
                 lr = lr_at(self.step, self.total_steps, self.warmup_steps, tc.lr)
                 torch.manual_seed(step_seed(self.config.seed, self.step))

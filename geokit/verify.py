@@ -273,7 +273,7 @@ def verify_dataset(
     :param full: decode every image.
     :param name: the dataset's registered name, for the report (default: ``ds.name``).
     """
-    report = Report(name or getattr(ds, "name", type(ds).__name__))
+    report = Report(str(name or getattr(ds, "name", type(ds).__name__)))
     probs = report.problems
     paths: dict[str, str] = {}
     q_view = getattr(ds, "query_view", "query")
@@ -372,16 +372,16 @@ def verify_dataset(
     all_paths = list(paths)
     report.images_listed = len(all_paths)
     missing = [p for p in all_paths if not os.path.isfile(p)]
-    for p in missing:
-        probs.add(Problem("error", f"image not found: {p}", where(p), None, "missing image", p))
+    for m in missing:
+        probs.add(Problem("error", f"image not found: {m}", where(m), None, "missing image", m))
     gone = set(missing)
     present = [p for p in all_paths if p not in gone] if gone else all_paths
     if full:
         chosen = present
     else:
         rng = np.random.default_rng(seed)
-        k = min(sample, len(present))
-        chosen = [present[i] for i in sorted(rng.choice(len(present), size=k, replace=False))] if k else []
+        n_pick = min(sample, len(present))
+        chosen = [present[i] for i in sorted(rng.choice(len(present), size=n_pick, replace=False))] if n_pick else []
     sizes: dict[str, Counter] = defaultdict(Counter)
     for i, (path, result) in enumerate(_decode_all(chosen, workers)):
         if isinstance(result, str):

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from geokit.augment import PairAugment
+from geokit.augment import Geometry, PairAugment
 from geokit.data import CrossViewDataset
 from geokit.errors import GeokitError
 from geokit.verify import problem
@@ -88,7 +88,7 @@ class BenchmarkDataset(CrossViewDataset):
 
     layout: str = ""
     options_model: type[BenchmarkOptions] = BenchmarkOptions
-    geometry: str = "panorama"
+    geometry: Geometry = "panorama"
     dropout_ratios: tuple[float, float] = (0.5, 0.4)  # GridDropout ratio of (query, reference), as released
 
     def __init__(self, options: BenchmarkOptions):
@@ -96,13 +96,13 @@ class BenchmarkDataset(CrossViewDataset):
         self.root = Path(options.root).expanduser()
         if not self.root.is_dir():
             raise GeokitError(f"dataset.root: folder not found: {self.root}. {self.name} expects:\n{self.layout}")
-        self.query_size = tuple(options.query_size)
-        self.reference_size = tuple(options.reference_size)
+        self.query_size = options.query_size  # a tuple already (pydantic)
+        self.reference_size = options.reference_size
         self.files = FileIndex(options.check_files)
         self._sources: dict[str, str] = {}
         self._cache: dict[str, Any] = {}
         self._augment = (
-            PairAugment(  # type: ignore[arg-type]
+            PairAugment(
                 geometry=self.geometry,
                 query_dropout_ratio=self.dropout_ratios[0],
                 reference_dropout_ratio=self.dropout_ratios[1],

@@ -67,7 +67,11 @@ def _create(timm: Any, options: ConvNextOptions, pretrained: bool) -> Any:
     # ViTs: position embeddings follow the patch grid of each input size, and a size that is
     # not a multiple of the patch is padded (DINOv2's 14 px patches at 384 px); the model's own
     # size gives exactly its usual output. Models without these options get none.
-    tries = ({"dynamic_img_size": True, "dynamic_img_pad": True}, {"dynamic_img_size": True}, {})
+    tries: tuple[dict[str, Any], ...] = (
+        {"dynamic_img_size": True, "dynamic_img_pad": True},
+        {"dynamic_img_size": True},
+        {},
+    )
     try:
         for extra in tries:
             try:

@@ -109,6 +109,7 @@ class CVACTDataset(BenchmarkDataset):
         super().__init__(options)
         self.options: CVACTOptions = options
         has_test = (self.root / "ANU_data_test").is_dir()
+        self.splits: tuple[str, ...]
         if options.split == "test":
             self.splits = ("val", "test")
         else:

@@ -180,6 +180,7 @@ class DssSampler:
             self.mine(ctx, range_)
         elif not have:
             return self.delegate(ctx).batches(ctx)
+        assert self.lists is not None  # mined above, or kept from an earlier epoch
         return build_neighbour_batches(
             ctx.train,
             ctx.batch_size,

@@ -116,6 +116,7 @@ class GpsSampler:
     def neighbour_table(self, ctx: EpochContext, range_: int) -> np.ndarray:
         """The reference→reference table (cached while the training set and depth stay the same)."""
         train = ctx.train
+        assert train.reference_gps is not None  # batches() handles a dataset without GPS
         gps = np.ascontiguousarray(train.reference_gps)
         key = (hash(gps.tobytes()), len(gps), range_, self.options.backend)
         if self._cache is None or self._cache[0] != key:

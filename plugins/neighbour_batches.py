@@ -202,7 +202,7 @@ def build_neighbour_batches(
             hard_in_batch = 0
             offers = len(retry)
     packer.waiting.extend(i for i in retry if not used[i])
-    if anchor is not None:
+    if anchor is not None and stats is not None:  # anchor is made only with stats
         anchor[list(packer.waiting)] = True  # finish() places these alone, without neighbours
         stats["anchor"] = anchor
     return packer.finish(last_batch)

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 import geokit
-from geokit.augment import PairAugment
+from geokit.augment import Geometry, PairAugment
 from geokit.data import CrossViewDataset, EvalSet, TrainSet
 from geokit.errors import GeokitError
 from geokit.verify import collecting_active, problem
@@ -165,7 +165,7 @@ def read_pairs_csv(path: Path, root: Path, allow_outside_root: bool = False) -> 
                 values, number = extra[f], _number(row.get(f))
                 if values is not None and number is None:
                     extra[f] = None
-                elif values is not None:
+                elif values is not None and number is not None:
                     values.append(number)
             query.append(str(root / q))
             reference.append(str(root / r))
@@ -257,12 +257,12 @@ class PairsDataset(CrossViewDataset):
         self.root = Path(options.root).expanduser()
         if not self.root.is_dir():
             raise GeokitError(f"dataset.root: folder not found: {self.root}")
-        self.query_size = tuple(options.query_size)
-        self.reference_size = tuple(options.reference_size)
+        self.query_size = options.query_size  # a tuple already (pydantic)
+        self.reference_size = options.reference_size
         self.query_view = "ground" if options.query_type == "panorama" else "query"
         self.reference_view = "aerial"
         self.splits = ("val", "test") if (self.root / "val.csv").is_file() else ("test",)
-        geometry = "panorama" if options.query_type == "panorama" else "independent"
+        geometry: Geometry = "panorama" if options.query_type == "panorama" else "independent"
         self._augment = PairAugment(geometry=geometry) if options.augment else None
 
     def _rows(self, split: str) -> tuple[PairRows, Path]:

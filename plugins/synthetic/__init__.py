@@ -91,7 +91,7 @@ class SyntheticDataset(PairsDataset):
     def load_image(self, path: str, size: tuple[int, int]) -> np.ndarray:
         if not self.synthetic_options.in_memory:
             return super().load_image(path, size)
-        key = (path, tuple(size))
+        key = (path, (size[0], size[1]))
         img = self._images.get(key)
         if img is None:
             img = self._images[key] = super().load_image(path, size)

@@ -180,7 +180,7 @@ def write_world(params: dict[str, Any], folder: Path, *, show: bool | None = Non
         with open(folder / f"{name}.csv", "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["query", "reference", "lat", "lon", "heading"])
-            for i in np.flatnonzero(split == name):
+            for i in np.flatnonzero(split == name).tolist():
                 w.writerow(
                     [
                         f"ground/{i:05d}.png",
@@ -212,7 +212,7 @@ def write_world(params: dict[str, Any], folder: Path, *, show: bool | None = Non
         (p["origin_lat"], p["origin_lon"]),
     )
     seconds = time.perf_counter() - t0
-    record = {
+    record: dict[str, Any] = {
         "generator": f"geokit synthetic v{VERSION}",
         "params": p,
         "counts": {name: int((split == name).sum()) for name in ("train", "val", "test")},

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ CLASS_NAMES = ("grass", "road", "sidewalk", "building", "water", "parking", "pla
 DOWNTOWN, RESIDENTIAL, INDUSTRIAL, PARK = range(4)
 _TYPE_P = np.array([0.25, 0.42, 0.2, 0.13])
 #                        block u,   block v,   road w, sidewalk, lot,  setback, gap, empty p, height lo/hi
-_STYLE = {
+_STYLE: dict[int, dict[str, Any]] = {
     DOWNTOWN: dict(
         bu=(55, 85), bv=(55, 85), road=12, side=4, lot=(18, 30), setback=0.5, gap=1.0, empty=0.10, h=(14.0, 55.0)
     ),
@@ -161,11 +162,11 @@ def generate_city(seed: int, size: int = 1280, mpp: float = 1.0) -> City:
     d1 = np.full((S, S), np.inf, np.float32)
     d2 = np.full((S, S), np.inf, np.float32)
     dist_id = np.zeros((S, S), np.int16)
-    for k, (sx, sy) in enumerate(seeds):
+    for j, (sx, sy) in enumerate(seeds):
         d = np.hypot(xx - sx, yy - sy)
         closer = d < d1
         d2 = np.where(closer, d1, np.minimum(d2, d))
-        dist_id = np.where(closer, np.int16(k), dist_id)
+        dist_id = np.where(closer, np.int16(j), dist_id)
         d1 = np.where(closer, d, d1)
 
     # Per-district street frame.
