@@ -26,7 +26,8 @@ def _keep_threads():
 def _with_column(root: Path, name: str, values) -> Path:
     """Add a numeric column to train.csv."""
     path = root / "train.csv"
-    rows = list(csv.reader(path.open()))
+    with path.open() as fh:
+        rows = list(csv.reader(fh))
     rows[0].append(name)
     for row, v in zip(rows[1:], values):
         row.append(str(v))
@@ -50,11 +51,13 @@ def test_pairs_extra_numeric_columns_become_per_pair_columns(tmp_path):
     root = make_pairs_dataset(tmp_path / "d", n_train=10, n_test=4)
     _with_column(root, "weight", [0.5 * i for i in range(10)])
     path = root / "train.csv"
-    rows = list(csv.reader(path.open()))
+    with path.open() as fh:
+        rows = list(csv.reader(fh))
     rows[0].append("note")
     for i, row in enumerate(rows[1:]):
         row.append("text" if i == 3 else "1")
-    csv.writer(path.open("w", newline="")).writerows(rows)
+    with path.open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
     ds = create("dataset", "pairs", {"root": str(root)})
     tr = ds.train_set()
     assert set(tr.columns) == {"weight"}  # 'note' has a non-number: not per-pair data

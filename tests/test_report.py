@@ -32,7 +32,8 @@ def test_retrieval_sheet(evaluated, tmp_path: Path) -> None:
 
 def test_training_curve_with_and_without_eval(tmp_path: Path) -> None:
     hist = [{"epoch": e, "loss": 3.0 / e, "eval/R@1": 10.0 * e} for e in range(1, 5)]
-    assert Image.open(report.training_curve(hist, tmp_path / "a.png")).size == (900, 340)
+    with Image.open(report.training_curve(hist, tmp_path / "a.png")) as im:
+        assert im.size == (900, 340)
     report.training_curve([{"epoch": 1, "loss": 2.0}], tmp_path / "b.png")  # one point, no eval
     report.training_curve([], tmp_path / "c.png")
 
@@ -47,8 +48,9 @@ def test_location_map_and_errors(evaluated, tmp_path: Path) -> None:
     lat, lon = es.query_gps[:, 0], es.query_gps[:, 1]
     bounds = {"north": lat.max() + 0.01, "south": lat.min() - 0.01, "west": lon.min() - 0.01, "east": lon.max() + 0.01}
     path = report.location_map(es, top1, tmp_path / "map.png", size=300, background=bg, bounds=bounds)
-    assert Image.open(path).size == (300 + 250, 348)  # the map, then its legend and error bands
-    px = np.asarray(Image.open(path).convert("RGB"))[48:348, :300].reshape(-1, 3)
+    with Image.open(path) as im:
+        assert im.size == (300 + 250, 348)  # the map, then its legend and error bands
+        px = np.asarray(im.convert("RGB"))[48:348, :300].reshape(-1, 3)
     for colour, present in ((report.GREEN, hit.any()), (report.RED, (~hit & (err > 50)).any())):
         assert np.all(px == colour, axis=1).any() == present  # misses are marked in their own colour
     es.query_gps = None

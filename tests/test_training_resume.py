@@ -81,11 +81,13 @@ def test_sigkill_at_random_points_then_resume_gives_identical_weights(tmp_path):
         proc = _start(cfg_path, out)
         if not _wait_for(out, mark, seen + 1, proc):
             notes.append(f"run {attempt} ended before step {target} ({proc.wait(60)})")
+            proc.stdout.close()
             continue
         time.sleep(rng.uniform(0.0, 0.3))
         if attempt < 2:
             proc.send_signal(signal.SIGKILL)
             notes.append(f"SIGKILL after step {target} (rc {proc.wait(60)})")
+            proc.stdout.close()
         else:  # a polite stop: finish the step, checkpoint, exit with a message
             proc.send_signal(signal.SIGTERM)
             text = proc.communicate(timeout=60)[0]
