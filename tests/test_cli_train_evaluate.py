@@ -17,6 +17,8 @@ from geokit.checkpoint import read_record
 from geokit.cli import cli
 from geokit.testing import tiny_config
 
+pytestmark = pytest.mark.slow  # trains once through the CLI (about 20 s), evaluates from it
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, pairs_root):

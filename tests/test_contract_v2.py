@@ -64,6 +64,7 @@ def test_pairs_extra_numeric_columns_become_per_pair_columns(tmp_path):
     np.testing.assert_array_equal(tr.columns["weight"], 0.5 * np.arange(10))
 
 
+@pytest.mark.slow
 def test_weighted_run_with_unit_weights_gives_the_unweighted_losses(tmp_path):
     root = _with_column(make_pairs_dataset(tmp_path / "d", n_train=24, n_test=8), "weight", [1.0] * 24)
     base = tiny_config(root, train={"epochs": 2, "threads": 1})
@@ -355,6 +356,7 @@ def test_reranker_changes_queries_and_runs_in_evaluation(tmp_path):
 # ------------------------------------------------------------------ step-level samplers
 
 
+@pytest.mark.slow
 def test_step_level_sampler_trains_and_resumes_exactly(tmp_path):
     from safetensors.torch import load_file
 
@@ -431,6 +433,7 @@ def test_v1_checkpoint_loads_and_evaluates(tmp_path):
     assert res.metrics["queries"] == 6
 
 
+@pytest.mark.slow
 def test_classification_loss_trains_and_its_checkpoint_evaluates_from_the_cli(tmp_path):
     import subprocess
     import sys

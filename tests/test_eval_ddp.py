@@ -22,6 +22,9 @@ from geokit.testing import tiny_config
 ENV = dict(HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", GEOKIT_PROGRESS="0", OMP_NUM_THREADS="1")
 
 
+pytestmark = pytest.mark.slow  # torchrun runs (about 25 s each)
+
+
 @pytest.fixture(autouse=True)
 def _keep_threads():
     import torch

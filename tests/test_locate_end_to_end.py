@@ -21,6 +21,9 @@ from geokit.testing import make_pairs_dataset, tiny_config
 cli = GeokitGroup(commands={"index": index_cmd, "locate": locate_cmd})
 
 
+pytestmark = pytest.mark.slow  # trains and indexes a small world once (about 6 s)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A trained checkpoint, a reference CSV of the training tiles with lat/lon, and an index."""

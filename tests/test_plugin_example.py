@@ -57,6 +57,7 @@ def test_listed_with_its_distribution(installed):
     assert ("sampler", "random") in rows  # bundled ones still there
 
 
+@pytest.mark.slow
 def test_passes_the_conformance_kit_and_trains(installed, tmp_path):
     code = "from geokit.testing import check_sampler; check_sampler('blocks', {'block': 3}); print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=installed)

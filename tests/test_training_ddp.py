@@ -21,6 +21,8 @@ from geokit.config import resolve
 from geokit.testing import tiny_config
 from geokit.training import read_steps
 
+pytestmark = pytest.mark.slow  # torchrun runs (20-55 s)
+
 
 @pytest.fixture(autouse=True)
 def _keep_threads():

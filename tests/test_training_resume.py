@@ -55,6 +55,7 @@ def _wait_for(out, text, count, proc, timeout=60.0):
     return False
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_gives_identical_weights(tmp_path):
     from geokit.training import train
 
