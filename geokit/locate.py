@@ -203,7 +203,7 @@ class Localizer:
             raise GeokitError(
                 f"the embedding of {bad} is not finite: the checkpoint's weights or normalisation are damaged"
             )
-        if self.rerankers:
+        if self.rerankers and self._gallery is not None:  # the gallery is set with the re-rankers
             from geokit.evaluation import apply_rerankers
             from geokit.retrieval import search
 
