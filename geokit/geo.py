@@ -15,3 +15,9 @@ def haversine_m(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Any:
     dp, dl = p2 - p1, np.radians(np.asarray(lon2) - np.asarray(lon1))
     a = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
     return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
+
+
+def distance_m(a: Any, b: Any) -> Any:
+    """:func:`haversine_m` between ``(..., 2)`` arrays of ``(lat, lon)`` rows in degrees."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return haversine_m(a[..., 0], a[..., 1], b[..., 0], b[..., 1])

@@ -36,8 +36,7 @@ from typing import Any
 import numpy as np
 
 from geokit.errors import GeokitError
-
-EARTH_RADIUS_M = 6_371_008.8
+from geokit.geo import haversine_m
 
 
 @dataclass
@@ -77,14 +76,6 @@ class Location:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def haversine_m(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Any:
-    """Great-circle distance in metres between points in degrees (numpy broadcasting)."""
-    p1, p2 = np.radians(lat1), np.radians(lat2)
-    dp, dl = p2 - p1, np.radians(np.asarray(lon2) - np.asarray(lon1))
-    a = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
 
 
 def consensus(candidates: Sequence[Candidate], radius_m: float, *, min_support: int = 2) -> Consensus | None:

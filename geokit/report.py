@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from geokit.data import CrossViewDataset, EvalSet
+from geokit.geo import distance_m
 
 GREEN, RED, GREY, INK = (40, 170, 70), (215, 50, 40), (150, 150, 150), (30, 30, 30)
 BLUE, ORANGE, GRID = (40, 110, 210), (235, 140, 20), (225, 225, 225)
-EARTH_RADIUS_M = 6_371_008.8
 
 
 def _font(size: int) -> Any:
@@ -32,14 +32,7 @@ def _font(size: int) -> Any:
         return ImageFont.load_default()
 
 
-def haversine_m(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Great-circle distance in metres between ``(lat, lon)`` rows in degrees."""
-    a, b = np.radians(np.asarray(a, np.float64)), np.radians(np.asarray(b, np.float64))
-    h = (
-        np.sin((b[..., 0] - a[..., 0]) / 2) ** 2
-        + np.cos(a[..., 0]) * np.cos(b[..., 0]) * np.sin((b[..., 1] - a[..., 1]) / 2) ** 2
-    )
-    return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
+haversine_m = distance_m  # (lat, lon) rows; one formula for the whole project (geokit.geo)
 
 
 def top_k(query: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:

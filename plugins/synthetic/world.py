@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from geokit.geo import EARTH_RADIUS_M, distance_m
+
 # Ground classes.
 GRASS, ROAD, SIDEWALK, BUILDING, WATER, PARKING, PLAZA, TREE = range(8)
 CLASS_NAMES = ("grass", "road", "sidewalk", "building", "water", "parking", "plaza", "tree")
@@ -534,8 +536,6 @@ def render_panoramas(
 
 # ------------------------------------------------------------------------------- geography
 
-EARTH_RADIUS_M = 6_371_008.8
-
 
 def pixels_to_gps(xy: np.ndarray, size: int, mpp: float, origin: tuple[float, float]) -> np.ndarray:
     """Pixel ``(x, y)`` -> ``(lat, lon)`` degrees: the map centre sits at ``origin``, north up,
@@ -548,8 +548,4 @@ def pixels_to_gps(xy: np.ndarray, size: int, mpp: float, origin: tuple[float, fl
     return np.c_[lat, lon]
 
 
-def haversine_m(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Great-circle distance in metres between ``(lat, lon)`` rows (degrees)."""
-    la1, lo1, la2, lo2 = (np.radians(v) for v in (a[..., 0], a[..., 1], b[..., 0], b[..., 1]))
-    h = np.sin((la2 - la1) / 2) ** 2 + np.cos(la1) * np.cos(la2) * np.sin((lo2 - lo1) / 2) ** 2
-    return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
+haversine_m = distance_m  # (lat, lon) rows (geokit.geo)
