@@ -433,6 +433,25 @@ def check_tile_paths(
 # ------------------------------------------------------------------------------ building
 
 
+def _new_faiss_index(spec: IndexSpec, n: int, dim: int) -> tuple[Any, dict[str, Any]]:
+    """An empty inner-product faiss index of ``spec``'s type for ``n`` vectors, and the
+    parameters the index file records (training, if any, is the caller's)."""
+    import faiss
+
+    metric = faiss.METRIC_INNER_PRODUCT
+    if spec.type == "hnsw":
+        hnsw = faiss.IndexHNSWFlat(dim, spec.hnsw_m, metric)
+        hnsw.hnsw.efConstruction = spec.ef_construction
+        return hnsw, {"hnsw_m": spec.hnsw_m, "ef_construction": spec.ef_construction, "ef_search": spec.ef_search}
+    nlist = spec.nlist_for(n)
+    quantizer = faiss.IndexFlatIP(dim)  # faiss's Python wrapper keeps it alive with the index
+    if spec.type == "ivf":
+        return faiss.IndexIVFFlat(quantizer, dim, nlist, metric), {"nlist": nlist, "nprobe": spec.nprobe}
+    m = spec.m_for(dim)
+    pq = faiss.IndexIVFPQ(quantizer, dim, nlist, m, spec.nbits, metric)
+    return pq, {"nlist": nlist, "nprobe": spec.nprobe, "m": m, "nbits": spec.nbits}
+
+
 def build_index(
     embed: Callable[[np.ndarray], np.ndarray],
     n: int,
@@ -469,25 +488,9 @@ def build_index(
         info["params"] = {"dtype": spec.dtype}
         return GeoIndex(info, list(paths), latlon, vectors=vectors)
 
-    import faiss
-
-    metric = faiss.METRIC_INNER_PRODUCT
     cache: dict[int, np.ndarray] = {}
-    index: faiss.Index
-    if spec.type == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, spec.hnsw_m, metric)
-        index.hnsw.efConstruction = spec.ef_construction
-        params = {"hnsw_m": spec.hnsw_m, "ef_construction": spec.ef_construction, "ef_search": spec.ef_search}
-    else:
-        nlist = spec.nlist_for(n)
-        quantizer = faiss.IndexFlatIP(dim)
-        if spec.type == "ivf":
-            index = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
-            params = {"nlist": nlist, "nprobe": spec.nprobe}
-        else:
-            m = spec.m_for(dim)
-            index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, spec.nbits, metric)
-            params = {"nlist": nlist, "nprobe": spec.nprobe, "m": m, "nbits": spec.nbits}
+    index, params = _new_faiss_index(spec, n, dim)
+    if spec.type != "hnsw":
         n_train = spec.train_size_for(n, dim)
         sample = np.sort(np.random.default_rng(spec.seed).choice(n, n_train, replace=False))
         train = np.empty((n_train, dim), dtype=np.float32)
@@ -717,31 +720,12 @@ def write_index_from_spool(
 
 def _faiss_from_spool(spool: Spool, spec: IndexSpec, chunk: int, show: bool | None) -> tuple[Any, dict[str, Any]]:
     """A faiss index of the spooled rows, trained on the same sample as :func:`build_index`."""
-    import faiss
 
     from geokit.runtime import progress
 
     n, dim = spool.n, spool.dim
-    metric = faiss.METRIC_INNER_PRODUCT
-    index: faiss.Index
-    if spec.type == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, spec.hnsw_m, metric)
-        index.hnsw.efConstruction = spec.ef_construction
-        params: dict[str, Any] = {
-            "hnsw_m": spec.hnsw_m,
-            "ef_construction": spec.ef_construction,
-            "ef_search": spec.ef_search,
-        }
-    else:
-        nlist = spec.nlist_for(n)
-        quantizer = faiss.IndexFlatIP(dim)
-        if spec.type == "ivf":
-            index = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
-            params = {"nlist": nlist, "nprobe": spec.nprobe}
-        else:
-            m = spec.m_for(dim)
-            index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, spec.nbits, metric)
-            params = {"nlist": nlist, "nprobe": spec.nprobe, "m": m, "nbits": spec.nbits}
+    index, params = _new_faiss_index(spec, n, dim)
+    if spec.type != "hnsw":
         n_train = spec.train_size_for(n, dim)
         sample = np.sort(np.random.default_rng(spec.seed).choice(n, n_train, replace=False))
         train = spool.take(sample)
