@@ -927,6 +927,22 @@ class _Engine:
             seed=self.config.seed,
         )
 
+    def _context(self, epoch: int, cls: type[EpochContext], **extra: Any) -> Any:
+        """What a sampler receives for ``epoch`` (``StepContext`` adds the step's fields)."""
+        tc, world = self.config.train, self.world
+        return cls(
+            epoch=epoch,
+            epochs=tc.epochs,
+            batch_size=tc.batch_size,
+            seed=self.config.seed,
+            train=self.train_set,
+            dataset_name=self.parts.dataset.name,
+            rank=world.rank,
+            world_size=world.world_size,
+            embed=self._embed_train,
+            **extra,
+        )
+
     def _step_batches(self, epoch: int, start: int, handed: list[np.ndarray]) -> Any:
         """A step-level sampler's epoch: ask for each batch right before its step (the model is
         as the step finds it), load this rank's share, yield what the DataLoader would."""
@@ -935,20 +951,7 @@ class _Engine:
         tc, world = self.config.train, self.world
         with ThreadPoolExecutor(max(1, self.workers)) as pool:
             for k in itertools.count(start):
-                ctx = StepContext(
-                    epoch=epoch,
-                    epochs=tc.epochs,
-                    batch_size=tc.batch_size,
-                    seed=self.config.seed,
-                    train=self.train_set,
-                    dataset_name=self.parts.dataset.name,
-                    rank=world.rank,
-                    world_size=world.world_size,
-                    embed=self._embed_train,
-                    step=self.step,
-                    batch=k,
-                    embed_pairs=self._embed_pairs,
-                )
+                ctx = self._context(epoch, StepContext, step=self.step, batch=k, embed_pairs=self._embed_pairs)
                 self._sampler_before = self.sampler.state_dict()  # an interrupt saves this one
                 batch = self.sampler.next_batch(ctx)
                 if batch is None:
@@ -969,17 +972,7 @@ class _Engine:
             start = int(resume["batches_done"])
             stats = {k: float(v) for k, v in resume["epoch_stats"].items()}
         else:
-            ctx = EpochContext(
-                epoch=epoch,
-                epochs=tc.epochs,
-                batch_size=tc.batch_size,
-                seed=self.config.seed,
-                train=self.train_set,
-                dataset_name=self.parts.dataset.name,
-                rank=world.rank,
-                world_size=world.world_size,
-                embed=self._embed_train,
-            )
+            ctx = self._context(epoch, EpochContext)
             if self.step_level:
                 batches = []  # handed out step by step below
                 start_epoch = getattr(self.sampler, "start_epoch", None)
