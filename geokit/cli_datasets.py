@@ -91,8 +91,9 @@ def verify_cmd(
     Every problem names the file and line; the exit status is 1 when there are errors.
     """
     from geokit.errors import GeokitError
+    from geokit.problems import Problem
     from geokit.registry import get_registry
-    from geokit.verify import Problem, Report, verify_dataset
+    from geokit.verify import Report, verify_dataset
 
     section = _dataset_section(name, root, config_path, overrides)
     ds_name = section.pop("name")
