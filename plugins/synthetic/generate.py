@@ -123,11 +123,7 @@ def split_locations(xy: np.ndarray, params: dict[str, Any], rng: np.random.Gener
 
 def write_world(params: dict[str, Any], folder: Path, *, show: bool | None = None) -> dict[str, Any]:
     """Generate the world for ``params`` into ``folder``; returns the ``world.json`` record."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from PIL import Image
-
-    from geokit.runtime import log, progress
+    from geokit.runtime import log
 
     t0 = time.perf_counter()
     p = params
@@ -140,13 +136,42 @@ def write_world(params: dict[str, Any], folder: Path, *, show: bool | None = Non
     )
     city = W.generate_city(p["seed"], p["map_size"], p["metres_per_pixel"])
     t_city = time.perf_counter() - t0
+    xy, headings, split = place_locations(city, p)
+    gps = W.pixels_to_gps(xy, p["map_size"], p["metres_per_pixel"], (p["origin_lat"], p["origin_lon"]))
+    write_images(city, xy, headings, p, folder, show=show)
+    write_csvs(folder, xy, gps, np.degrees(headings) % 360, split)
+    seconds = time.perf_counter() - t0
+    record = world_record(p, city, split, {"city": round(t_city, 2), "total": round(seconds, 2)})
+    (folder / "world.json").write_text(json.dumps(record, indent=2) + "\n")
+    log.info(
+        "synthetic world: %s locations (train/val/test) in %.1f s",
+        "/".join(str(v) for v in record["counts"].values()),
+        seconds,
+    )
+    return record
+
+
+def place_locations(city: W.City, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Street locations ``(n, 2)`` in map pixels, their headings (radians) and split names,
+    without the locations dropped between split areas."""
     xy = W.sample_locations(city, p["locations"], p["spacing"], p["seed"])
     rng = np.random.default_rng([p["seed"], 3])
     headings = rng.uniform(0, 2 * np.pi, len(xy)) if p["heading"] == "random" else np.zeros(len(xy))
     split = split_locations(xy, p, rng)
     keep = np.flatnonzero(split != "")
-    xy, headings, split = xy[keep], headings[keep], split[keep]
-    gps = W.pixels_to_gps(xy, p["map_size"], p["metres_per_pixel"], (p["origin_lat"], p["origin_lon"]))
+    return xy[keep], headings[keep], split[keep]
+
+
+def write_images(
+    city: W.City, xy: np.ndarray, headings: np.ndarray, p: dict[str, Any], folder: Path, *, show: bool | None
+) -> None:
+    """Render and save ``ground/NNNNN.png`` (panoramas), ``aerial/NNNNN.png`` (tiles) and
+    ``map.jpg``; rendering runs in chunks while two threads compress the previous chunk."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from geokit.runtime import progress
 
     (folder / "ground").mkdir(parents=True, exist_ok=True)
     (folder / "aerial").mkdir(parents=True, exist_ok=True)
@@ -175,7 +200,9 @@ def write_world(params: dict[str, Any], folder: Path, *, show: bool | None = Non
             f.result()
     Image.fromarray(city.aerial).save(folder / "map.jpg", quality=90)
 
-    heading_deg = np.degrees(headings) % 360
+
+def write_csvs(folder: Path, xy: np.ndarray, gps: np.ndarray, heading_deg: np.ndarray, split: np.ndarray) -> None:
+    """``train.csv``/``val.csv``/``test.csv`` (the ``pairs`` format + heading) and ``locations.csv``."""
     for name in ("train", "val", "test"):
         with open(folder / f"{name}.csv", "w", newline="") as fh:
             w = csv.writer(fh)
@@ -205,26 +232,22 @@ def write_world(params: dict[str, Any], folder: Path, *, show: bool | None = Non
                     f"{heading_deg[i]:.2f}",
                 ]
             )
+
+
+def world_record(p: dict[str, Any], city: W.City, split: np.ndarray, seconds: dict[str, float]) -> dict[str, Any]:
+    """The ``world.json`` record: parameters, counts per split, district types, GPS bounds."""
     corners = W.pixels_to_gps(
         np.array([[0.0, 0.0], [p["map_size"], p["map_size"]]]),
         p["map_size"],
         p["metres_per_pixel"],
         (p["origin_lat"], p["origin_lon"]),
     )
-    seconds = time.perf_counter() - t0
-    record: dict[str, Any] = {
+    return {
         "generator": f"geokit synthetic v{VERSION}",
         "params": p,
         "counts": {name: int((split == name).sum()) for name in ("train", "val", "test")},
         "district_types": [["downtown", "residential", "industrial", "park"][t] for t in city.district_type],
         # north, west, south, east edges of map.jpg, degrees
         "bounds": {"north": corners[0, 0], "west": corners[0, 1], "south": corners[1, 0], "east": corners[1, 1]},
-        "seconds": {"city": round(t_city, 2), "total": round(seconds, 2)},
+        "seconds": seconds,
     }
-    (folder / "world.json").write_text(json.dumps(record, indent=2) + "\n")
-    log.info(
-        "synthetic world: %s locations (train/val/test) in %.1f s",
-        "/".join(str(v) for v in record["counts"].values()),
-        seconds,
-    )
-    return record

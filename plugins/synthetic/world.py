@@ -147,13 +147,70 @@ def _value_noise(rng: np.random.Generator, size: int, cell: int) -> np.ndarray:
 # ------------------------------------------------------------------------------- the city
 
 
+# generate_city runs the steps below in this order. The steps that draw from the one ``rng``
+# stream (districts, street frames, arterials, river, ground texture) must keep their order, and
+# the order of the draws inside each, or every city changes (tests/test_synthetic_golden.py).
+
+
 def generate_city(seed: int, size: int = 1280, mpp: float = 1.0) -> City:
     """Build the city raster for ``seed`` (pure function of its arguments)."""
     rng = np.random.default_rng([seed, 1])
     S = size
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
 
-    # Districts: jittered seeds (roughly one per 380 px square), nearest and second nearest.
+    districts = _districts(rng, S, xx, yy)
+    streets = _streets(rng, districts, xx, yy)
+    water, bank = _river(rng, S, xx, yy)
+    types = districts.types
+    t_k = types[streets.k]  # district type per pixel
+    is_park = t_k == PARK
+    lots = _lots_and_buildings(streets, types, is_park, water, bank)
+    height_b = _building_heights(lots, t_k)
+    facade, roof = _building_colours(lots, t_k, S)
+    normal, along = _walls(lots, streets, mpp)
+    roof_shade = _roof_shade(lots, t_k)
+    cls = _ground_classes(lots, streets, t_k, is_park, water, bank, S)
+    trees = _trees(seed, S, xx, yy, cls, t_k, streets.centre)
+
+    height = np.where(lots.bldg, height_b, 0.0).astype(np.float32)
+    height = np.where(trees.tree, trees.height * (1 - 0.25 * (trees.rd / trees.tr) ** 2), height).astype(np.float32)
+
+    ground, nz = _ground_colours(rng, S, cls, streets, lots)
+    aerial = _aerial_colours(ground, roof, roof_shade, nz, lots.bldg, trees)
+    aerial = _cast_shadows(aerial, height, mpp)
+
+    cls_out = np.where(trees.tree, TREE, cls).astype(np.uint8)
+    city = City(
+        seed,
+        S,
+        mpp,
+        cls_out,
+        aerial,
+        ground.astype(np.uint8),
+        height,
+        np.where(lots.bldg[..., None], facade, 0).astype(np.uint8),
+        normal,
+        along,
+        districts.index,
+        types,
+    )
+    city.candidates = _candidates(cls, streets.centre)
+    return city
+
+
+@dataclass
+class _Districts:
+    """The Voronoi partition into districts."""
+
+    seeds: np.ndarray  # (K, 2) x, y of each district's seed point
+    types: np.ndarray  # (K,) district type
+    d1: np.ndarray  # (S, S) distance to the nearest seed
+    d2: np.ndarray  # (S, S) distance to the second nearest seed
+    index: np.ndarray  # (S, S) int16 nearest seed: the district
+
+
+def _districts(rng: np.random.Generator, S: int, xx: np.ndarray, yy: np.ndarray) -> _Districts:
+    """Jittered seeds (roughly one per 380 px square), nearest and second nearest."""
     n_side = max(2, round(S / 380))
     gx, gy = np.meshgrid((np.arange(n_side) + 0.5) * S / n_side, (np.arange(n_side) + 0.5) * S / n_side)
     seeds = np.c_[gx.ravel(), gy.ravel()] + rng.uniform(-0.35, 0.35, (n_side * n_side, 2)) * S / n_side
@@ -170,8 +227,37 @@ def generate_city(seed: int, size: int = 1280, mpp: float = 1.0) -> City:
         d2 = np.where(closer, d1, np.minimum(d2, d))
         dist_id = np.where(closer, np.int16(j), dist_id)
         d1 = np.where(closer, d, d1)
+    return _Districts(seeds, dtype_k, d1, d2, dist_id)
 
-    # Per-district street frame.
+
+@dataclass
+class _Streets:
+    """Every pixel in its district's street frame, and the street network."""
+
+    k: np.ndarray  # (S, S) int64 district index
+    theta: np.ndarray  # (K,) street orientation per district
+    bu: np.ndarray  # (K,) block size along u
+    bv: np.ndarray  # (K,) block size along v
+    side_w: np.ndarray  # (K,) sidewalk width
+    u: np.ndarray  # (S, S) coordinates in the (curved) street frame
+    v: np.ndarray
+    cu: np.ndarray  # (S, S) position inside the block
+    cv: np.ndarray
+    du: np.ndarray  # (S, S) distance to the nearest street line of each family
+    dv: np.ndarray
+    local_d: np.ndarray  # (S, S) distance to the nearest local street line
+    half: np.ndarray  # (S, S) half width of the local road
+    art_d: np.ndarray  # (S, S) distance to the nearest arterial
+    art_half: float  # half width of an arterial
+    road: np.ndarray  # (S, S) bool
+    side: np.ndarray  # (S, S) bool sidewalk
+    centre: np.ndarray  # (S, S) distance to the road's centre line, in units of its half width
+
+
+def _streets(rng: np.random.Generator, districts: _Districts, xx: np.ndarray, yy: np.ndarray) -> _Streets:
+    """Per-district street grids (orientation, block size, curvature) plus the arterials."""
+    dtype_k, seeds = districts.types, districts.seeds
+    K = len(seeds)
     theta = rng.uniform(0, np.pi / 2, K).astype(np.float32)
     bu = np.array([rng.uniform(*_STYLE[t]["bu"]) for t in dtype_k], np.float32)
     bv = np.array([rng.uniform(*_STYLE[t]["bv"]) for t in dtype_k], np.float32)
@@ -182,7 +268,7 @@ def generate_city(seed: int, size: int = 1280, mpp: float = 1.0) -> City:
     pha = rng.uniform(0, 2 * np.pi, (K, 2)).astype(np.float32)
     off = rng.uniform(0, 1, (K, 2)).astype(np.float32)
 
-    k = dist_id.astype(np.int64)
+    k = districts.index.astype(np.int64)
     c, s = np.cos(theta)[k], np.sin(theta)[k]
     rx, ry = xx - seeds[k, 0].astype(np.float32), yy - seeds[k, 1].astype(np.float32)
     u = c * rx + s * ry
@@ -195,8 +281,20 @@ def generate_city(seed: int, size: int = 1280, mpp: float = 1.0) -> City:
     local_d = np.minimum(du, dv)
     half = road_w[k] / 2
 
-    # Arterials: district borders ((d2 - d1) / 2 is the distance to the bisector) and two long curves.
-    border_d = (d2 - d1) / 2
+    art_d = _arterials(rng, districts, xx, yy)
+    art_half = 8.0
+    road = (local_d < half) | (art_d < art_half)
+    side = ~road & ((local_d < half + side_w[k]) | (art_d < art_half + 3))
+    # Distance to the road's centre line, in units of its half width (candidate sites: < 0.15).
+    centre = np.where(art_d < art_half, art_d / art_half, local_d / half)
+    return _Streets(k, theta, bu, bv, side_w, u, v, cu, cv, du, dv, local_d, half, art_d, art_half, road, side, centre)
+
+
+def _arterials(rng: np.random.Generator, districts: _Districts, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """Distance to the nearest arterial: the district borders ((d2 - d1) / 2 is the distance to
+    the bisector) and two long curves."""
+    S = len(xx)
+    border_d = (districts.d2 - districts.d1) / 2
     art_d = border_d
     for _ in range(2):
         ang = rng.uniform(0, np.pi)
@@ -205,14 +303,11 @@ def generate_city(seed: int, size: int = 1280, mpp: float = 1.0) -> City:
         t = np.cos(ang) * (xx - px) + np.sin(ang) * (yy - py)
         n = n + rng.uniform(20, 60) * np.sin(2 * np.pi * t / rng.uniform(500, 900) + rng.uniform(0, 6.3))
         art_d = np.minimum(art_d, np.abs(n))
-    art_half = 8.0
-    road = (local_d < half) | (art_d < art_half)
-    is_park = dtype_k[k] == PARK
-    side = ~road & ((local_d < half + side_w[k]) | (art_d < art_half + 3))
-    # Distance to the road's centre line, in units of its half width (candidate sites: < 0.15).
-    centre = np.where(art_d < art_half, art_d / art_half, local_d / half)
+    return art_d
 
-    # River: a meandering band; banks are grass; roads cross on bridges.
+
+def _river(rng: np.random.Generator, S: int, xx: np.ndarray, yy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A meandering band of water and its grass banks (roads cross it on bridges)."""
     ang = rng.uniform(0, np.pi)
     px, py = rng.uniform(0.3, 0.7, 2) * S
     n = -np.sin(ang) * (xx - px) + np.cos(ang) * (yy - py)
@@ -221,13 +316,31 @@ def generate_city(seed: int, size: int = 1280, mpp: float = 1.0) -> City:
     river_w = rng.uniform(14, 22)
     water = np.abs(n) < river_w
     bank = (np.abs(n) < river_w + 10) & ~water
+    return water, bank
 
-    # Lots and buildings inside blocks.
+
+@dataclass
+class _Lots:
+    """Lots inside blocks and the building footprints on them."""
+
+    inside_block: np.ndarray  # (S, S) bool
+    lot_empty: np.ndarray  # (S, S) bool: the lot has no building
+    bldg: np.ndarray  # (S, S) bool building footprint
+    hl: np.ndarray  # (S, S) uint64 hash of the lot (per-lot random streams)
+    edges: np.ndarray  # (4, S, S) metres to the footprint's u0, u1, v0, v1 edges (< 0: outside)
+
+
+def _lots_and_buildings(
+    streets: _Streets, dtype_k: np.ndarray, is_park: np.ndarray, water: np.ndarray, bank: np.ndarray
+) -> _Lots:
+    """Cut each block into lots facing a street and place one footprint per lot."""
+    k, cu, cv = streets.k, streets.cu, streets.cv
+    bu, bv = streets.bu, streets.bv
     sty = {key: np.array([_STYLE[t][key] for t in dtype_k], np.float32) for key in ("setback", "gap", "empty")}
     lot_lo = np.array([_STYLE[t]["lot"][0] for t in dtype_k], np.float32)
     lot_hi = np.array([_STYLE[t]["lot"][1] for t in dtype_k], np.float32)
-    blk_u, blk_v = np.floor(u / bu[k]).astype(np.int64), np.floor(v / bv[k]).astype(np.int64)
-    edge = half + side_w[k]
+    blk_u, blk_v = np.floor(streets.u / bu[k]).astype(np.int64), np.floor(streets.v / bv[k]).astype(np.int64)
+    edge = streets.half + streets.side_w[k]
     inner_u, inner_v = bu[k] - 2 * edge, bv[k] - 2 * edge
     hb = _hash(k, blk_u, blk_v)
     lot_w = lot_lo[k] + (lot_hi[k] - lot_lo[k]) * _unit(hb, 1).astype(np.float32)
@@ -254,14 +367,21 @@ def generate_city(seed: int, size: int = 1280, mpp: float = 1.0) -> City:
     inside_block = (cu > edge) & (cu < bu[k] - edge) & (cv > edge) & (cv < bv[k] - edge)
     lot_empty = _unit(hl, 3) < sty["empty"][k]
     bldg = inside_block & ~lot_empty & (e_u0 > 0) & (e_u1 > 0) & (e_v0 > 0) & (e_v1 > 0)
-    bldg &= ~road & ~side & ~water & ~bank & ~is_park
+    bldg &= ~streets.road & ~streets.side & ~water & ~bank & ~is_park
+    return _Lots(inside_block, lot_empty, bldg, hl, np.stack([e_u0, e_u1, e_v0, e_v1]))
 
-    # Building attributes: height and palette by district type, per-building jitter.
-    t_k = dtype_k[k]
+
+def _building_heights(lots: _Lots, t_k: np.ndarray) -> np.ndarray:
+    """Height by district type with per-building jitter (downtown skewed towards low)."""
     h_lo = np.array([_STYLE[t]["h"][0] for t in range(4)], np.float32)[t_k]
     h_hi = np.array([_STYLE[t]["h"][1] for t in range(4)], np.float32)[t_k]
-    r_h = _unit(hl, 4).astype(np.float32)
-    height_b = h_lo + (h_hi - h_lo) * np.where(t_k == DOWNTOWN, r_h**2, r_h)
+    r_h = _unit(lots.hl, 4).astype(np.float32)
+    return h_lo + (h_hi - h_lo) * np.where(t_k == DOWNTOWN, r_h**2, r_h)
+
+
+def _building_colours(lots: _Lots, t_k: np.ndarray, S: int) -> tuple[np.ndarray, np.ndarray]:
+    """Facade and roof colours ``(S, S, 3)`` float32 from the district type's palette."""
+    bldg, hl = lots.bldg, lots.hl
     facade = np.zeros((S, S, 3), np.float32)
     roof = np.zeros((S, S, 3), np.float32)
     pick = _unit(hl, 5)
@@ -277,38 +397,65 @@ def generate_city(seed: int, size: int = 1280, mpp: float = 1.0) -> City:
         # The roof takes some of the wall's colour (paint, trim, skylights): a weak real-world
         # link that makes a building recognisable from both views.
         roof[sel] = np.clip(0.6 * rf + 0.4 * fac + 0.8 * jit, 0, 255)
+    return facade, roof
 
-    # Wall normal (nearest footprint edge) and position along it, in the district's frame.
-    edges = np.stack([e_u0, e_u1, e_v0, e_v1])
-    nearest = np.argmin(edges, axis=0)
+
+def _walls(lots: _Lots, streets: _Streets, mpp: float) -> tuple[np.ndarray, np.ndarray]:
+    """Wall normal (nearest footprint edge) and position along it, in the district's frame."""
+    nearest = np.argmin(lots.edges, axis=0)
     # Frame axes in map terms: +u points along (cos θ, sin θ) in (x, y-down) => azimuth.
-    az_u = np.pi / 2 + theta[k]  # azimuth (clockwise from north) of +u
+    az_u = np.pi / 2 + streets.theta[streets.k]  # azimuth (clockwise from north) of +u
     normal = np.choose(nearest, [az_u + np.pi, az_u, az_u + np.pi / 2 + np.pi, az_u + np.pi / 2])
     normal = np.mod(normal, 2 * np.pi).astype(np.float32)
-    along = np.where(nearest < 2, v, u).astype(np.float32) * mpp
+    along = np.where(nearest < 2, streets.v, streets.u).astype(np.float32) * mpp
+    return normal, along
 
-    # Roof texture: pitched roofs (residential) get a ridge; flat roofs get a parapet and units.
+
+def _roof_shade(lots: _Lots, t_k: np.ndarray) -> np.ndarray:
+    """Roof texture: pitched roofs (residential) get a ridge; flat roofs get a parapet and units."""
+    e_v0, e_v1 = lots.edges[2], lots.edges[3]
     ridge = np.abs(np.minimum(e_v0, e_v1) / np.maximum(e_v0 + e_v1, 1e-3))  # 0 at eaves, .5 at ridge
-    roof_shade = np.where(
+    return np.where(
         t_k == RESIDENTIAL,
         0.75 + 0.5 * ridge * np.where(e_v0 < e_v1, 1.0, 0.7),
-        np.where(np.min(edges, axis=0) < 1.0, 0.8, 1.0),
+        np.where(np.min(lots.edges, axis=0) < 1.0, 0.8, 1.0),
     )
 
-    # Ground classes.
+
+def _ground_classes(
+    lots: _Lots, streets: _Streets, t_k: np.ndarray, is_park: np.ndarray, water: np.ndarray, bank: np.ndarray, S: int
+) -> np.ndarray:
+    """The ground class per pixel (before trees); later assignments win."""
+    inside_block, lot_empty, bldg = lots.inside_block, lots.lot_empty, lots.bldg
     cls = np.full((S, S), GRASS, np.uint8)
     empty_lot = inside_block & lot_empty & ~is_park
     cls[empty_lot & (t_k != RESIDENTIAL)] = PARKING
-    cls[empty_lot & (t_k == DOWNTOWN) & (_unit(hl, 7) < 0.5)] = PLAZA
+    cls[empty_lot & (t_k == DOWNTOWN) & (_unit(lots.hl, 7) < 0.5)] = PLAZA
     cls[inside_block & ~lot_empty & ~bldg & (t_k == DOWNTOWN)] = PLAZA
     cls[inside_block & ~lot_empty & ~bldg & (t_k == INDUSTRIAL)] = PARKING
-    cls[side] = SIDEWALK
+    cls[streets.side] = SIDEWALK
     cls[water] = WATER
     cls[bank] = GRASS
-    cls[road] = ROAD
+    cls[streets.road] = ROAD
     cls[bldg] = BUILDING
+    return cls
 
-    # Trees: a jittered grid; presence depends on the ground under the cell centre.
+
+@dataclass
+class _Trees:
+    """Tree crowns on a jittered grid."""
+
+    tree: np.ndarray  # (S, S) bool crown
+    height: np.ndarray  # (S, S) float32 crown top of the pixel's grid cell
+    rd: np.ndarray  # (S, S) distance to the cell's trunk
+    tr: np.ndarray  # (S, S) crown radius of the cell's tree
+    ht: np.ndarray  # (S, S) uint64 hash of the cell (per-tree random streams)
+
+
+def _trees(
+    seed: int, S: int, xx: np.ndarray, yy: np.ndarray, cls: np.ndarray, t_k: np.ndarray, centre: np.ndarray
+) -> _Trees:
+    """A jittered grid; presence depends on the ground under the cell centre."""
     g = 9
     cx, cy = np.floor(xx / g).astype(np.int64), np.floor(yy / g).astype(np.int64)
     ht = _hash(np.int64(seed), cx, cy)
@@ -327,33 +474,46 @@ def generate_city(seed: int, size: int = 1280, mpp: float = 1.0) -> City:
     rd = np.hypot(xx - tx, yy - ty)
     tree = (_unit(ht, 4) < p_tree) & (rd < tr) & (cls != BUILDING) & (cls != WATER) & ~((cls == ROAD) & (centre < 0.5))
     tree_h = (6.0 + 6.0 * _unit(ht, 5)).astype(np.float32)
+    return _Trees(tree, tree_h, rd, tr, ht)
 
-    height = np.where(bldg, height_b, 0.0).astype(np.float32)
-    height = np.where(tree, tree_h * (1 - 0.25 * (rd / tr) ** 2), height).astype(np.float32)
 
-    # Ground colours with texture.
+def _ground_colours(
+    rng: np.random.Generator, S: int, cls: np.ndarray, streets: _Streets, lots: _Lots
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ground colour ``(S, S, 3)`` float32 in [0, 255] with texture and road markings, and the
+    texture noise ``(S, S)`` (the aerial view reuses it on roofs and trees)."""
     nz = (_value_noise(rng, S, 7) - 0.5) * 0.25 + (_value_noise(rng, S, 31) - 0.5) * 0.2
     base = np.zeros((S, S, 3), np.float32)
     for cl, col in _GROUND.items():
         base[cls == cl] = col
     base *= (1 + nz)[..., None]
     # Lane markings: dashed centre lines on local roads, solid edge lines on arterials.
-    along_road = np.where(du < dv, v, u)
-    dash = (np.abs(local_d) < 0.45) & (np.mod(along_road, 8) < 4) & (art_d >= art_half) & (cls == ROAD)
+    u, v, art_d = streets.u, streets.v, streets.art_d
+    along_road = np.where(streets.du < streets.dv, v, u)
+    dash = (np.abs(streets.local_d) < 0.45) & (np.mod(along_road, 8) < 4) & (art_d >= streets.art_half) & (cls == ROAD)
     base[dash] = (235, 235, 225)
     art_line = (np.abs(art_d - 0.5) < 0.5) & (cls == ROAD)
     base[art_line] = (230, 200, 60)
-    stalls = (cls == PARKING) & (np.mod(u, 2.7) < 0.35) & (_unit(hl, 8) < 0.8)
+    stalls = (cls == PARKING) & (np.mod(u, 2.7) < 0.35) & (_unit(lots.hl, 8) < 0.8)
     base[stalls] = (220, 220, 215)
-    ground = np.clip(base, 0, 255)
+    return np.clip(base, 0, 255), nz
 
+
+def _aerial_colours(
+    ground: np.ndarray, roof: np.ndarray, roof_shade: np.ndarray, nz: np.ndarray, bldg: np.ndarray, trees: _Trees
+) -> np.ndarray:
+    """The top-down colour before shadows: ground, shaded roofs, tree crowns."""
     aerial = ground.copy()
     rs = roof * roof_shade[..., None] * (1 + 0.5 * nz[..., None])
     aerial[bldg] = rs[bldg]
-    leaf = (0.75 + 0.35 * (1 - rd / tr) + nz * 1.5)[..., None]
-    tree_col = np.array([52, 98, 44], np.float32) * (0.85 + 0.3 * _unit(ht, 6))[..., None]
-    aerial = np.where(tree[..., None], tree_col * leaf, aerial)
-    # Cast shadows: a pixel is shaded when something towards the sun rises above the sun ray.
+    leaf = (0.75 + 0.35 * (1 - trees.rd / trees.tr) + nz * 1.5)[..., None]
+    tree_col = np.array([52, 98, 44], np.float32) * (0.85 + 0.3 * _unit(trees.ht, 6))[..., None]
+    return np.where(trees.tree[..., None], tree_col * leaf, aerial)
+
+
+def _cast_shadows(aerial: np.ndarray, height: np.ndarray, mpp: float) -> np.ndarray:
+    """Darken pixels in shadow (something towards the sun rises above the sun ray); uint8."""
+    S = len(height)
     sx, sy = math.sin(SUN_AZIMUTH), -math.cos(SUN_AZIMUTH)
     shade = np.zeros((S, S), bool)
     tan_e = math.tan(SUN_ELEVATION)
@@ -365,31 +525,17 @@ def generate_city(seed: int, size: int = 1280, mpp: float = 1.0) -> City:
         shifted[ys0:ys1, xs0:xs1] = height[ys0 + oy : ys1 + oy, xs0 + ox : xs1 + ox]
         shade |= shifted > height + step * mpp * tan_e
     aerial = np.where(shade[..., None], aerial * 0.55, aerial)
-    aerial = np.clip(aerial, 0, 255).astype(np.uint8)
+    return np.clip(aerial, 0, 255).astype(np.uint8)
 
-    cls_out = np.where(tree, TREE, cls).astype(np.uint8)
-    city = City(
-        seed,
-        S,
-        mpp,
-        cls_out,
-        aerial,
-        ground.astype(np.uint8),
-        height,
-        np.where(bldg[..., None], facade, 0).astype(np.uint8),
-        normal,
-        along,
-        dist_id,
-        dtype_k,
-    )
-    # Candidate street locations: road centre lines, away from the border.
+
+def _candidates(cls: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Candidate street locations ``(n, 2)`` x, y: road centre lines, away from the border."""
     margin = 8
     cand = (cls == ROAD) & (centre < 0.15)
     cand[:margin] = cand[-margin:] = False
     cand[:, :margin] = cand[:, -margin:] = False
     ys, xs = np.nonzero(cand)
-    city.candidates = np.c_[xs, ys].astype(np.float64) + 0.5
-    return city
+    return np.c_[xs, ys].astype(np.float64) + 0.5
 
 
 def sample_locations(city: City, n: int, spacing_m: float, seed: int) -> np.ndarray:
