@@ -33,6 +33,9 @@ defaults), else from ``GEOKIT_IMAGES_DECODER``, ``GEOKIT_IMAGES_MAX_PIXELS`` and
 load a checkpoint and decode as it was trained (:func:`apply_record`: its recorded options,
 except those set in the environment). :func:`configure` exports the env variables, so
 DataLoader workers started with ``spawn`` decode the same way.
+
+(About 440 lines on purpose: options, checks and both decoders are one path that every reader
+shares; header parsing, which needs none of it, lives in :mod:`geokit._image_header`.)
 """
 
 from __future__ import annotations
@@ -40,13 +43,13 @@ from __future__ import annotations
 import io
 import os
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from geokit._image_header import PNG_MAGIC, ImageInfo, probe_jpeg, probe_png
 from geokit.errors import GeokitError
 
 Size = tuple[int, int]  # (height, width)
@@ -177,90 +180,21 @@ def apply_record(record: Any, source: str = "checkpoint") -> ImageOptions:
 # ------------------------------------------------------------------------------ headers
 
 
-@dataclass(frozen=True)
-class ImageInfo:
-    """What the header says: format, stored size (before EXIF orientation), EXIF orientation."""
-
-    format: str
-    width: int
-    height: int
-    orientation: int = 1
-
-    @property
-    def pixels(self) -> int:
-        return self.width * self.height
-
-
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
-
-
-def _exif_orientation(data: bytes, start: int, end: int) -> int:
-    """Orientation tag (0x0112) of IFD0 in the TIFF block ``data[start:end]``; 1 if absent."""
-    try:
-        order = data[start : start + 2]
-        e = "<" if order == b"II" else ">" if order == b"MM" else None
-        if e is None:
-            return 1
-        ifd = start + struct.unpack_from(e + "I", data, start + 4)[0]
-        count = struct.unpack_from(e + "H", data, ifd)[0]
-        for k in range(min(count, 256)):
-            entry = ifd + 2 + 12 * k
-            if entry + 12 > end:
-                break
-            if struct.unpack_from(e + "H", data, entry)[0] == 0x0112:
-                value = struct.unpack_from(e + "H", data, entry + 8)[0]
-                return value if 1 <= value <= 8 else 1
-    except struct.error:
-        pass
-    return 1
-
-
-def _probe_jpeg(data: bytes) -> tuple[ImageInfo | None, bool]:
-    """(info, complete) of a JPEG; info None when no frame header is found."""
-    n, i = len(data), 2
-    width = height = 0
-    orientation = 1
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None, False
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # standalone markers
-            i += 2
-            continue
-        seglen = (data[i + 2] << 8) | data[i + 3]
-        if marker in _SOF and i + 9 <= n:
-            height, width = struct.unpack_from(">HH", data, i + 5)
-        elif marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\0\0":
-            orientation = _exif_orientation(data, i + 10, min(n, i + 2 + seglen))
-        elif marker == 0xDA:  # start of scan: the header is over
-            if not width:
-                return None, False
-            # Entropy-coded data never holds FF D9 (FF is stuffed), so an end-of-image marker
-            # after the scan starts exists exactly when the file is complete.
-            return ImageInfo("JPEG", width, height, orientation), data.rfind(b"\xff\xd9", i) >= 0
-        i += 2 + seglen
-    return None, False
-
-
 def probe(data: bytes, path: str | Path = "<bytes>") -> tuple[ImageInfo, bool]:
     """Read the header of an encoded image: its :class:`ImageInfo` and whether the data looks
     complete. Decodes nothing, so a decompression bomb costs nothing here."""
     if data[:3] == b"\xff\xd8\xff":
-        info, complete = _probe_jpeg(data)
+        info, complete = probe_jpeg(data)
         if info is None:
             raise ImageError(
                 path, f"a JPEG file without a valid frame header ({len(data):,} bytes; truncated or corrupt)"
             )
         return info, complete
-    if data[:8] == _PNG_MAGIC:
-        if len(data) < 26 or data[12:16] != b"IHDR":
+    if data[:8] == PNG_MAGIC:
+        png = probe_png(data)
+        if png is None:
             raise ImageError(path, f"a PNG file without its IHDR header ({len(data):,} bytes; truncated or corrupt)")
-        width, height = struct.unpack_from(">II", data, 16)
-        return ImageInfo("PNG", width, height), True
+        return png, True
     return _probe_pil(data, path), True
 
 
