@@ -43,7 +43,7 @@ from pydantic import Field
 import geokit
 from geokit.errors import GeokitError
 from geokit.sampling import EpochContext
-from geokit_plugins.neighbour_batches import NeighbourOptions, build_neighbour_batches, resolve_depth
+from geokit_plugins.neighbour_batches import NeighbourOptions, epoch_batches, resolve_depth
 
 log = logging.getLogger("geokit.sampler.dss")  # under "geokit": goes to the run log
 
@@ -181,17 +181,7 @@ class DssSampler:
         elif not have:
             return self.delegate(ctx).batches(ctx)
         assert self.lists is not None  # mined above, or kept from an earlier epoch
-        return build_neighbour_batches(
-            ctx.train,
-            ctx.batch_size,
-            self.lists,
-            ctx.rng(),
-            select=select,
-            range_=range_,
-            hard_fraction=o.hard_fraction,
-            last_batch=o.last_batch,
-            walk=o.walk,
-        )
+        return epoch_batches(ctx, self.lists, o, select=select, range_=range_)
 
     # ---------------------------------------------------------------- resume
 

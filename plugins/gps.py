@@ -30,7 +30,7 @@ from pydantic import Field
 import geokit
 from geokit.errors import GeokitError
 from geokit.sampling import EpochContext, pack_batches
-from geokit_plugins.neighbour_batches import NeighbourOptions, build_neighbour_batches, resolve_depth
+from geokit_plugins.neighbour_batches import NeighbourOptions, epoch_batches, resolve_depth
 
 log = logging.getLogger("geokit.sampler.gps")  # under "geokit": goes to the run log
 
@@ -146,18 +146,7 @@ class GpsSampler:
             )
         select, range_ = resolve_depth(o.select, o.range, ctx.batch_size)
         table = self.neighbour_table(ctx, range_)
-        return build_neighbour_batches(
-            ctx.train,
-            ctx.batch_size,
-            table,
-            ctx.rng(),
-            key_of_pair=ctx.train.pair_reference,
-            select=select,
-            range_=range_,
-            hard_fraction=o.hard_fraction,
-            last_batch=o.last_batch,
-            walk=o.walk,
-        )
+        return epoch_batches(ctx, table, o, select=select, range_=range_, key_of_pair=ctx.train.pair_reference)
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": 1}  # table: recomputed deterministically; batches: a function of (seed, epoch)

@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from geokit.data import TrainSet
 from geokit.errors import GeokitError
-from geokit.sampling import BatchPacker
+from geokit.sampling import BatchPacker, EpochContext
 
 Walk = Literal["skip", "prefilter"]
 
@@ -82,6 +82,32 @@ def resolve_depth(select: int | None, range_: int | None, batch_size: int) -> tu
     s = batch_size // 2 if select is None else int(select)
     r = batch_size if range_ is None else int(range_)
     return s, max(r, s, 1)
+
+
+def epoch_batches(
+    ctx: EpochContext,
+    table: np.ndarray,
+    options: NeighbourOptions,
+    *,
+    select: int,
+    range_: int,
+    key_of_pair: np.ndarray | None = None,
+) -> list[np.ndarray]:
+    """:func:`build_neighbour_batches` for one epoch of a neighbour sampler: its training set,
+    batch size and generator from ``ctx``, the batch options shared by ``gps`` and ``dss`` from
+    ``options`` (``select``/``range_`` already resolved by :func:`resolve_depth`)."""
+    return build_neighbour_batches(
+        ctx.train,
+        ctx.batch_size,
+        table,
+        ctx.rng(),
+        key_of_pair=key_of_pair,
+        select=select,
+        range_=range_,
+        hard_fraction=options.hard_fraction,
+        last_batch=options.last_batch,
+        walk=options.walk,
+    )
 
 
 def build_neighbour_batches(
