@@ -114,13 +114,6 @@ class BenchmarkDataset(CrossViewDataset):
 
     # -- helpers for subclasses -------------------------------------------------------------
 
-    def rel(self, path: str | Path) -> str:
-        """``path`` relative to the root, for messages."""
-        try:
-            return str(Path(path).relative_to(self.root))
-        except ValueError:
-            return str(path)
-
     def require_file(self, rel: str, what: str) -> Path:
         """The file ``root/rel`` or an error saying what it is and the expected layout."""
         path = self.root / rel
@@ -249,7 +242,3 @@ def list_images(folder: Path) -> list[str]:
             for e in it
             if e.is_file() and not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
         )
-
-
-def fmt(n: int) -> str:
-    return f"{n:,}"
