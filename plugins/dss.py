@@ -58,7 +58,9 @@ class DssOptions(NeighbourOptions):
     exclude_conflicts: bool = Field(
         True, description="drop a pair's declared conflicts (semi-positives) from its mined list"
     )
-    chunk_size: int | None = Field(None, ge=1, description="queries per scoring block (default: ~256 MiB blocks)")
+    chunk_size: int | None = Field(
+        None, ge=1, description="queries per scoring block; null: auto (geokit.retrieval.BLOCK_BYTES per block)"
+    )
 
 
 def mine_neighbours(

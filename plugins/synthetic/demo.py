@@ -38,7 +38,7 @@ import numpy as np
 )
 def demo_cmd(output: str, config_path: str | None, overrides: tuple[str, ...]) -> None:
     """Generate the synthetic city, train a small ConvNeXt from scratch, evaluate on the held-out
-    area and draw the report (about 5 minutes on 2 CPU cores; no network)."""
+    area and draw the report (minutes on 2 CPU cores, see BENCHMARKS.md; no network)."""
     from geokit.runtime import setup_logging
     from geokit_plugins.synthetic import DEMO_CONFIG
 
