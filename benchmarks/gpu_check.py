@@ -202,7 +202,7 @@ def _write_jpegs(folder: Path, n: int, dataset: str, scale: float = 1.0) -> Path
 def check_cuda_paths(chk: Check, device: Any, tiny: bool, tmp: Path) -> None:
     import torch
 
-    from geokit.testing import make_pairs_dataset, tiny_config
+    from geokit.testing import make_pairs_dataset, run_torchrun, tiny_config
 
     root = make_pairs_dataset(tmp / "pairs", n_train=8 if tiny else 64, n_test=8 if tiny else 32)
 
@@ -266,29 +266,12 @@ def check_cuda_paths(chk: Check, device: Any, tiny: bool, tmp: Path) -> None:
 
         cfg = tiny_config(root, train={"epochs": 1, "device": "cuda", "workers": 2})
         (tmp / "ddp.yaml").write_text(yaml.safe_dump(cfg))
-        env = dict(os.environ, OMP_NUM_THREADS="1")
         outs = {}
         for cmd in (
             ["train", "--config", str(tmp / "ddp.yaml"), "--output", str(tmp / "ddp")],
             ["evaluate", "--config", str(tmp / "ddp.yaml"), "--checkpoint", str(tmp / "ddp" / "model.safetensors")],
         ):
-            p = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "torch.distributed.run",
-                    "--standalone",
-                    "--nproc_per_node",
-                    "2",
-                    "-m",
-                    "geokit",
-                    *cmd,
-                ],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=180,
-            )
+            p = run_torchrun(cmd, nproc=2, timeout=180, check=False)
             outs[cmd[0]] = p.returncode
             if p.returncode:
                 return {"status": "error", "error": f"torchrun {cmd[0]}: rc {p.returncode}: {p.stderr[-600:]}"}

@@ -10,45 +10,12 @@ interleaved (old, new, old, new, ...) in one process; medians.
 from __future__ import annotations
 
 import time
-from collections import deque
 
 import numpy as np
 
 from geokit.data import TrainSet
 from geokit.sampling import BatchPacker
-
-
-class QueuePacker(BatchPacker):
-    """The replaced algorithm (no conflicts): a deque re-scanned at every fresh batch."""
-
-    def __init__(self, train, batch_size):
-        super().__init__(train, batch_size)
-        self.waiting = deque()
-
-    def add_or_wait(self, i):
-        if not self.add(i):
-            self.waiting.append(int(i))
-        elif not self._cur and self.waiting:
-            for _ in range(len(self.waiting)):
-                j = self.waiting.popleft()
-                if not self.add(j):
-                    self.waiting.append(j)
-
-    def finish(self, last_batch="drop"):
-        stuck = 0
-        while self.waiting and stuck < len(self.waiting):
-            i = self.waiting.popleft()
-            if self.add(i):
-                stuck = 0
-            else:
-                self.waiting.append(i)
-                stuck += 1
-                if stuck == len(self.waiting) and self._cur:
-                    self._close_partial(last_batch)
-                    stuck = 0
-        if self._cur:
-            self._close_partial(last_batch)
-        return self.batches
+from geokit.testing import QueuePacker  # the replaced algorithm, kept as the reference
 
 
 def run(cls, train, bs, order):

@@ -7,101 +7,50 @@ Third-party plugin tests::
         check_sampler("my_sampler")            # by registered name
         check_sampler(MySampler(MyOptions()))  # or an instance
 
-Every check raises ``AssertionError`` with a message saying which rule broke.
+Every check raises ``AssertionError`` with a message saying which rule broke. Also here: tiny
+generated data (:func:`make_pairs_dataset`, :func:`tiny_config`, :func:`synthetic_train_set`),
+the reference batch packer (:class:`QueuePacker`) and the ``torchrun`` runner
+(:func:`torchrun_command`, :func:`run_torchrun`), defined in ``geokit._testing_support``.
 """
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from geokit._calls import accepts
+from geokit._testing_support import (
+    QUIET_ENV,
+    QueuePacker,
+    make_pairs_dataset,
+    run_torchrun,
+    synthetic_train_set,
+    tiny_config,
+    torchrun_command,
+)
 from geokit.data import CrossViewDataset, EvalSet, MatchTable, TrainSet
 from geokit.sampling import StepContext, TrainEmbeddings, is_step_level
 
-# ------------------------------------------------------------------------------ tiny data
-
-
-def make_pairs_dataset(
-    root: str | Path,
-    *,
-    n_train: int = 48,
-    n_test: int = 24,
-    size: int = 32,
-    gps: bool = True,
-    seed: int = 0,
-    val: bool = False,
-) -> Path:
-    """Write a small learnable ``pairs`` dataset: each location is a random colour field; its
-    reference is a north-up tile and its query a panorama strip derived from the same field."""
-    from PIL import Image
-
-    root = Path(root)
-    rng = np.random.default_rng(seed)
-    splits = {"train": n_train, "test": n_test, **({"val": n_test} if val else {})}
-    for split, n in splits.items():
-        (root / split).mkdir(parents=True, exist_ok=True)
-        rows = []
-        for i in range(n):
-            base = rng.random((4, 4, 3))
-            tile = np.kron(base, np.ones((size // 4, size // 4, 1)))
-            tile = (255 * np.clip(tile + rng.normal(0, 0.03, tile.shape), 0, 1)).astype(np.uint8)
-            pano = np.concatenate([np.rot90(tile, -k)[: size // 4] for k in range(4)], axis=1)
-            pano = np.ascontiguousarray(np.repeat(pano, 2, axis=0))
-            q, r = f"{split}/q{i:04d}.png", f"{split}/r{i:04d}.png"
-            Image.fromarray(pano).save(root / q)
-            Image.fromarray(tile).save(root / r)
-            lat, lon = 48.0 + 0.001 * i, 11.0 + 0.0005 * (i % 7)
-            rows.append([q, r] + ([f"{lat:.6f}", f"{lon:.6f}"] if gps else []))
-        with open(root / f"{split}.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["query", "reference"] + (["lat", "lon"] if gps else []))
-            w.writerows(rows)
-    return root
-
-
-def tiny_config(root: str | Path, **sections: Any) -> dict[str, Any]:
-    """A config dict that trains in seconds on :func:`make_pairs_dataset` data."""
-    cfg: dict[str, Any] = {
-        "seed": 0,
-        "encoder": {"name": "convnext", "model": "convnext_atto", "pretrained": False},
-        "loss": {"name": "infonce"},
-        "sampler": {"name": "random"},
-        "dataset": {"name": "pairs", "root": str(root), "query_size": [32, 128], "reference_size": [32, 32]},
-        "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "workers": 0, "warmup_epochs": 0.5},
-        "eval": {"batch_size": 16},
-    }
-    for key, value in sections.items():
-        if isinstance(value, Mapping) and isinstance(cfg.get(key), dict):
-            cfg[key] = {**cfg[key], **value}
-        else:
-            cfg[key] = value
-    return cfg
-
-
-def synthetic_train_set(
-    n: int = 64, *, n_refs: int | None = None, gps: bool = True, conflicts: bool = False, seed: int = 0
-) -> TrainSet:
-    """Metadata-only training set (no images) for sampler checks."""
-    rng = np.random.default_rng(seed)
-    n_refs = n_refs or n
-    pair_ref = np.concatenate([np.arange(n_refs), rng.integers(0, n_refs, n - n_refs)]) if n > n_refs else np.arange(n)
-    conf = None
-    if conflicts:
-        conf = np.full((n, 2), -1, dtype=np.int64)
-        conf[:, 0] = (pair_ref + 1) % n_refs
-    return TrainSet(
-        [f"q{i}" for i in range(n)],
-        [f"r{j}" for j in range(n_refs)],
-        pair_ref,
-        reference_gps=np.c_[48 + rng.random(n_refs) * 0.1, 11 + rng.random(n_refs) * 0.1] if gps else None,
-        pair_conflicts=conf,
-    )
-
+__all__ = [
+    "QUIET_ENV",
+    "QueuePacker",
+    "check_dataset",
+    "check_encoder",
+    "check_loss",
+    "check_match_table",
+    "check_metric",
+    "check_reranker",
+    "check_sampler",
+    "check_transform",
+    "make_pairs_dataset",
+    "run_torchrun",
+    "synthetic_train_set",
+    "test_context",
+    "tiny_config",
+    "torchrun_command",
+]
 
 # ------------------------------------------------------------------------------ checks
 
@@ -329,8 +278,9 @@ def _roundtrip(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_dataset(dataset: Any, options: Mapping[str, Any] | None = None, *, items: int = 3) -> None:
-    """Train and eval sets are consistent; the first items load at the declared sizes; the
-    training augmentation keeps shapes and is a function of its generator."""
+    """Train and eval sets are consistent; the first training pairs and each split's first query
+    and reference load at the declared sizes; the training augmentation keeps shapes and is a
+    function of its generator."""
     ds: CrossViewDataset = _build("dataset", dataset, options)
     tr = ds.train_set()
     assert isinstance(tr, TrainSet) and len(tr) > 0, "train_set() must return a non-empty TrainSet"
@@ -340,6 +290,10 @@ def check_dataset(dataset: Any, options: Mapping[str, Any] | None = None, *, ite
         es = ds.eval_set(split)
         assert isinstance(es, EvalSet), f"eval_set({split!r}) must return an EvalSet"
         check_match_table(es)
+        for paths, size in ((es.query_paths, ds.query_size), (es.reference_paths, ds.reference_size)):
+            assert len(paths) > 0, f"eval_set({split!r}) has no queries or no references"
+            im = ds.load_image(paths[0], size)
+            assert im.shape == (*size, 3) and im.dtype == np.uint8, f"{split} {paths[0]}: {im.shape} {im.dtype}"
         if es.semi_positives is not None:
             assert len(es.semi_positives) == len(es.query_paths), "one semi_positives row per query"
             assert es.semi_positives.max() < len(es.reference_paths), "semi_positives index out of range"

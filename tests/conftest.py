@@ -1,4 +1,5 @@
-"""Shared test set-up: offline, no progress bars, tiny generated data."""
+"""Shared test set-up: offline, no progress bars, tiny generated data (dataset layouts:
+``dataset_layouts.py``)."""
 
 from __future__ import annotations
 
@@ -27,3 +28,15 @@ def fresh_plugins():
     reset_manager()
     yield
     reset_manager()
+
+
+@pytest.fixture
+def dataset_layout(tmp_path_factory: pytest.TempPathFactory):
+    """``make(name) -> options``: writes the tiny layout of bundled dataset ``name``
+    (``dataset_layouts.LAYOUTS``) in a fresh folder and returns the dataset options that read it."""
+    from dataset_layouts import LAYOUTS
+
+    def make(name: str) -> dict:
+        return LAYOUTS[name](tmp_path_factory.mktemp(name))
+
+    return make

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_datasets_layouts import SMALL, build, make_cvact
+from dataset_layouts import build, make_cvact
 
 from geokit import GeokitError
-from geokit.testing import check_dataset
 
 
 def utm_forward(lat: float, lon: float, zone: int = 55) -> tuple[float, float]:
@@ -149,9 +148,3 @@ def test_cvact_skip_missing_is_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="geokit"):
         tr = build("cvact", tmp_path, skip_missing=True).train_set()
     assert len(tr) == 4 and "trainSet.trainInd entry 3: image not found" in caplog.text
-
-
-@pytest.mark.parametrize("options", [{}, {"split": "test"}])
-def test_check_dataset_conformance(tmp_path, options):
-    make_cvact(tmp_path)
-    check_dataset("cvact", {"root": str(tmp_path), **SMALL, **options})

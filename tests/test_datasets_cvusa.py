@@ -7,11 +7,10 @@ import logging
 
 import numpy as np
 import pytest
-from test_datasets_layouts import SMALL, build, make_cvusa
+from dataset_layouts import build, make_cvusa
 
 from geokit import GeokitError
 from geokit.registry import create
-from geokit.testing import check_dataset
 
 
 def test_cvusa_pairs_labels_gps(tmp_path):
@@ -80,12 +79,6 @@ def test_cvusa_bad_input(tmp_path, case, expected):
 def test_missing_root_shows_the_layout(tmp_path):
     with pytest.raises(GeokitError, match=r"folder not found(.|\n)*splits/train-19zl.csv"):
         build("cvusa", tmp_path / "nowhere")
-
-
-@pytest.mark.parametrize("options", [{}, {"augment": False}])
-def test_check_dataset_conformance(tmp_path, options):
-    make_cvusa(tmp_path)
-    check_dataset("cvusa", {"root": str(tmp_path), **SMALL, **options})
 
 
 def test_panorama_augmentation_is_pair_consistent(tmp_path):

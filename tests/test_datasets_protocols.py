@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_datasets_layouts import make_cvact, make_cvusa, make_u1652, make_vigor
+from dataset_layouts import make_cvact, make_cvusa, make_u1652, make_vigor
 
 from geokit.data import EvalSet
 from geokit.metrics import retrieval_metrics

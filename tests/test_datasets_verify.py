@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_datasets_layouts import make_cvact, make_cvusa, make_u1652, make_vigor
+from dataset_layouts import make_cvact, make_cvusa, make_u1652, make_vigor
 
 from geokit.cli import cli
 from geokit.cli_datasets import datasets

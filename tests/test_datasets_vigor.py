@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_datasets_layouts import SMALL, VIGOR_CITIES, build, make_vigor
+from dataset_layouts import VIGOR_CITIES, build, make_vigor
 
 from geokit import GeokitError
-from geokit.testing import check_dataset
 
 
 def _sat_path(root, city, name, official=False):
@@ -115,9 +114,3 @@ def test_vigor_bad_input(tmp_path, case, expected):
     label.write_text("".join(lines))
     with pytest.raises(GeokitError, match=expected):
         build("vigor", tmp_path).train_set()
-
-
-@pytest.mark.parametrize("options", [{}, {"mode": "cross"}])
-def test_check_dataset_conformance(tmp_path, options):
-    make_vigor(tmp_path)
-    check_dataset("vigor", {"root": str(tmp_path), **SMALL, **options})

@@ -8,8 +8,6 @@ import json
 import multiprocessing as mp
 import os
 import socket
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -17,10 +15,7 @@ import pytest
 import yaml
 
 from geokit.config import resolve
-from geokit.testing import tiny_config
-
-ENV = dict(HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", GEOKIT_PROGRESS="0", OMP_NUM_THREADS="1")
-
+from geokit.testing import QUIET_ENV, run_torchrun, tiny_config
 
 pytestmark = pytest.mark.slow  # torchrun runs (about 25 s each)
 
@@ -32,23 +27,6 @@ def _keep_threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
-
-
-def _torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "geokit",
-        *args,
-    ]
-    proc = subprocess.run(cmd, env=dict(os.environ, **ENV), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -80,16 +58,19 @@ def test_evaluate_under_torchrun_equals_one_process(setup, tmp_path):
 
     cfg, cfg_path, ckpt, _ = setup
     single = evaluate(resolve(cfg), ckpt, save_embeddings=tmp_path / "one.safetensors", show=False)
-    proc = _torchrun(
-        "evaluate",
-        "--config",
-        str(cfg_path),
-        "--checkpoint",
-        str(ckpt),
-        "--output",
-        str(tmp_path / "m.json"),
-        "--save-embeddings",
-        str(tmp_path / "two.safetensors"),
+    proc = run_torchrun(
+        [
+            "evaluate",
+            "--config",
+            str(cfg_path),
+            "--checkpoint",
+            str(ckpt),
+            "--output",
+            str(tmp_path / "m.json"),
+            "--save-embeddings",
+            str(tmp_path / "two.safetensors"),
+        ],
+        timeout=240,
     )
     assert json.loads((tmp_path / "m.json").read_text()) == single.metrics
     assert proc.stdout.count("24 queries x 24 references") == 1, proc.stdout  # rank 0 alone prints the table
@@ -108,22 +89,25 @@ def test_index_build_under_torchrun_equals_one_process(setup, tmp_path, kind):
 
     _, cfg_path, ckpt, _ = setup
     extra = ["--nlist", "4", "--nprobe", "1"] if kind == "ivf" else []
-    proc = _torchrun(
-        "index",
-        "build",
-        "--checkpoint",
-        str(ckpt),
-        "--config",
-        str(cfg_path),
-        "--output",
-        str(tmp_path / "two.index"),
-        "--type",
-        kind,
-        "--chunk",
-        "10",
-        "--batch-size",
-        "3",
-        *extra,
+    proc = run_torchrun(
+        [
+            "index",
+            "build",
+            "--checkpoint",
+            str(ckpt),
+            "--config",
+            str(cfg_path),
+            "--output",
+            str(tmp_path / "two.index"),
+            "--type",
+            kind,
+            "--chunk",
+            "10",
+            "--batch-size",
+            "3",
+            *extra,
+        ],
+        timeout=240,
     )
     assert proc.stdout.count("24 tiles") == 1, proc.stdout  # rank 0 alone reports
     assert not [p.name for p in tmp_path.iterdir() if p.name != "two.index"]  # no spool left behind
@@ -156,7 +140,7 @@ def _free_port() -> int:
 def _hanging_rank(rank: int, port: int, cfg: dict, ckpt: str, out: mp.Queue) -> None:
     """Rank 1 'hangs' while embedding (a stuck file system, say); rank 0 must not wait for ever."""
     os.environ.update(
-        ENV, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+        QUIET_ENV, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
     from geokit import embedding
     from geokit.config import resolve

@@ -398,65 +398,6 @@ def test_pairs_that_cannot_all_be_batched_are_reported():
 # --------------------------------------------------------------- 4. batch packing stays O(N log N)
 
 
-class _QueuePacker:
-    """The simple queue the packer replaced (every waiting pair re-offered to every fresh
-    batch): the reference its batches must equal."""
-
-    def __init__(self, train, batch_size):
-        from collections import deque
-
-        self.ref, self.conflicts, self.bs = train.pair_reference, train.pair_conflicts, batch_size
-        self.batches, self.cur, self.refs, self.blocked, self.waiting = [], [], set(), set(), deque()
-
-    def fits(self, i):
-        r = int(self.ref[i])
-        if r in self.refs or r in self.blocked:
-            return False
-        return self.conflicts is None or not any(int(c) in self.refs for c in self.conflicts[i] if c >= 0)
-
-    def add(self, i):
-        if not self.fits(i):
-            return False
-        self.cur.append(i)
-        self.refs.add(int(self.ref[i]))
-        if self.conflicts is not None:
-            self.blocked.update(int(c) for c in self.conflicts[i] if c >= 0)
-        if len(self.cur) == self.bs:
-            self.batches.append(np.asarray(self.cur))
-            self.cur, self.refs, self.blocked = [], set(), set()
-        return True
-
-    def add_or_wait(self, i):
-        if not self.add(i):
-            self.waiting.append(i)
-        elif not self.cur and self.waiting:
-            for _ in range(len(self.waiting)):
-                j = self.waiting.popleft()
-                if not self.add(j):
-                    self.waiting.append(j)
-
-    def close(self, last):
-        if last == "keep" and len(self.cur) >= 2:
-            self.batches.append(np.asarray(self.cur))
-        self.cur, self.refs, self.blocked = [], set(), set()
-
-    def finish(self, last):
-        stuck = 0
-        while self.waiting and stuck < len(self.waiting):
-            i = self.waiting.popleft()
-            if self.add(i):
-                stuck = 0
-            else:
-                self.waiting.append(i)
-                stuck += 1
-                if stuck == len(self.waiting) and self.cur:
-                    self.close(last)
-                    stuck = 0
-        if self.cur:
-            self.close(last)
-        return self.batches
-
-
 def _pack(cls, train, bs, ops, last):
     p = cls(train, bs)
     for kind, i in ops:
@@ -472,6 +413,7 @@ def _pack(cls, train, bs, ops, last):
 def test_packing_gives_the_same_batches_as_the_simple_queue():
     from geokit.data import TrainSet
     from geokit.sampling import BatchPacker
+    from geokit.testing import QueuePacker  # the simple queue BatchPacker replaced
 
     rng = np.random.default_rng(0)
     for _ in range(300):
@@ -490,7 +432,7 @@ def test_packing_gives_the_same_batches_as_the_simple_queue():
         )
         ops = [(int(rng.choice(3, p=[0.7, 0.2, 0.1])), int(i)) for i in rng.permutation(n)]
         bs, last = int(rng.integers(2, 9)), ("keep", "drop")[int(rng.integers(2))]
-        want, got = _pack(_QueuePacker, train, bs, ops, last), _pack(BatchPacker, train, bs, ops, last)
+        want, got = _pack(QueuePacker, train, bs, ops, last), _pack(BatchPacker, train, bs, ops, last)
         assert [b.tolist() for b in got] == [b.tolist() for b in want]
 
 
@@ -667,7 +609,7 @@ def test_benchmark_listed_paths_stay_in_the_root(tmp_path):
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_datasets_layouts import make_cvusa
+    from dataset_layouts import make_cvusa
 
     from geokit.registry import create
     from geokit.verify import Problems, collecting

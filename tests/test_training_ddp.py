@@ -18,7 +18,7 @@ import yaml
 from safetensors.torch import load_file
 
 from geokit.config import resolve
-from geokit.testing import tiny_config
+from geokit.testing import run_torchrun, tiny_config, torchrun_command
 from geokit.training import read_steps
 
 pytestmark = pytest.mark.slow  # torchrun runs (20-55 s)
@@ -33,33 +33,12 @@ def _keep_threads():
     torch.set_num_threads(n)
 
 
-def _torchrun_cmd(cfg_path, out, *sets):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", GEOKIT_PROGRESS="0", OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "geokit",
-        "train",
-        "--config",
-        str(cfg_path),
-        "--output",
-        str(out),
-    ]
-    for s in sets:
-        cmd += ["--set", s]
-    return cmd, env
+def _train_args(cfg_path, out, *sets) -> list[str]:
+    return ["train", "--config", str(cfg_path), "--output", str(out), *(a for s in sets for a in ("--set", s))]
 
 
 def _torchrun(cfg_path, out, *sets):
-    cmd, env = _torchrun_cmd(cfg_path, out, *sets)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    return run_torchrun(_train_args(cfg_path, out, *sets), timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +124,7 @@ def test_sigterm_under_torchrun_stops_every_rank_after_the_same_step_then_resume
     # (whom to signal, after which logged step): 12 steps in all, 6 per epoch.
     for who, after in (("torchrun", rng.randint(1, 3)), ("rank 1", 5)):
         seen = len(read_steps(out))
-        cmd, env = _torchrun_cmd(cfg_path, out)
+        cmd, env = torchrun_command(_train_args(cfg_path, out))
         # Its own session, so that a hung run can be ended as a whole (torchrun and its ranks).
         proc = subprocess.Popen(
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True

@@ -1,13 +1,19 @@
-"""Tiny copies of the four benchmarks in their real on-disk layouts (builders, no tests here).
+"""Tiny on-disk layouts of the bundled datasets, shared by the tests (a helper module, no tests).
 
-Each builder writes the real file formats (CSV/TXT exactly as released, a real MATLAB v5
-``ACT_data.mat`` via scipy with the struct shapes of the released file) and tiny images, and
-returns what it wrote so tests can compare the loaders' output with the files.
+The four benchmarks' builders write the real file formats (CSV/TXT exactly as released, a real
+MATLAB v5 ``ACT_data.mat`` via scipy with the struct shapes of the released file) and tiny
+images, and return what they wrote so tests can compare the loaders' output with the files.
+
+:data:`LAYOUTS` maps every bundled dataset name to a function that writes its tiny layout under
+a folder and returns the dataset options that read it (the ``dataset_layout`` fixture in
+``conftest.py``; ``test_conformance.py`` runs ``check_dataset`` on each).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -174,3 +180,48 @@ def build(name: str, root: Path, **options):
     from geokit.registry import create
 
     return create("dataset", name, {"root": str(root), **SMALL, **options})
+
+
+# ------------------------------------------------------------------------------ every dataset
+
+# A synthetic world small enough to generate in a few seconds (tests/test_synthetic.py has its own).
+SYNTHETIC_TINY: dict[str, Any] = {
+    "seed": 3,
+    "map_size": 256,
+    "locations": 60,
+    "spacing": 10.0,
+    "tile_metres": 40.0,
+    "query_size": [16, 64],
+    "reference_size": [32, 32],
+    "test_fraction": 0.25,
+    "val_fraction": 0.15,
+}
+
+
+def _benchmark(make: Callable[[Path], Any]) -> Callable[[Path], dict[str, Any]]:
+    def layout(root: Path) -> dict[str, Any]:
+        make(root)
+        return {"root": str(root), **SMALL}
+
+    return layout
+
+
+def _pairs(root: Path) -> dict[str, Any]:
+    from geokit.testing import make_pairs_dataset
+
+    make_pairs_dataset(root, n_train=8, n_test=6, val=True)
+    return {"root": str(root), "query_size": [32, 128], "reference_size": [32, 32]}
+
+
+def _synthetic(root: Path) -> dict[str, Any]:
+    return {"root": str(root), **SYNTHETIC_TINY}  # the dataset generates its world on first use
+
+
+LAYOUTS: dict[str, Callable[[Path], dict[str, Any]]] = {
+    "cvusa": _benchmark(make_cvusa),
+    "cvact": _benchmark(make_cvact),
+    "vigor": _benchmark(make_vigor),
+    "university1652": _benchmark(make_u1652),
+    "pairs": _pairs,
+    "synthetic": _synthetic,
+}
