@@ -111,10 +111,8 @@ def test_localizer_api_is_importable_without_torch():
     assert out.strip() == "False"
 
 
-@pytest.mark.skipif(
-    "Localizer" not in getattr(geokit, "__all__", ()), reason="geokit/__init__.py does not export Localizer yet"
-)
 def test_geokit_localizer_lazy_export():
+    assert "Localizer" in geokit.__all__
     code = "import sys, geokit; L = geokit.Localizer; print(L.__module__, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["geokit.locate", "False"]

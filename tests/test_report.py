@@ -30,12 +30,52 @@ def test_retrieval_sheet(evaluated, tmp_path: Path) -> None:
     assert w > 5 * 48 + 4 * 48 and h > 4 * 48
 
 
-def test_training_curve_with_and_without_eval(tmp_path: Path) -> None:
-    hist = [{"epoch": e, "loss": 3.0 / e, "eval/R@1": 10.0 * e} for e in range(1, 5)]
-    with Image.open(report.training_curve(hist, tmp_path / "a.png")) as im:
+LOSS_COLOUR, EVAL_COLOUR = (40, 90, 200), (200, 80, 40)  # the two curves of training_curve
+
+
+def _curve(history: list[dict], path: Path) -> np.ndarray:
+    with Image.open(report.training_curve(history, path)) as im:
         assert im.size == (900, 340)
-    report.training_curve([{"epoch": 1, "loss": 2.0}], tmp_path / "b.png")  # one point, no eval
-    report.training_curve([], tmp_path / "c.png")
+        return np.asarray(im.convert("RGB"))
+
+
+def _where(img: np.ndarray, colour: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.nonzero(np.all(img == colour, axis=2))
+    return xs, ys
+
+
+def _no_data(img: np.ndarray, x0: int) -> bool:
+    """The grey 'no data' note, written mid-height 10 px right of a panel's axis at ``x0``."""
+    return bool(np.all(img[150:180, x0 + 10 : x0 + 130] == report.GREY, axis=2).any())
+
+
+def test_training_curve_with_and_without_eval(tmp_path: Path) -> None:
+    # Loss 3, 1.5, 1, 0.75 and R@1 10..40 % over epochs 1-4. Loss panel: plot x 66..428, y 36
+    # (top) to 290 (axis); round limits 0.5..3.5 (ticks of 0.5), so loss 3 at epoch 1 is at
+    # (66, 290 - 2.5/3 * 254 = 78) and 0.75 at epoch 4 at (428, 269). R@1 panel: x 516..878,
+    # 0..50 % (a round top above 40), so 10 % at (516, 290 - 0.2 * 254 = 239), 40 % at (878, 87).
+    img = _curve([{"epoch": e, "loss": 3.0 / e, "eval/R@1": 10.0 * e} for e in range(1, 5)], tmp_path / "a.png")
+    for (x, y), colour in (((66, 78), LOSS_COLOUR), ((428, 269), LOSS_COLOUR)):
+        assert tuple(img[y, x]) == colour
+    for (x, y), colour in (((516, 239), EVAL_COLOUR), ((878, 87), EVAL_COLOUR)):
+        assert tuple(img[y, x]) == colour
+    xs, ys = _where(img, LOSS_COLOUR)
+    assert xs.max() < 440 and abs(ys.min() - (78.3 - 3)) <= 1 and abs(ys.max() - (268.8 + 3)) <= 1  # dots: radius 3
+    xs, ys = _where(img, EVAL_COLOUR)
+    assert xs.min() > 460 and abs(ys.min() - (86.8 - 3)) <= 1 and abs(ys.max() - (239.2 + 3)) <= 1
+    assert not _no_data(img, 66) and not _no_data(img, 516)
+
+    # One epoch, no evaluation: one dot centred in the loss panel (epoch 1 of 0.5..1.5, loss 2 of
+    # 0.5..3.5: (247, 163)); the R@1 panel says it has no data.
+    img = _curve([{"epoch": 1, "loss": 2.0}], tmp_path / "b.png")
+    xs, ys = _where(img, LOSS_COLOUR)
+    assert len(xs) > 20 and (xs.mean(), ys.mean()) == pytest.approx((247, 163), abs=0.5)
+    assert len(_where(img, EVAL_COLOUR)[0]) == 0
+    assert not _no_data(img, 66) and _no_data(img, 516)
+
+    img = _curve([], tmp_path / "c.png")  # nothing yet: both panels say so, no curve drawn
+    assert len(_where(img, LOSS_COLOUR)[0]) == 0 and len(_where(img, EVAL_COLOUR)[0]) == 0
+    assert _no_data(img, 66) and _no_data(img, 516)
 
 
 def test_location_map_and_errors(evaluated, tmp_path: Path) -> None:
