@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 from geokit._calls import accepts
-from geokit.checkpoint import MAX_INPUT_SIDE, load_module_strict, load_weights, save_weights
+from geokit.checkpoint import (
+    MAX_INPUT_SIDE,
+    RECORD_FORMAT,
+    load_model_weights,
+    model_record,
+    model_tensors,
+    save_weights,
+)
 from geokit.config import Config
 from geokit.data import CrossViewDataset, Normalisation, Size, TrainSet, transformed_size
 from geokit.errors import GeokitError
@@ -18,7 +25,7 @@ from geokit.registry import create
 log = logging.getLogger("geokit")
 VIEWS = ("query", "reference")
 
-FORMAT = 1
+FORMAT = RECORD_FORMAT  # the checkpoint record's format (geokit.checkpoint owns records)
 # Encoder options that only choose *initial* weights. When a checkpoint's weights replace them,
 # geokit switches them off, so rebuilding a trained model never downloads anything.
 INITIAL_WEIGHT_OPTIONS = {"pretrained": False, "weights": None}
@@ -114,13 +121,6 @@ def encode(encoder: Any, images: Any, view: str) -> Any:
     return encoder(images)
 
 
-def norm_record(value: Sequence[float] | Mapping[str, Sequence[float]]) -> Any:
-    """mean/std as JSON: a list, or a per-view mapping of lists."""
-    if isinstance(value, Mapping):
-        return {v: [float(x) for x in value[v]] for v in VIEWS}
-    return [float(x) for x in value]
-
-
 @dataclass
 class Parts:
     """The built components of one run."""
@@ -141,49 +141,18 @@ class Parts:
         return view_norm(self.encoder, view)
 
     def tensors(self) -> dict[str, Any]:
-        out = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
-        if self.loss is not None:
-            out.update({f"loss.{k}": v for k, v in self.loss.state_dict().items()})
-        return out
+        return model_tensors(self.encoder, self.loss)
 
     def record(self, **extra: Any) -> dict[str, Any]:
         """The checkpoint record: what a user needs to use these weights without the run."""
-        from geokit.runtime import versions
-
-        cfg = self.config.to_dict()
-        ds = self.dataset
-        return {
-            "format": FORMAT,
-            "encoder": cfg["encoder"],
-            "loss": cfg["loss"],
-            "dataset": cfg["dataset"]["name"],
-            "embedding_dim": int(self.encoder.embedding_dim),
-            "mean": norm_record(self.encoder.mean),
-            "std": norm_record(self.encoder.std),
-            "query_size": list(ds.query_size),
-            "reference_size": list(ds.reference_size),
-            "query_view": ds.query_view,
-            "reference_view": ds.reference_view,
-            "versions": versions(),
-            "config": cfg,
-            **extra,
-        }
+        return model_record(self.config.to_dict(), self.encoder, self.dataset, **extra)
 
     def save(self, path: str | Path, **extra: Any) -> None:
         save_weights(path, self.tensors(), self.record(**extra))
 
     def load(self, path: str | Path) -> dict[str, Any]:
         """Load weights strictly from a geokit checkpoint; returns its record."""
-        tensors, record = load_weights(path)
-        enc = {k[len("encoder.") :]: v for k, v in tensors.items() if k.startswith("encoder.")}
-        loss = {k[len("loss.") :]: v for k, v in tensors.items() if k.startswith("loss.")}
-        other = sorted(k for k in tensors if not k.startswith(("encoder.", "loss.")))
-        if other:
-            raise GeokitError(f"{path}: unexpected tensors {other[:5]} (not encoder.* or loss.*)")
-        load_module_strict(self.encoder, enc, f"{path} (encoder)")
-        if self.loss is not None and (loss or list(self.loss.state_dict())):
-            load_module_strict(self.loss, loss, f"{path} (loss)")
-        return record
+        return load_model_weights(path, self.encoder, self.loss)
 
 
 def build(config: Config, *, dataset: CrossViewDataset | None = None, for_checkpoint: bool = False) -> Parts:

@@ -29,6 +29,8 @@ import geokit
 from geokit.errors import GeokitError
 
 VIEWS = ("query", "reference")
+BRANCHES = tuple(f"{v}." for v in VIEWS)  # state-dict prefixes of shared: false
+BACKBONES = tuple(f"{v}.model." for v in VIEWS)
 
 
 class ConvNextOptions(BaseModel):
@@ -98,7 +100,7 @@ def build_convnext(options: ConvNextOptions) -> Any:
     import timm
     import torch
 
-    from geokit.checkpoint import load_module_strict, read_foreign_weights
+    from geokit.checkpoint import drop_prefix, load_at_prefixes, read_foreign_weights
     from geokit_plugins._timm_heads import GeM, NetVLADLite, local_features
 
     def backbone() -> Any:
@@ -186,17 +188,12 @@ def build_convnext(options: ConvNextOptions) -> Any:
 
         def _load_initial(self, path: Path) -> None:
             found = read_foreign_weights(path, what="encoder.weights")
-            state = {k: v for k, v in found.model.items() if not k.startswith("head.fc.")}
-            source = f"{path} ({found.layout})"
-            if set(state) == set(self.state_dict()):  # a geokit encoder of this very config
-                load_module_strict(self, state, source)
-            elif not options.shared and set(state) == set(self.query.state_dict()):
-                # a shared encoder with the same head: both branches start from it
-                for view in VIEWS:
-                    load_module_strict(getattr(self, view), state, source)
-            else:  # the backbone's own keys (timm, Sample4Geo); a learned head starts fresh
-                for m in self._backbones():
-                    load_module_strict(m, state, source)
+            state = drop_prefix(found.model, "head.fc.")  # a classifier head has no place here
+            # a geokit encoder of this very config; a shared encoder with the same head (both
+            # branches start from it); else the backbone's own keys (timm, Sample4Geo), a learned
+            # head starting fresh
+            layouts = [[""], ["model."]] if options.shared else [[""], list(BRANCHES), list(BACKBONES)]
+            load_at_prefixes(self, state, f"{path} ({found.layout})", layouts)
             self.loss_state = found.extra
 
         def forward(self, images: torch.Tensor, view: str | None = None) -> torch.Tensor:
