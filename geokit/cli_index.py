@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import click
 
+from geokit.embedding import EMBEDDING_DTYPES
 from geokit.errors import GeokitError
+from geokit.retrieval import TYPES, IndexSpec  # cheap: no numpy (see geokit.retrieval)
 
 
 @click.group("index")
@@ -15,52 +18,58 @@ def index() -> None:
     """Indexes of geo-tagged reference tiles for 'geokit locate'."""
 
 
+def _file_option(*decls: str, help: str, required: bool = False) -> Any:
+    """An option naming a file (not a folder)."""
+    return click.option(*decls, type=click.Path(dir_okay=False), required=required, default=None, help=help)
+
+
+def _choice_option(*decls: str, choices: Sequence[str], default: str, help: str) -> Any:
+    return click.option(*decls, type=click.Choice(list(choices)), default=default, show_default=True, help=help)
+
+
+def _spec_option(flag: str, field: str, help: str) -> Any:
+    """An IndexSpec parameter as an option: its default is the IndexSpec's (one source)."""
+    default = getattr(IndexSpec, field)
+    return click.option(flag, field, type=int, default=default, show_default=default is not None, help=help)
+
+
 @index.command("build")
-@click.option(
-    "--checkpoint", type=click.Path(dir_okay=False), required=True, help="model.safetensors written by 'geokit train'."
-)
+@_file_option("--checkpoint", required=True, help="model.safetensors written by 'geokit train'.")
 @click.option(
     "--references",
     type=click.Path(),
     help="A CSV path,lat,lon (paths relative to it), a folder "
     "holding references.csv (or one CSV), or a folder of images.",
 )
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="Index the reference set of this config's dataset instead of --references.",
+@_file_option(
+    "--config", "config_path", help="Index the reference set of this config's dataset instead of --references."
 )
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config override (with --config).")
 @click.option("--split", default=None, help="Evaluation split of the dataset (with --config).")
-@click.option("--output", type=click.Path(dir_okay=False), required=True, help="The index file to write.")
-@click.option(
+@_file_option("--output", required=True, help="The index file to write.")
+@_choice_option(
     "--type",
-    "index_type",
-    type=click.Choice(["flat", "ivf", "ivfpq", "hnsw"]),
-    default="flat",
-    show_default=True,
+    "type",
+    choices=TYPES,
+    default=IndexSpec.type,
     help="flat: exact; ivf/ivfpq/hnsw: approximate (faiss), for big galleries.",
 )
-@click.option(
+@_choice_option(
     "--dtype",
-    type=click.Choice(["float32", "float16"]),
-    default="float32",
-    show_default=True,
+    choices=EMBEDDING_DTYPES,
+    default=IndexSpec.dtype,
     help="Storage of flat vectors (float16 halves the file).",
 )
-@click.option("--nlist", type=int, default=None, help="ivf/ivfpq: inverted lists (default ≈ 4·√N).")
-@click.option("--nprobe", type=int, default=16, show_default=True, help="ivf/ivfpq: lists searched per query.")
-@click.option("--m", "pq_m", type=int, default=None, help="ivfpq: sub-quantisers (divides the dim; default ≤ 64).")
-@click.option("--nbits", type=int, default=8, show_default=True, help="ivfpq: bits per sub-quantiser.")
-@click.option("--hnsw-m", type=int, default=32, show_default=True, help="hnsw: links per node.")
-@click.option("--ef-construction", type=int, default=80, show_default=True, help="hnsw: build effort.")
-@click.option(
+@_spec_option("--nlist", "nlist", "ivf/ivfpq: inverted lists (default ≈ 4·√N).")
+@_spec_option("--nprobe", "nprobe", "ivf/ivfpq: lists searched per query.")
+@_spec_option("--m", "m", "ivfpq: sub-quantisers (divides the dim; default ≤ 64).")
+@_spec_option("--nbits", "nbits", "ivfpq: bits per sub-quantiser.")
+@_spec_option("--hnsw-m", "hnsw_m", "hnsw: links per node.")
+@_spec_option("--ef-construction", "ef_construction", "hnsw: build effort.")
+@_spec_option(
     "--ef-search",
-    type=int,
-    default=64,
-    show_default=True,
-    help="hnsw: search effort. Raise it for big galleries: recall@1 measured 0.999 at 100k vectors "
+    "ef_search",
+    "hnsw: search effort. Raise it for big galleries: recall@1 measured 0.999 at 100k vectors "
     "but 0.77 at 1M, where 256 gave 0.96 (BENCHMARKS.md).",
 )
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Images per embedding batch.")
@@ -88,19 +97,11 @@ def build(
     overrides: tuple[str, ...],
     split: str | None,
     output: str,
-    index_type: Literal["flat", "ivf", "ivfpq", "hnsw"],  # the click.Choice above
-    dtype: Literal["float32", "float16"],
-    nlist: int | None,
-    nprobe: int,
-    pq_m: int | None,
-    nbits: int,
-    hnsw_m: int,
-    ef_construction: int,
-    ef_search: int,
     batch_size: int,
     chunk: int,
     device: str,
     dist_timeout: float,
+    **spec: Any,  # the IndexSpec options above, by field name
 ) -> None:
     """Embed reference tiles with a checkpoint and save a searchable index.
 
@@ -110,29 +111,18 @@ def build(
     rank 0 writes the index."""
     import numpy as np
 
-    from geokit.index import IndexSpec, build_from_checkpoint, dataset_references, read_references
+    from geokit.retrieval import build_from_checkpoint, dataset_references, read_references
 
     if (references is None) == (config_path is None):
         raise GeokitError("give exactly one of --references (CSV or folder) and --config (a dataset)")
     refs = read_references(references) if references else dataset_references(cast(str, config_path), overrides, split)
-    spec = IndexSpec(
-        type=index_type,
-        dtype=dtype,
-        nlist=nlist,
-        nprobe=nprobe,
-        m=pq_m,
-        nbits=nbits,
-        hnsw_m=hnsw_m,
-        ef_construction=ef_construction,
-        ef_search=ef_search,
-    )
     info = cast(
         "dict[str, Any] | None",
         build_from_checkpoint(  # load=False: the index's metadata (or None on other ranks)
             checkpoint,
             refs,
             output,
-            spec,
+            IndexSpec(**spec),
             batch_size=batch_size,
             chunk=chunk,
             device=device,
@@ -151,28 +141,16 @@ def build(
 
 @click.command("locate")
 @click.argument("photos", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option(
-    "--index",
-    "index_path",
-    type=click.Path(dir_okay=False),
-    required=True,
-    help="An index written by 'geokit index build'.",
-)
-@click.option(
-    "--checkpoint",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Weights to embed the photos (default: the checkpoint recorded in the index).",
-)
-@click.option(
+@_file_option("--index", "index_path", required=True, help="An index written by 'geokit index build'.")
+@_file_option("--checkpoint", help="Weights to embed the photos (default: the checkpoint recorded in the index).")
+@_choice_option(
     "--view",
-    type=click.Choice(["query", "reference"]),
+    choices=("query", "reference"),
     default="query",
-    show_default=True,
     help="query: street-level panorama / drone image; reference: an aerial tile.",
 )
 @click.option("--top-k", "top_k", type=click.IntRange(1), default=5, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@_choice_option("--format", "fmt", choices=("table", "json", "csv"), default="table", help="How results are printed.")
 @click.option(
     "--radius",
     type=float,
@@ -180,11 +158,8 @@ def build(
     show_default=True,
     help="Candidates closer than this many metres to the top-1 tile support it (consensus).",
 )
-@click.option(
-    "--sheet",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Also write a PNG: each photo (file name, consensus) with its top-k tiles (rank, score, lat/lon).",
+@_file_option(
+    "--sheet", help="Also write a PNG: each photo (file name, consensus) with its top-k tiles (rank, score, lat/lon)."
 )
 @click.option("--device", default="auto", show_default=True)
 @click.option(

@@ -320,11 +320,12 @@ def write_embeddings(path: str | Path, result: EvalResult) -> None:
     from safetensors.torch import save_file
 
     from geokit.checkpoint import atomic_write
+    from geokit.embedding import embedding_dtype
 
     es = result.eval_set
     tensors = {
-        "query": torch.from_numpy(np.array(result.query, dtype=np.float32)),
-        "reference": torch.from_numpy(np.array(result.reference, dtype=np.float32)),
+        "query": torch.from_numpy(np.array(result.query, dtype=embedding_dtype())),
+        "reference": torch.from_numpy(np.array(result.reference, dtype=embedding_dtype())),
         "query_labels": _i64(es.query_labels),
         "reference_labels": _i64(es.reference_labels),
     }

@@ -124,7 +124,8 @@ class Localizer:
         tiles_root: str | Path | None = None,
         allow_outside: bool = False,
     ):
-        from geokit.index import GeoIndex, load_encoder
+        from geokit.checkpoint import load_encoder
+        from geokit.retrieval import GeoIndex
         from geokit.runtime import select_device
 
         if view not in ("query", "reference"):

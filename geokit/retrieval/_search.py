@@ -19,7 +19,7 @@ which faiss's search does not return; computing them needs the score block anywa
 top-k faiss is a little faster on this machine (20k × 40k × 1024, top-10: faiss 5.8 s, these
 blocks 6.5 s; BENCHMARKS.md, "Retrieval, indexes and locate"), but two exact paths would disagree on
 ties and near-ties between evaluation, mining and locate, so there is one path: this one. faiss is
-used for the approximate indexes (:mod:`geokit.index`).
+used for the approximate indexes (:class:`geokit.retrieval.GeoIndex`).
 
 Ties: :func:`search` breaks equal scores by the lower reference index, also at the k-th place.
 """
