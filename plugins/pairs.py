@@ -10,8 +10,6 @@ losses that take per-pair data (e.g. ``loss.weight_column: weight``).
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import os
@@ -25,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 import geokit
 from geokit.augment import Geometry, PairAugment
-from geokit.data import CrossViewDataset, EvalSet, TrainSet
+from geokit.data import CrossViewDataset, EvalSet, TrainSet, parse_coordinate, read_csv
 from geokit.errors import GeokitError
 from geokit.verify import collecting_active, problem
 
@@ -58,19 +56,6 @@ class PairRows:
     lines: list[int] | None = None  # the CSV line of each row
 
 
-def _decoded(path: Path) -> str:
-    """The file as text; not UTF-8 is an error naming the line (the CSV must be UTF-8)."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise GeokitError(
-            f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
-            f"{exc.start}); save the CSV as UTF-8 (e.g. from a spreadsheet: 'CSV UTF-8')"
-        ) from None
-
-
 def outside_root(rel: str) -> bool:
     """Whether a CSV path is absolute or climbs out of the dataset root (lexically)."""
     norm = os.path.normpath(rel)
@@ -93,83 +78,71 @@ def read_pairs_csv(path: Path, root: Path, allow_outside_root: bool = False) -> 
             f"dataset 'pairs': {path} not found (expected a CSV with a header row "
             "and columns query,reference[,lat,lon])"
         )
-    with io.StringIO(_decoded(path), newline="") as fh:
-        reader = csv.DictReader(fh)
-        fields = [f.strip() for f in (reader.fieldnames or [])]
-        reader.fieldnames = fields
-        for col in ("query", "reference"):
-            if col not in fields:
-                raise GeokitError(
-                    f"{path}: missing column '{col}' (found: {', '.join(fields) or 'nothing'}); "
-                    "the header must name query,reference[,lat,lon]"
-                )
-        has_gps = "lat" in fields or "lon" in fields
-        if has_gps and not ("lat" in fields and "lon" in fields):
-            raise GeokitError(f"{path}: has only one of the columns lat/lon; give both or neither")
-        query, reference, gps, lines = [], [], [], []
-        seen: dict[tuple[str, str], int] = {}
-        extra_names = [f for f in fields if f and f not in ("query", "reference", "lat", "lon")]
-        extra: dict[str, list[float] | None] = {f: [] for f in extra_names}
-        for row in reader:
-            n = reader.line_num  # the CSV line this row ends on (quoted fields may span lines)
-            q, r = (row.get("query") or "").strip(), (row.get("reference") or "").strip()
-            if not q or not r:
-                problem("empty query or reference path", file=path, line=n, category="malformed row")
+    table = read_csv(path, ("query", "reference"), header="query,reference[,lat,lon]")
+    fields, has_gps = table.fields, table.has_latlon
+    query, reference, gps, lines = [], [], [], []
+    seen: dict[tuple[str, str], int] = {}
+    extra_names = [f for f in fields if f and f not in ("query", "reference", "lat", "lon")]
+    extra: dict[str, list[float] | None] = {f: [] for f in extra_names}
+    for n, row in table.rows:  # n: the CSV line this row ends on (quoted fields may span lines)
+        q, r = (row.get("query") or "").strip(), (row.get("reference") or "").strip()
+        if not q or not r:
+            problem("empty query or reference path", file=path, line=n, category="malformed row")
+            continue
+        escapes = [p for p in (q, r) if outside_root(p)]
+        if escapes and not allow_outside_root:
+            problem(
+                f"path {escapes[0][:200]} is absolute or leaves the dataset root {root}; paths are "
+                "relative to the root (set dataset.allow_outside_root=true to accept it)",
+                file=path,
+                line=n,
+                category="path outside root",
+                path=escapes[0],
+            )
+            continue
+        missing = [p for p in (q, r) if not (root / p).is_file()]
+        if missing:
+            problem(
+                f"image not found: {root / missing[0]}",
+                file=path,
+                line=n,
+                category="missing image",
+                path=str(root / missing[0]),
+            )
+            continue
+        if has_gps:
+            lat = _coord(row.get("lat"), "lat", 90, path, n)
+            lon = _coord(row.get("lon"), "lon", 180, path, n)
+            if lat is None or lon is None:
                 continue
-            escapes = [p for p in (q, r) if outside_root(p)]
-            if escapes and not allow_outside_root:
-                problem(
-                    f"path {escapes[0][:200]} is absolute or leaves the dataset root {root}; paths are "
-                    "relative to the root (set dataset.allow_outside_root=true to accept it)",
-                    file=path,
-                    line=n,
-                    category="path outside root",
-                    path=escapes[0],
-                )
-                continue
-            missing = [p for p in (q, r) if not (root / p).is_file()]
-            if missing:
-                problem(
-                    f"image not found: {root / missing[0]}",
-                    file=path,
-                    line=n,
-                    category="missing image",
-                    path=str(root / missing[0]),
-                )
-                continue
-            if has_gps:
-                lat = _coord(row.get("lat"), "lat", 90, path, n)
-                lon = _coord(row.get("lon"), "lon", 180, path, n)
-                if lat is None or lon is None:
-                    continue
-                gps.append((lat, lon))
-            if (q, r) in seen:
-                problem(
-                    f"duplicate row: the same query and reference as line {seen[(q, r)]} (counted twice "
-                    "in training and evaluation)",
-                    file=path,
-                    line=n,
-                    category="suspicious data",
-                    warning=True,
-                )
-            seen.setdefault((q, r), n)
-            if os.path.normpath(q) == os.path.normpath(r):
-                problem(
-                    f"the query is its own reference ({q[:200]}): a trivial match",
-                    file=path,
-                    line=n,
-                    category="suspicious data",
-                    warning=True,
-                )
-            for f in extra_names:  # a column stays per-pair data while every value is a number
-                values, number = extra[f], _number(row.get(f))
-                if values is not None and number is None:
-                    extra[f] = None
-                elif values is not None and number is not None:
-                    values.append(number)
-            query.append(str(root / q))
-            reference.append(str(root / r))
-            lines.append(n)
+            gps.append((lat, lon))
+        if (q, r) in seen:
+            problem(
+                f"duplicate row: the same query and reference as line {seen[(q, r)]} (counted twice "
+                "in training and evaluation)",
+                file=path,
+                line=n,
+                category="suspicious data",
+                warning=True,
+            )
+        seen.setdefault((q, r), n)
+        if os.path.normpath(q) == os.path.normpath(r):
+            problem(
+                f"the query is its own reference ({q[:200]}): a trivial match",
+                file=path,
+                line=n,
+                category="suspicious data",
+                warning=True,
+            )
+        for f in extra_names:  # a column stays per-pair data while every value is a number
+            values, number = extra[f], _number(row.get(f))
+            if values is not None and number is None:
+                extra[f] = None
+            elif values is not None and number is not None:
+                values.append(number)
+        query.append(str(root / q))
+        reference.append(str(root / r))
+        lines.append(n)
     if not query and not collecting_active():
         raise GeokitError(f"{path}: no rows after the header")
     skipped = [f for f, v in extra.items() if v is None]
@@ -193,14 +166,10 @@ def _number(raw: str | None) -> float | None:
 
 def _coord(raw: str | None, name: str, bound: float, path: Path, line: int) -> float | None:
     try:
-        value = float((raw or "").strip())
-    except ValueError:
-        problem(f"{name} {(raw or '')[:40]!r} is not a number", file=path, line=line, category="malformed row")
+        return parse_coordinate(raw, name, bound)
+    except ValueError as exc:
+        problem(str(exc), file=path, line=line, category="malformed row")
         return None
-    if not math.isfinite(value) or abs(value) > bound:
-        problem(f"{name} {value} is outside [-{bound:g}, {bound:g}]", file=path, line=line, category="malformed row")
-        return None
-    return value
 
 
 def _line(lines: list[int] | None, row: int) -> int:

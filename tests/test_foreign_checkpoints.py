@@ -321,3 +321,33 @@ def test_fine_tuning_from_a_released_file_starts_from_its_temperature(tmp_path, 
     train(config_mod.resolve(cfg), tmp_path / "run")
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert row["loss.logit_scale"] == pytest.approx(LOGIT_SCALE, abs=0.01)  # default would be 2.659
+
+
+def test_key_prefix_helpers_and_load_at_prefixes():
+    # the one prefix helper the convnext plugin loads its initial weights through
+    from geokit.checkpoint import add_prefix, drop_prefix, load_at_prefixes, strip_prefix
+
+    state = {"encoder.a": 1, "encoder.b.c": 2, "loss.t": 3}
+    assert strip_prefix(state, "encoder.") == {"a": 1, "b.c": 2}
+    assert add_prefix(strip_prefix(state, "loss."), "loss.") == {"loss.t": 3}
+    assert drop_prefix(state, "encoder.") == {"loss.t": 3}
+
+    def branch():
+        b = torch.nn.Module()
+        b.model = torch.nn.Linear(2, 2)
+        return b
+
+    two = torch.nn.Module()
+    two.query, two.reference = branch(), branch()
+    layouts = [[""], ["query.", "reference."], ["query.model.", "reference.model."]]
+    backbone = {k: torch.full_like(v, 7.0) for k, v in torch.nn.Linear(2, 2).state_dict().items()}
+    load_at_prefixes(two, backbone, "x", layouts)  # the backbone's keys: into both backbones
+    assert (two.query.model.weight == 7).all() and (two.reference.model.bias == 7).all()
+    load_at_prefixes(two, add_prefix({k: v + 1 for k, v in backbone.items()}, "model."), "x", layouts)  # a branch
+    assert (two.query.model.weight == 8).all() and (two.reference.model.weight == 8).all()
+    whole = {k: torch.zeros_like(v) for k, v in two.state_dict().items()}
+    whole["reference.model.bias"] = torch.ones(2)
+    load_at_prefixes(two, whole, "x", layouts)  # the whole encoder: each tensor where it was
+    assert (two.query.model.bias == 0).all() and (two.reference.model.bias == 1).all()
+    with pytest.raises(GeokitError, match=r"weights from src do not fit the model: 1 unexpected keys: extra"):
+        load_at_prefixes(two, {**backbone, "extra": torch.zeros(1)}, "src", layouts)

@@ -143,3 +143,66 @@ def test_read_references_csv_and_folder(tmp_path):
     (tmp_path / "references.csv").unlink()
     refs = read_references(tmp_path)  # a plain folder of images: no locations
     assert len(refs.paths) == 3 and np.isnan(refs.latlon).all()
+
+
+def test_reference_csv_errors_name_file_and_line(tmp_path, monkeypatch):
+    # the one core CSV reader (geokit._csv): UTF-8, numbers and size are checked, each error one
+    # paragraph naming the file and the line
+    from PIL import Image
+
+    import geokit._csv
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "0.png")
+    csv_file = tmp_path / "references.csv"
+    csv_file.write_text("path,lat,lon\n0.png,north,2\n")
+    with pytest.raises(GeokitError, match=r"references.csv line 2: lat 'north' is not a number"):
+        read_references(csv_file)
+    csv_file.write_text("path,lat,lon\n0.png,1,2\n0.png,45,181\n")
+    with pytest.raises(GeokitError, match=r"references.csv line 3: lon 181.0 is outside \[-180, 180\]"):
+        read_references(csv_file)
+    csv_file.write_bytes(b"path,lat,lon\n0.png,1,2\n\xe9.png,1,2\n")  # Latin-1, not UTF-8: was a traceback
+    with pytest.raises(GeokitError, match=r"references.csv line 3: not UTF-8 text \(byte 0xe9"):
+        read_references(csv_file)
+    csv_file.write_text("path,lat\n0.png,1\n")
+    with pytest.raises(GeokitError, match="only one of the columns lat/lon"):
+        read_references(csv_file)
+    csv_file.write_text("file,lat,lon\n0.png,1,2\n")
+    with pytest.raises(
+        GeokitError, match=r"missing column 'path' \(found: file, lat, lon\); the header must name path"
+    ):
+        read_references(csv_file)
+    csv_file.write_text("path,lat,lon\n0.png,1,2\n")
+    assert read_references(csv_file).latlon.tolist() == [[1.0, 2.0]]
+    monkeypatch.setattr(geokit._csv, "MAX_CSV_BYTES", 10)
+    with pytest.raises(GeokitError, match=r"references.csv: 23 bytes is more than a CSV geokit reads \(10 bytes\)"):
+        read_references(csv_file)
+
+
+def test_index_defaults_have_one_source():
+    # the CLI's options read their defaults and choices from IndexSpec (and the precision policy)
+    from dataclasses import fields
+
+    from geokit.cli_index import build
+    from geokit.embedding import EMBEDDING_DTYPES
+    from geokit.retrieval import TYPES
+
+    options = {p.name: p for p in build.params}
+    spec = {f.name: f.default for f in fields(IndexSpec)}
+    for name in ("type", "dtype", "nlist", "nprobe", "m", "nbits", "hnsw_m", "ef_construction", "ef_search"):
+        assert options[name].default == spec[name], name
+    assert tuple(options["type"].type.choices) == TYPES == ("flat", "ivf", "ivfpq", "hnsw")
+    assert tuple(options["dtype"].type.choices) == EMBEDDING_DTYPES == ("float32", "float16")
+    assert (spec["nprobe"], spec["ef_search"], spec["hnsw_m"]) == (16, 64, 32)  # what the saved files assume
+
+
+def test_embedding_precision_policy():
+    from geokit.embedding import embedding_dtype
+
+    assert embedding_dtype() == np.float32 and embedding_dtype("float16") == np.float16
+    with pytest.raises(GeokitError, match="float32 or float16, not 'bfloat16'"):
+        embedding_dtype("bfloat16")
+    assert IndexSpec(dtype="float16").vector_dtype() == np.float16
+    assert IndexSpec("hnsw", dtype="float16").vector_dtype() == np.float32  # faiss takes float32 only
+    x = clustered(5, 8)
+    ix, _ = make(IndexSpec(dtype="float16"), x)
+    assert ix.vectors.dtype == np.float16 and np.abs(ix.vectors - x).max() < 1e-3

@@ -63,3 +63,23 @@ def test_empty_and_mismatched_inputs():
     assert s.shape == (0, 2)
     with pytest.raises(ValueError, match="dim"):
         search(np.ones((2, 4)), r, 1)
+
+
+def test_package_exports_and_facade():
+    # geokit.retrieval names its API in __all__ and imports each name on first use; geokit.index
+    # re-exports the same objects
+    import subprocess
+    import sys
+
+    import geokit.index
+    import geokit.retrieval
+
+    for name in geokit.retrieval.__all__:
+        assert getattr(geokit.retrieval, name) is not None, name
+    for name in ("GeoIndex", "IndexSpec", "build_index", "read_references", "write_index_from_spool"):
+        assert getattr(geokit.index, name) is getattr(geokit.retrieval, name), name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        geokit.retrieval.nope  # noqa: B018
+    code = "import sys; from geokit.retrieval import IndexSpec; print('numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # the CLI reads the index defaults on every start

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from geokit.data import parse_coordinate, read_csv
 from geokit.errors import GeokitError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
@@ -52,41 +52,27 @@ def read_references(source: str | Path) -> References:
 
 
 def _read_reference_csv(path: Path) -> References:
+    table = read_csv(path, ("path",), header="path,lat,lon")
     root = path.parent
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        fields = [f.strip() for f in (reader.fieldnames or [])]
-        reader.fieldnames = fields
-        if "path" not in fields:
-            raise GeokitError(
-                f"{path}: missing column 'path' (found: {', '.join(fields) or 'nothing'}); "
-                "the header must name path,lat,lon"
-            )
-        has_gps = "lat" in fields and "lon" in fields
-        if ("lat" in fields) != ("lon" in fields):
-            raise GeokitError(f"{path}: has only one of the columns lat/lon; give both or neither")
-        paths, coords = [], []
-        for line, row in enumerate(reader, start=2):
-            p = (row.get("path") or "").strip()
-            if not p:
-                raise GeokitError(f"{path} line {line}: empty path")
-            full = root / p
-            if not full.is_file():
-                raise GeokitError(f"{path} line {line}: image not found: {full}")
-            paths.append(str(full))
-            if has_gps:
-                try:
-                    lat, lon = float(row["lat"]), float(row["lon"])
-                except (TypeError, ValueError):
-                    raise GeokitError(
-                        f"{path} line {line}: lat/lon {row.get('lat')!r}, {row.get('lon')!r} are not numbers"
-                    ) from None
-                if not (abs(lat) <= 90 and abs(lon) <= 180):
-                    raise GeokitError(f"{path} line {line}: lat/lon ({lat}, {lon}) out of range")
-                coords.append((lat, lon))
+    paths, coords = [], []
+    for line, row in table.rows:
+        p = (row.get("path") or "").strip()
+        if not p:
+            raise GeokitError(f"{path} line {line}: empty path")
+        full = root / p
+        if not full.is_file():
+            raise GeokitError(f"{path} line {line}: image not found: {full}")
+        paths.append(str(full))
+        if table.has_latlon:
+            try:
+                coords.append(
+                    (parse_coordinate(row.get("lat"), "lat", 90), parse_coordinate(row.get("lon"), "lon", 180))
+                )
+            except ValueError as exc:
+                raise GeokitError(f"{path} line {line}: {exc}") from None
     if not paths:
         raise GeokitError(f"{path}: no rows after the header")
-    latlon = np.asarray(coords, dtype=np.float64) if has_gps else np.full((len(paths), 2), np.nan)
+    latlon = np.asarray(coords, dtype=np.float64) if table.has_latlon else np.full((len(paths), 2), np.nan)
     return References(paths, latlon, str(path))
 
 
