@@ -1,4 +1,13 @@
-"""Building indexes: in memory (:func:`build_index`) and from a checkpoint, streamed (:func:`build_from_checkpoint`)."""
+"""Building indexes: in memory (:func:`build_index`) and from a checkpoint (:func:`build_from_checkpoint`).
+
+Building streams. :func:`build_index` (in memory) embeds ``chunk`` references at a time and adds
+them to the index, so memory is the index itself plus one chunk (``ivf``/``ivfpq`` first embed a
+training sample, kept for reuse, of at most ``train_size`` vectors). ``geokit index build``
+(:func:`build_from_checkpoint`) goes further for galleries larger than memory: the embeddings
+stream to a spool file on disk (under torchrun every rank embeds its share of each chunk and
+rank 0 writes), then :func:`write_index_from_spool` writes the same file from it, reading the
+spool piece by piece (a flat index never sits in memory; a faiss index is trained on a sample).
+"""
 
 from __future__ import annotations
 

@@ -146,13 +146,6 @@ class GeoIndex:
 
     # --------------------------------------------------------------------------- files
 
-    def size_bytes(self) -> int:
-        if self.vectors is not None:
-            return int(self.vectors.nbytes)
-        import faiss
-
-        return int(faiss.serialize_index(self.faiss_index).nbytes)
-
     def save(self, path: str | Path) -> None:
         """Write the index file atomically (see the module docstring for the layout)."""
         from safetensors.numpy import save_file

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,6 @@ class References:
     latlon: np.ndarray
     source: str = ""
     dataset: Any = None  # a CrossViewDataset whose load_image decodes them
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def read_references(source: str | Path) -> References:
