@@ -16,10 +16,11 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import JsonDict
 
 from geokit.errors import GeokitError
 from geokit.hookspecs import KINDS, LIST_KINDS
@@ -105,6 +106,12 @@ def _check_expanded(data: Any, source: str) -> None:
     size(data)
 
 
+# Marks a config field that may change when a run resumes (``json_schema_extra=RESUME_FREE_FIELD``):
+# it does not change the result, or it is there to rescue a run (skipping bad images, gradient
+# caching after running out of memory). :func:`resume_free_keys` collects the marked fields.
+RESUME_FREE_FIELD: JsonDict = {"resume": "free"}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -118,7 +125,13 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.01, ge=0)
     warmup_epochs: float = Field(1.0, ge=0, le=100_000)
     clip_value: float | None = Field(100.0, gt=0, description="gradient value clipping; null: off")
-    workers: int | None = Field(None, ge=0, le=1024, description="DataLoader workers; null: 0 on CPU, 4 on GPU")
+    workers: int | None = Field(
+        None,
+        ge=0,
+        le=1024,
+        description="DataLoader workers; null: 0 on CPU, 4 on GPU",
+        json_schema_extra=RESUME_FREE_FIELD,
+    )
     amp: bool | None = Field(None, description="mixed precision; null: on for CUDA, off on CPU")
     amp_dtype: Literal["float16", "bfloat16"] | None = Field(
         None,
@@ -126,45 +139,66 @@ class TrainConfig(_Strict):
         "as the released Sample4Geo code), bfloat16 (no scaler); null: bfloat16 where the device has it, "
         "else float16",
     )
-    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:[0-9]{1,3})?)$", description="auto, cpu, cuda, cuda:N")
-    threads: int | None = Field(None, ge=1, le=65536, description="torch CPU threads; null: all cores")
-    log_every: int = Field(20, ge=1, description="steps between progress log lines")
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|mps|cuda(:[0-9]{1,3})?)$",
+        description="auto, cpu, cuda, cuda:N",
+        json_schema_extra=RESUME_FREE_FIELD,
+    )
+    threads: int | None = Field(
+        None, ge=1, le=65536, description="torch CPU threads; null: all cores", json_schema_extra=RESUME_FREE_FIELD
+    )
+    log_every: int = Field(
+        20, ge=1, description="steps between progress log lines", json_schema_extra=RESUME_FREE_FIELD
+    )
     eval_every: int = Field(
         0,
         ge=0,
         description="evaluate every N epochs during training (0: off); "
         "on eval.split, else the dataset's 'val' split when it has one; "
         "monitoring only, never used to select a model",
+        json_schema_extra=RESUME_FREE_FIELD,
     )
     checkpoint_every: int = Field(
         0,
         ge=0,
         description="also checkpoint every N steps inside an epoch "
         "(0: only at epoch ends); a killed run resumes from the last one",
+        json_schema_extra=RESUME_FREE_FIELD,
     )
     grad_cache_chunk: int | None = Field(
         None,
         ge=1,
         description="gradient caching: pairs per forward chunk on each rank (same gradients, less memory); null: off",
+        json_schema_extra=RESUME_FREE_FIELD,
     )
     bad_images: Literal["error", "skip"] = Field(
-        "error", description="an unreadable training image: stop with an error naming it, or skip its pair and count it"
+        "error",
+        description="an unreadable training image: stop with an error naming it, or skip its pair and count it",
+        json_schema_extra=RESUME_FREE_FIELD,
     )
-    channels_last: bool | None = Field(None, description="channels_last memory format; null: on for CUDA")
+    channels_last: bool | None = Field(
+        None, description="channels_last memory format; null: on for CUDA", json_schema_extra=RESUME_FREE_FIELD
+    )
     dist_timeout: float = Field(
         1800.0,
         gt=0,
         le=10**7,
         description="seconds a rank waits for the others (DDP) before it fails with an error instead of hanging",
+        json_schema_extra=RESUME_FREE_FIELD,
     )
 
 
 class EvalConfig(_Strict):
     """``eval:`` section."""
 
-    batch_size: int = Field(128, ge=1, description="images per embedding batch")
-    split: str | None = Field(None, description="protocol split; null: the dataset's test split")
-    chunk_size: int | None = Field(None, ge=1, description="queries per retrieval block; null: auto")
+    batch_size: int = Field(128, ge=1, description="images per embedding batch", json_schema_extra=RESUME_FREE_FIELD)
+    split: str | None = Field(
+        None, description="protocol split; null: the dataset's test split", json_schema_extra=RESUME_FREE_FIELD
+    )
+    chunk_size: int | None = Field(
+        None, ge=1, description="queries per retrieval block; null: auto", json_schema_extra=RESUME_FREE_FIELD
+    )
     bf16_screen: bool | None = Field(
         None,
         description="score blocks in bfloat16 and re-score exactly what "
@@ -192,6 +226,25 @@ class _RawConfig(_Strict):
     metrics: list[_Section] | None = None
     rerankers: list[_Section] = []
     images: ImageOptions = Field(default_factory=ImageOptions)
+
+
+def resume_free_keys(model: type[BaseModel] | None = None) -> frozenset[tuple[str, ...]]:
+    """The config keys (as paths, e.g. ``("train", "workers")``) that may differ between a run and
+    its resumption: the fields marked with :data:`RESUME_FREE_FIELD`, in ``model`` (default: the
+    whole config) and its nested sections."""
+    found: set[tuple[str, ...]] = set()
+
+    def walk(m: type[BaseModel], prefix: tuple[str, ...]) -> None:
+        for name, field in m.model_fields.items():
+            extra = field.json_schema_extra
+            if isinstance(extra, dict) and extra.get("resume") == RESUME_FREE_FIELD["resume"]:
+                found.add((*prefix, name))
+            for arg in (field.annotation, *get_args(field.annotation)):
+                if isinstance(arg, type) and issubclass(arg, BaseModel):
+                    walk(arg, (*prefix, name))
+
+    walk(model or _RawConfig, ())
+    return frozenset(found)
 
 
 class Config(BaseModel):
