@@ -160,11 +160,14 @@ def main() -> None:
         return (time.perf_counter() - t) / steps, (minflt() - f) / steps
 
     log.setLevel(logging.WARNING)
-    real_build = T.build
-    T.build = lambda config, **kw: real_build(config, dataset=InMemory())  # type: ignore[assignment]
+    import geokit.engine._loop as L
+    import geokit.engine._setup as S
+
+    real_build = S.build
+    S.build = lambda config, **kw: real_build(config, dataset=InMemory())  # type: ignore[assignment]
     tmp = Path(tempfile.mkdtemp(prefix="geokit-overhead-"))
 
-    real_epoch = T._Engine._epoch
+    real_epoch = L.Engine._epoch
     engine_faults: list[int] = []
 
     def counted_epoch(self: Any, epoch: int, resume: Any) -> None:  # page faults of each engine epoch
@@ -172,7 +175,7 @@ def main() -> None:
         real_epoch(self, epoch, resume)
         engine_faults.append(minflt() - f)
 
-    T._Engine._epoch = counted_epoch  # type: ignore[method-assign]
+    L.Engine._epoch = counted_epoch  # type: ignore[method-assign]
 
     def engine() -> tuple[float, float]:
         out = tmp / f"run{time.monotonic_ns()}"

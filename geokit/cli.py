@@ -47,7 +47,7 @@ class GeokitGroup(click.Group):
         try:
             return super().invoke(ctx)
         except GeokitError as exc:
-            from geokit.training import TrainingInterrupted
+            from geokit.engine import TrainingInterrupted
 
             if isinstance(exc, TrainingInterrupted):
                 raise Interrupted(str(exc)) from None
@@ -193,7 +193,7 @@ def config_show(config_path: str, overrides: tuple[str, ...]) -> None:
 def train_cmd(config_path: str, overrides: tuple[str, ...], output: str, force: bool) -> None:
     """Train a model; writes config.yaml, metrics.jsonl and model.safetensors into OUTPUT."""
     from geokit import config
-    from geokit.training import train
+    from geokit.engine import train
 
     cfg = config.load(config_path, overrides)
     result = train(cfg, output, force=force)

@@ -148,7 +148,7 @@ def check_loss(
     name the loss's options mention is provided)."""
     import torch
 
-    from geokit.training import loss_inputs
+    from geokit.engine import loss_inputs
 
     ctx = test_context("loss", embedding_dim=dim)
     fn = _build("loss", loss, options, ctx)

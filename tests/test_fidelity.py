@@ -289,10 +289,11 @@ def test_fp16_training_uses_a_loss_scaler(tmp_path, monkeypatch):
     the steps run under fp16 autocast."""
     import torch
 
-    import geokit.training as T
+    import geokit.engine._step as T  # where TrainStep calls autocast()
     from geokit.checkpoint import load_state
     from geokit.config import resolve
     from geokit.testing import make_pairs_dataset, tiny_config
+    from geokit.training import train
 
     monkeypatch.setenv("GEOKIT_PROGRESS", "0")
     seen = []
@@ -308,7 +309,7 @@ def test_fp16_training_uses_a_loss_scaler(tmp_path, monkeypatch):
         )
     )
     try:
-        T.train(cfg, tmp_path / "run", show=False)
+        train(cfg, tmp_path / "run", show=False)
     finally:
         torch.set_num_threads(threads)
     scaler = load_state(next((tmp_path / "run").glob("*state*.safetensors")))["scaler"]

@@ -153,7 +153,7 @@ def test_a_truncated_jpeg_is_skipped_and_counted_on_request(tmp_path, caplog):
 def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, pairs_root, monkeypatch):
     import torch
 
-    import geokit.training as T
+    import geokit.engine._setup as T  # where train() calls build()
 
     real_build = T.build
 
