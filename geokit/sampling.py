@@ -172,13 +172,6 @@ class BatchPacker:
             return not any(int(c) in self._refs for c in self.conflicts[i] if c >= 0)
         return True
 
-    @property
-    def open_size(self) -> int:
-        return len(self._cur)
-
-    def contains_reference(self, r: int) -> bool:
-        return r in self._refs
-
     def add(self, i: int) -> bool:
         """Put pair ``i`` in the open batch if it fits; closes the batch when full."""
         if not self.fits(i):
