@@ -221,6 +221,7 @@ def two_branch_run(tmp_path_factory, pairs_root):
     return tmp / "run.yaml", tmp / "run" / "model.safetensors"
 
 
+@pytest.mark.slow
 def test_two_branches_are_trained_recorded_and_routed_by_evaluate_and_index(tmp_path, two_branch_run):
     import numpy as np
     from safetensors.torch import load_file

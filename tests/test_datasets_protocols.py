@@ -154,6 +154,7 @@ def test_u1652_sat2drone_both_protocols(tmp_path):
     assert m["references"] == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, maker, options, keys",
     [

@@ -139,6 +139,7 @@ def _import(source: Path, root: Path, out: Path, *extra: str) -> object:
     return CliRunner().invoke(cli, ["import-weights", str(source), "--config", str(cfg), "--output", str(out), *extra])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", [False, True], ids=["model.", "module.model."])
 def test_import_weights_is_bit_identical_and_evaluates_like_encoder_weights(tmp_path, pairs_root, timm_state, module):
     from geokit.evaluation import evaluate

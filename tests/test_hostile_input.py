@@ -266,6 +266,7 @@ def _train(cfg, out, *extra):
     return CliRunner().invoke(cli, ["train", "--config", str(cfg), "--output", str(out), *extra])
 
 
+@pytest.mark.slow
 def test_a_folder_in_use_is_refused_and_a_stale_lock_is_not(finished_run, tmp_path):
     import fcntl
 
@@ -283,6 +284,7 @@ def test_a_folder_in_use_is_refused_and_a_stale_lock_is_not(finished_run, tmp_pa
     assert (out / LOCK).exists() and _train(cfg, out).exit_code == 0
 
 
+@pytest.mark.slow
 def test_resume_refusals_name_the_differing_keys_and_force_overrides(finished_run, tmp_path):
     cfg, run = finished_run
     out = _copy(run, tmp_path)
@@ -299,6 +301,7 @@ def test_resume_refusals_name_the_differing_keys_and_force_overrides(finished_ru
     assert res.exit_code == 2 and "does not fit this run's model" in res.output, res.output
 
 
+@pytest.mark.slow
 def test_raising_epochs_extends_a_finished_run(finished_run, tmp_path):
     from geokit.training import lr_at
 
@@ -317,6 +320,7 @@ def test_raising_epochs_extends_a_finished_run(finished_run, tmp_path):
     assert _train(cfg, out, "--set", "train.epochs=1").exit_code == 2  # lowering is a change
 
 
+@pytest.mark.slow
 def test_leftover_temp_files_and_a_truncated_metrics_file_are_handled(finished_run, tmp_path):
     cfg, run = finished_run
     out = _copy(run, tmp_path)
@@ -732,6 +736,7 @@ def test_a_sampler_that_leaves_most_pairs_out_is_reported(caplog):
     )
 
 
+@pytest.mark.slow
 def test_training_on_pairs_that_cannot_all_be_batched_says_so_and_plans_the_schedule(tmp_path):
     from geokit.testing import make_pairs_dataset
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -31,6 +32,7 @@ def test_demo_config_is_the_example() -> None:
     assert example.is_symlink() and example.resolve() == DEMO_CONFIG.resolve()
 
 
+@pytest.mark.slow
 def test_shrunken_demo_end_to_end(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("GEOKIT_CACHE", str(tmp_path / "cache"))
     if "demo" not in cli.commands:

@@ -186,6 +186,7 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, pairs_roo
     assert not (out / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_a_failing_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, pairs_root, monkeypatch):
     import safetensors.torch
 
