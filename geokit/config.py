@@ -16,7 +16,7 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -106,9 +106,8 @@ def _check_expanded(data: Any, source: str) -> None:
     size(data)
 
 
-# Marks a config field that may change when a run resumes (``json_schema_extra=RESUME_FREE_FIELD``):
-# it does not change the result, or it is there to rescue a run (skipping bad images, gradient
-# caching after running out of memory). :func:`resume_free_keys` collects the marked fields.
+# Marks a field that may change when a run resumes (it does not change the result, or it rescues
+# a run: skipping bad images, gradient caching after running out of memory); see geokit.engine.
 RESUME_FREE_FIELD: JsonDict = {"resume": "free"}
 
 
@@ -226,25 +225,6 @@ class _RawConfig(_Strict):
     metrics: list[_Section] | None = None
     rerankers: list[_Section] = []
     images: ImageOptions = Field(default_factory=ImageOptions)
-
-
-def resume_free_keys(model: type[BaseModel] | None = None) -> frozenset[tuple[str, ...]]:
-    """The config keys (as paths, e.g. ``("train", "workers")``) that may differ between a run and
-    its resumption: the fields marked with :data:`RESUME_FREE_FIELD`, in ``model`` (default: the
-    whole config) and its nested sections."""
-    found: set[tuple[str, ...]] = set()
-
-    def walk(m: type[BaseModel], prefix: tuple[str, ...]) -> None:
-        for name, field in m.model_fields.items():
-            extra = field.json_schema_extra
-            if isinstance(extra, dict) and extra.get("resume") == RESUME_FREE_FIELD["resume"]:
-                found.add((*prefix, name))
-            for arg in (field.annotation, *get_args(field.annotation)):
-                if isinstance(arg, type) and issubclass(arg, BaseModel):
-                    walk(arg, (*prefix, name))
-
-    walk(model or _RawConfig, ())
-    return frozenset(found)
 
 
 class Config(BaseModel):

@@ -24,6 +24,7 @@ from geokit.engine import (
     lr_at,
     max_full_batches,
     read_steps,
+    resume_free_keys,
     step_seed,
     train,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "lr_at",
     "max_full_batches",
     "read_steps",
+    "resume_free_keys",
     "step_seed",
     "train",
 ]

@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from geokit.config import TrainConfig, resolve, resume_free_keys
-from geokit.engine import RESUME_FREE, STATE_FORMAT, EpochRow, EpochStats, ResumeState, config_differences
+from geokit.config import TrainConfig, resolve
+from geokit.engine import (
+    RESUME_FREE,
+    STATE_FORMAT,
+    EpochRow,
+    EpochStats,
+    ResumeState,
+    config_differences,
+    resume_free_keys,
+)
 from geokit.errors import GeokitError
 from geokit.testing import make_pairs_dataset, tiny_config
 

@@ -20,7 +20,7 @@ run folder's files).
 """
 
 from geokit.engine._loop import TrainingInterrupted, TrainResult, evaluate_after_training
-from geokit.engine._resume import RESUME_FREE, STATE_FORMAT, ResumeState, config_differences
+from geokit.engine._resume import RESUME_FREE, STATE_FORMAT, ResumeState, config_differences, resume_free_keys
 from geokit.engine._rundir import LOCK, STATE, WEIGHTS, read_steps
 from geokit.engine._schedule import lr_at, max_full_batches, step_seed
 from geokit.engine._setup import train
@@ -47,6 +47,7 @@ __all__ = [
     "lr_at",
     "max_full_batches",
     "read_steps",
+    "resume_free_keys",
     "step_seed",
     "train",
 ]

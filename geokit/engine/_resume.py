@@ -7,12 +7,13 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
+from pydantic import BaseModel
 
 from geokit.checkpoint import load_state, save_state
-from geokit.config import read_yaml, resume_free_keys
+from geokit.config import RESUME_FREE_FIELD, Config, read_yaml
 from geokit.engine._rundir import STATE, WEIGHTS
 from geokit.engine._stats import EpochStats
 from geokit.errors import GeokitError
@@ -20,8 +21,26 @@ from geokit.registry import short_repr
 from geokit.runtime import log
 
 STATE_FORMAT = 2
-# Keys that may differ between a run and its resumption, as paths: the config fields marked
-# ``json_schema_extra=RESUME_FREE_FIELD`` (see geokit.config).
+
+
+def resume_free_keys(model: type[BaseModel] = Config) -> frozenset[tuple[str, ...]]:
+    """The config keys (as paths, e.g. ``("train", "workers")``) that may differ between a run and
+    its resumption: the fields of ``model`` and its nested sections declared with
+    ``json_schema_extra=RESUME_FREE_FIELD`` (see :mod:`geokit.config`)."""
+    found: set[tuple[str, ...]] = set()
+
+    def walk(m: type[BaseModel], prefix: tuple[str, ...]) -> None:
+        for name, field in m.model_fields.items():
+            if field.json_schema_extra == RESUME_FREE_FIELD:
+                found.add((*prefix, name))
+            for arg in (field.annotation, *get_args(field.annotation)):
+                if isinstance(arg, type) and issubclass(arg, BaseModel):
+                    walk(arg, (*prefix, name))
+
+    walk(model, ())
+    return frozenset(found)
+
+
 RESUME_FREE = resume_free_keys()
 
 
