@@ -71,6 +71,7 @@ def test_config_differences_ignore_the_free_keys_only():
     assert config_differences(old, {**new, "train": {**new["train"], "lr": 0.0005}}) == ["train.lr: 0.001 -> 0.0005"]
 
 
+@pytest.mark.slow
 def test_resuming_with_a_changed_free_key_works_and_a_changed_fixed_key_is_refused(tmp_path):
     from geokit.training import train
 
