@@ -208,7 +208,7 @@ def check_cuda_paths(chk: Check, device: Any, tiny: bool, tmp: Path) -> None:
 
     def engine() -> dict[str, Any]:
         from geokit.config import resolve
-        from geokit.evaluation import evaluate
+        from geokit.engine.evaluation import evaluate
         from geokit.training import train
 
         cfg = tiny_config(root, train={"epochs": 1, "device": device.type, "workers": 0 if tiny else 2, "log_every": 1})
@@ -555,7 +555,7 @@ def check_embedding(chk: Check, device: Any, tiny: bool, tmp: Path) -> None:
     chk.run("embed", "embed_paths_vigor_reference_jpeg", end_to_end, 10 if tiny else 40)
 
     def mining() -> dict[str, Any]:
-        from geokit_plugins.dss import mine_neighbours
+        from geokit_plugins.samplers.dss import mine_neighbours
 
         nq, nr = (2000, 3000) if tiny else VIGOR_TRAIN
         dim = 64 if tiny else 1024

@@ -28,7 +28,7 @@ def largest_group_centre(cands, radius_m):
     ``radius_m`` of one of them, centred at the score-weighted mean on the sphere."""
     import math
 
-    from geokit.locate import haversine_m
+    from geokit.retrieval.locate import haversine_m
 
     lat = np.array([c.lat for c in cands])
     lon = np.array([c.lon for c in cands])
@@ -47,7 +47,7 @@ def largest_group_centre(cands, radius_m):
 
 def compare_consensus(results, truth_gps, ks=(5, 10), radii=(50.0, 100.0)):
     """Per (k, radius): top-1 vs geokit's consensus vs the largest-group centre."""
-    from geokit.locate import consensus, haversine_m
+    from geokit.retrieval.locate import consensus, haversine_m
 
     top1 = np.array([[r.best.lat, r.best.lon] for r in results], dtype=float)
     e_top1 = haversine_m(top1[:, 0], top1[:, 1], truth_gps[:, 0], truth_gps[:, 1])
@@ -98,8 +98,8 @@ def main() -> None:
 
     from geokit import config
     from geokit.index import IndexSpec, build_from_checkpoint, dataset_references
-    from geokit.locate import Localizer, haversine_m
     from geokit.registry import create
+    from geokit.retrieval.locate import Localizer, haversine_m
 
     run = Path(args.run)
     ckpt = run / "model.safetensors"

@@ -1,7 +1,7 @@
 """Ablations on the synthetic world: samplers (random vs gps vs gps→dss and variants), shared vs
 separate encoder weights per view, full panorama vs a 90° field of view; several seeds.
 
-Every run is ``geokit train`` on the demo config (``plugins/synthetic/demo.yaml``) with the
+Every run is ``geokit train`` on the demo config (``plugins/datasets/synthetic/demo.yaml``) with the
 condition's overrides (a sampler condition replaces the whole sampler section) and per-epoch
 evaluation off, then ``geokit evaluate`` of the final weights
 on the ``val`` split (used to choose) and the ``test`` split (reported). Wall time of training

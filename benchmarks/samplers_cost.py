@@ -7,13 +7,13 @@ inputs exist) minus its RSS at that point, i.e. what the method itself allocates
     .venv/bin/python benchmarks/samplers_cost.py --cases gps_kdtree:35532 build_ours:100000
 
 Cases (NAME:N, dss_stream also NAME:N:CHUNK):
-- gps_kdtree / gps_faiss: neighbour table (k=128) by geodesic order, geokit_plugins.gps
+- gps_kdtree / gps_faiss: neighbour table (k=128) by geodesic order, geokit_plugins.samplers.gps
 - gps_dense: dense N×N float64 haversine matrix (what sklearn's pairwise returns) + torch.topk
   (k=128), the original's calc_distance_* approach (radians here, so the same result as ours)
-- dss_stream: 1024-d, N×N mining through geokit.retrieval.search (k=129), geokit_plugins.dss
+- dss_stream: 1024-d, N×N mining through geokit.retrieval.search (k=129), geokit_plugins.samplers.dss
 - dss_dense: the same similarities as one dense float32 N×N matrix, then torch.topk (k=129)
 - build_ours / build_pop0: one epoch of batches (128, select 64, range 128) from a GPS table,
-  geokit_plugins.neighbour_batches vs a straightforward list.pop(0) builder (§4b of the notes)
+  geokit_plugins.samplers._neighbour_batches vs a straightforward list.pop(0) builder (§4b of the notes)
 - precision: faiss (float32) vs kdtree (float64) neighbour agreement for points in a 5 km box
 """
 
@@ -138,7 +138,7 @@ def run_case(name: str, n: int, chunk: int | None = None) -> dict:
         if name == "gps_dense":
             table = dense_haversine_topk(pts, 128)
         else:
-            from geokit_plugins.gps import gps_neighbours
+            from geokit_plugins.samplers.gps import gps_neighbours
 
             table = gps_neighbours(pts, 128, backend=name[4:])
         out["seconds"] = time.perf_counter() - t
@@ -155,7 +155,7 @@ def run_case(name: str, n: int, chunk: int | None = None) -> dict:
         base = reset_peak()
         t = time.perf_counter()
         if name == "dss_stream":
-            from geokit_plugins.dss import mine_neighbours
+            from geokit_plugins.samplers.dss import mine_neighbours
 
             table = mine_neighbours(qry, ref, pair_ref, 128, chunk_size=chunk)
             out["chunk"] = chunk or "auto"
@@ -170,8 +170,8 @@ def run_case(name: str, n: int, chunk: int | None = None) -> dict:
         out["seconds"] = time.perf_counter() - t
         out["shape"] = list(table.shape)
     elif name.startswith("build_"):
-        from geokit_plugins.gps import gps_neighbours
-        from geokit_plugins.neighbour_batches import build_neighbour_batches
+        from geokit_plugins.samplers._neighbour_batches import build_neighbour_batches
+        from geokit_plugins.samplers.gps import gps_neighbours
 
         pts = us_points(n)
         table = gps_neighbours(pts, 128)
@@ -190,7 +190,7 @@ def run_case(name: str, n: int, chunk: int | None = None) -> dict:
         out["seconds"] = time.perf_counter() - t
         out["batches"], out["pairs_placed"] = len(b), placed
     elif name == "precision":
-        from geokit_plugins.gps import gps_neighbours
+        from geokit_plugins.samplers.gps import gps_neighbours
 
         pts = us_points(n, box=(40.70, 40.745, -74.03, -73.97))  # ~5 km box in Manhattan
         base = reset_peak()

@@ -181,7 +181,7 @@ def vigor_world(side: int = 200, seed: int = 0, p_positive: float = 0.5, p_two: 
 
 def vigor_train_set(world: dict, semi_positive_conflicts: bool):
     """The world's training set, built by the vigor plugin's own code path."""
-    from geokit_plugins.vigor import train_set_from_labels
+    from geokit_plugins.datasets.vigor import train_set_from_labels
 
     n_tiles = len(world["gps"])
     return train_set_from_labels(
@@ -209,7 +209,7 @@ def semi_refs_of(train, labels: np.ndarray) -> np.ndarray:
 def geokit_batches(
     train, table, key_of_pair, seed: int, walk: str, batch_size: int = 128, select: int = 64, range_: int = 128
 ) -> tuple[list[np.ndarray], np.ndarray]:
-    from geokit_plugins.neighbour_batches import build_neighbour_batches
+    from geokit_plugins.samplers._neighbour_batches import build_neighbour_batches
 
     stats: dict = {}
     batches = build_neighbour_batches(
@@ -228,7 +228,7 @@ def geokit_batches(
 
 def walk_part(n: int, epochs: int) -> list[dict]:
     from geokit.data import TrainSet
-    from geokit_plugins.gps import gps_neighbours
+    from geokit_plugins.samplers.gps import gps_neighbours
 
     rows = []
     train = TrainSet([""] * n, [""] * n, np.arange(n))
@@ -262,7 +262,7 @@ def walk_part(n: int, epochs: int) -> list[dict]:
 
 
 def vigor_part(side: int, epochs: int) -> list[dict]:
-    from geokit_plugins.gps import gps_neighbours
+    from geokit_plugins.samplers.gps import gps_neighbours
 
     world = vigor_world(side)
     rows = []

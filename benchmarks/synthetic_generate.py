@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from geokit.config import apply_overrides, read_yaml
-from geokit_plugins.synthetic import DEMO_CONFIG, SyntheticOptions
-from geokit_plugins.synthetic.generate import ensure_world
+from geokit_plugins.datasets.synthetic import DEMO_CONFIG, SyntheticOptions
+from geokit_plugins.datasets.synthetic.generate import ensure_world
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ __all__ = ["GeokitError", "Localizer", "__version__", "hookimpl"]
 def __getattr__(name: str) -> Any:
     # `from geokit import Localizer` without paying for torch at `import geokit`.
     if name == "Localizer":
-        from geokit.locate import Localizer
+        from geokit.retrieval.locate import Localizer
 
         return Localizer
     raise AttributeError(f"module 'geokit' has no attribute {name!r}")

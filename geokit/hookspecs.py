@@ -216,7 +216,7 @@ def geokit_register_metrics(registry: Registry) -> None:
     :param registry: call ``registry.add(name, factory, options=Model, summary=...)``.
 
     ``factory(options)`` returns an object with ``compute(result) -> dict[str, float]``, where
-    ``result`` is a :class:`geokit.evaluation.Retrieval`: the protocol (``eval_set``: GPS,
+    ``result`` is a :class:`geokit.engine.evaluation.Retrieval`: the protocol (``eval_set``: GPS,
     matches), the L2-normalised embeddings and the top-k references of every query (``topk``,
     ``topk_scores``, from the same exact search as the core metrics, after re-ranking). It may
     define ``applies(eval_set) -> bool`` (default: always). The config's top-level ``metrics``

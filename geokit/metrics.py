@@ -20,7 +20,7 @@ but true matches and semi-positives above the best allowed score".
 
 Scores are those of the float32 vectors computed exactly (float64): the block decides every
 reference farther from a threshold than the block's proven error bound, and the few closer ones
-are re-scored (:mod:`geokit.screening`). So the metrics do not depend on the CPU or on the
+are re-scored (:mod:`geokit.retrieval._screening`). So the metrics do not depend on the CPU or on the
 block arithmetic: float32 blocks (any CPU) and bfloat16 blocks (``bf16_screen``, the default on
 CPUs with AMX, 0.5–0.9x the time of a float32 matrix multiply; BENCHMARKS.md) give the same
 numbers, where a plain float32 evaluation misorders references a few 1e-8 apart.
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from geokit.retrieval import _blocks, _check_query, as_matrix, count_above, default_chunk, exact_dots
-from geokit.screening import ScreenedGallery, count_above_float32, screen_available
+from geokit.retrieval._screening import ScreenedGallery, count_above_float32, screen_available
 
 
 def _pad(lists: Sequence[Sequence[int]] | np.ndarray, fill: int = -1) -> np.ndarray:
@@ -87,7 +87,7 @@ def retrieval_metrics(
     :param threads: torch threads for the scan (default: torch's setting).
     :param bf16_screen: score blocks in bfloat16 and re-score exactly only the references
         too close to a query's threshold to decide (same metrics; see the module docstring).
-        Default: on where :func:`geokit.screening.screen_available` (AMX CPUs); AP never.
+        Default: on where :func:`geokit.retrieval._screening.screen_available` (AMX CPUs); AP never.
     """
     import torch
 
@@ -166,7 +166,7 @@ def _exact_scan(
     screen: bool,
 ) -> None:
     """The rank (and VIGOR hit) loop, filled in place, with the counts of the vectors' float64
-    scores (:mod:`geokit.screening`): on bfloat16 blocks shifted by each query's best true-match
+    scores (:mod:`geokit.retrieval._screening`): on bfloat16 blocks shifted by each query's best true-match
     score (``screen``), else on float32 blocks; the same numbers either way."""
     import torch
 

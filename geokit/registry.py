@@ -189,7 +189,7 @@ def _model_at(model: type[BaseModel] | None, loc: tuple) -> type[BaseModel] | No
 
 def get_registry(kind: str) -> Registry:
     """The registry of ``kind`` ('encoder', 'loss', 'sampler', 'dataset'), plugins loaded."""
-    from geokit.plugins import get_manager
+    from geokit._plugin_manager import get_manager
 
     return get_manager().registry(kind)
 

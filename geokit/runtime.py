@@ -307,7 +307,7 @@ def versions() -> dict[str, str]:
     import importlib.metadata as md
 
     import geokit
-    from geokit.plugins import plugin_versions
+    from geokit._plugin_manager import plugin_versions
 
     out = {"geokit": geokit.__version__}
     for pkg in ("torch", "timm", "faiss-cpu", "albumentations"):

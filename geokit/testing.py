@@ -357,7 +357,7 @@ def check_transform(
 def check_metric(metric: Any, options: Mapping[str, Any] | None = None) -> None:
     """``compute`` returns finite floats under new keys for a small protocol with GPS, and is a
     function of its input."""
-    from geokit.evaluation import METRIC_ORDER, Retrieval
+    from geokit.engine.evaluation import METRIC_ORDER, Retrieval
 
     m = _build("metric", metric, options)
     rng = np.random.default_rng(0)

@@ -23,7 +23,7 @@ def pairs_root(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def fresh_plugins():
     """Reload plugins around a test that changes what is installed or registered."""
-    from geokit.plugins import reset_manager
+    from geokit._plugin_manager import reset_manager
 
     reset_manager()
     yield

@@ -136,7 +136,7 @@ class _Recorder:
 @pytest.fixture
 def recorder_plugin(fresh_plugins):
     import geokit
-    from geokit.plugins import PluginInfo, get_manager
+    from geokit._plugin_manager import PluginInfo, get_manager
 
     class Plugin:
         @geokit.hookimpl
@@ -199,7 +199,7 @@ class _TwoBranch:
 @pytest.fixture
 def two_branch_plugin(fresh_plugins):
     import geokit
-    from geokit.plugins import PluginInfo, get_manager
+    from geokit._plugin_manager import PluginInfo, get_manager
 
     class Plugin:
         @geokit.hookimpl
@@ -226,7 +226,7 @@ def test_view_reaches_the_encoder_on_every_path(tmp_path, two_branch_plugin):
 
     # index build embeds references through the reference branch, locate photos through the query one
     from geokit.index import IndexSpec, References, build_from_checkpoint
-    from geokit.locate import Localizer
+    from geokit.retrieval.locate import Localizer
 
     es = res.parts.dataset.eval_set()
     refs = References(list(es.reference_paths), np.asarray(es.reference_gps), str(root / "test.csv"))
@@ -239,7 +239,7 @@ def test_view_reaches_the_encoder_on_every_path(tmp_path, two_branch_plugin):
 
 def test_per_view_normalisation_is_applied(tmp_path, two_branch_plugin):
     from geokit.config import resolve
-    from geokit.evaluation import embed_view
+    from geokit.engine.evaluation import embed_view
     from geokit.model import build
 
     root = make_pairs_dataset(tmp_path / "d", n_train=8, n_test=4)
@@ -261,7 +261,7 @@ def test_per_view_normalisation_is_applied(tmp_path, two_branch_plugin):
 
 
 def test_match_table_gives_the_label_protocols_metrics():
-    from geokit.evaluation import protocol_metrics
+    from geokit.engine.evaluation import protocol_metrics
 
     rng = np.random.default_rng(0)
     q = rng.normal(size=(20, 8)).astype(np.float32)
@@ -276,7 +276,7 @@ def test_match_table_gives_the_label_protocols_metrics():
 
 def test_metre_metrics_equal_a_computation_from_the_saved_embeddings(tmp_path):
     from geokit.config import resolve
-    from geokit.evaluation import evaluate, metrics_from_embeddings, read_embeddings
+    from geokit.engine.evaluation import evaluate, metrics_from_embeddings, read_embeddings
     from geokit.geo import haversine_m
 
     root = make_pairs_dataset(tmp_path / "d", n_train=8, n_test=12)
@@ -295,14 +295,14 @@ def test_metre_metrics_equal_a_computation_from_the_saved_embeddings(tmp_path):
 
 def test_no_metre_metrics_without_gps(tmp_path):
     from geokit.config import resolve
-    from geokit.evaluation import evaluate
+    from geokit.engine.evaluation import evaluate
 
     root = make_pairs_dataset(tmp_path / "d", n_train=8, n_test=6, gps=False)
     assert "median_error_m" not in evaluate(resolve(tiny_config(root)), show=False).metrics
 
 
 def test_save_embeddings_with_shared_label_array_and_match_table(tmp_path):
-    from geokit.evaluation import EvalResult, metrics_from_embeddings, protocol_metrics, write_embeddings
+    from geokit.engine.evaluation import EvalResult, metrics_from_embeddings, protocol_metrics, write_embeddings
 
     labels = np.arange(6)
     es = EvalSet([""] * 6, [""] * 6, labels, labels, matches=MatchTable(np.arange(6), (np.arange(6) + 1) % 6))
@@ -316,7 +316,7 @@ def test_save_embeddings_with_shared_label_array_and_match_table(tmp_path):
 
 
 def test_limited_fov_evaluation_is_deterministic_and_training_runs(tmp_path):
-    from geokit.evaluation import evaluate
+    from geokit.engine.evaluation import evaluate
 
     root = make_pairs_dataset(tmp_path / "d", n_train=16, n_test=8)
     cfg = tiny_config(root, transforms=[{"name": "limited_fov", "fov": 90}], train={"epochs": 1, "threads": 1})
@@ -344,7 +344,7 @@ def test_config_lists_are_validated_and_round_trip(tmp_path):
 
 
 def test_reranker_changes_queries_and_runs_in_evaluation(tmp_path):
-    from geokit.evaluation import evaluate
+    from geokit.engine.evaluation import evaluate
 
     root = make_pairs_dataset(tmp_path / "d", n_train=8, n_test=10)
     plain = evaluate(resolve(tiny_config(root)), show=False)
@@ -403,7 +403,7 @@ def test_v1_checkpoint_loads_and_evaluates(tmp_path):
     from safetensors.torch import save_file
 
     from geokit.config import resolve
-    from geokit.evaluation import evaluate
+    from geokit.engine.evaluation import evaluate
     from geokit.model import build
 
     root = make_pairs_dataset(tmp_path / "d", n_train=8, n_test=6)
@@ -469,8 +469,8 @@ def test_run_rerankers_reach_index_build_and_locate(tmp_path):
     it to the photo's embedding against the gallery (and an approximate index is refused)."""
     from geokit.errors import GeokitError
     from geokit.index import IndexSpec, References, build_from_checkpoint
-    from geokit.locate import Localizer
     from geokit.retrieval import search
+    from geokit.retrieval.locate import Localizer
 
     root = make_pairs_dataset(tmp_path / "d", n_train=16, n_test=8)
     cfg = tiny_config(root, rerankers=[{"name": "qe", "n": 2, "alpha": 1.0}], train={"epochs": 1, "threads": 1})

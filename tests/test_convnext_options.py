@@ -31,7 +31,7 @@ def _params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_two_branches_start_equal_and_train_apart():
-    from geokit_plugins.infonce import InfoNCE
+    from geokit_plugins.losses.infonce import InfoNCE
 
     enc = _encoder(shared=False)
     keys = list(enc.state_dict())
@@ -153,7 +153,7 @@ def test_avg_is_timms_pooled_output():
 
 
 def test_gem_by_hand():
-    from geokit_plugins._timm_heads import GeM, local_features
+    from geokit_plugins.encoders._timm_heads import GeM, local_features
 
     tokens = torch.tensor([[[1.0, -1.0], [2.0, 4.0]]])  # (B=1, L=2, C=2)
     out = GeM()(tokens)
@@ -228,7 +228,7 @@ def test_two_branches_are_trained_recorded_and_routed_by_evaluate_and_index(tmp_
 
     from geokit import config as config_mod
     from geokit.checkpoint import read_record, save_weights
-    from geokit.evaluation import evaluate
+    from geokit.engine.evaluation import evaluate
     from geokit.index import IndexSpec, build_from_checkpoint, dataset_references
 
     cfg_path, ckpt = two_branch_run
@@ -257,7 +257,7 @@ def test_two_branches_are_trained_recorded_and_routed_by_evaluate_and_index(tmp_
     ix = build_from_checkpoint(ckpt, dataset_references(cfg_path), tmp_path / "tiles.index", IndexSpec(), show=False)
     np.testing.assert_allclose(ix.vectors, res.reference, atol=1e-5)
     # `locate` embeds photos with the branch of the view it is given
-    from geokit.locate import Localizer
+    from geokit.retrieval.locate import Localizer
 
     es = res.eval_set
     for view, paths, expected in (

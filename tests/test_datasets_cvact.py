@@ -44,7 +44,7 @@ def utm_forward(lat: float, lon: float, zone: int = 55) -> tuple[float, float]:
 
 
 def test_utm_inverse_round_trip():
-    from geokit_plugins.cvact import utm_to_latlon
+    from geokit_plugins.datasets.cvact import utm_to_latlon
 
     for lat, lon in [(-35.2809, 149.1300), (-35.35, 148.95), (-10.0, 147.0)]:
         e, n = utm_forward(lat, lon)
@@ -57,7 +57,7 @@ def test_utm_inverse_round_trip():
 
 
 def test_cvact_mat_structs_and_folders(tmp_path):
-    from geokit_plugins.cvact import utm_to_latlon
+    from geokit_plugins.datasets.cvact import utm_to_latlon
 
     info = make_cvact(tmp_path)
     ds = build("cvact", tmp_path)

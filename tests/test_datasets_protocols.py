@@ -206,16 +206,16 @@ def test_geokit_evaluate_on_a_benchmark_layout(tmp_path, name, maker, options, k
     assert emb["reference_labels"].tolist() == es.reference_labels.tolist()
     assert ("semi_positives" in emb) == (name == "vigor")
     # eval.bf16_screen reaches the metrics; both scans give the same numbers
-    import geokit.evaluation
+    import geokit.engine.evaluation
 
     seen = []
-    real = geokit.evaluation.retrieval_metrics
+    real = geokit.engine.evaluation.retrieval_metrics
 
     def spy(*args, **kwargs):
         seen.append(kwargs["bf16_screen"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(geokit.evaluation, "retrieval_metrics", spy)
+    monkeypatch.setattr(geokit.engine.evaluation, "retrieval_metrics", spy)
     for screen in ("false", "true"):
         res = CliRunner().invoke(
             cli,

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from dataset_layouts import make_cvact, make_cvusa, make_u1652, make_vigor
 
 from geokit.cli import cli
-from geokit.cli_datasets import datasets
+from geokit.cli._datasets import datasets
 
 cli.add_command(datasets)  # as geokit's main() does from COMMAND_MODULES
 RECIPES = Path(__file__).resolve().parent.parent / "examples" / "configs"

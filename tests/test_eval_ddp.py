@@ -54,7 +54,7 @@ def setup(tmp_path_factory, pairs_root):
 def test_evaluate_under_torchrun_equals_one_process(setup, tmp_path):
     from safetensors.numpy import load_file
 
-    from geokit.evaluation import evaluate
+    from geokit.engine.evaluation import evaluate
 
     cfg, cfg_path, ckpt, _ = setup
     single = evaluate(resolve(cfg), ckpt, save_embeddings=tmp_path / "one.safetensors", show=False)
@@ -144,7 +144,7 @@ def _hanging_rank(rank: int, port: int, cfg: dict, ckpt: str, out: mp.Queue) -> 
     )
     from geokit import embedding
     from geokit.config import resolve
-    from geokit.evaluation import evaluate
+    from geokit.engine.evaluation import evaluate
 
     if rank == 1:
         real = embedding.embed_paths

@@ -18,7 +18,7 @@ from geokit.data import TrainSet
 from geokit.registry import create
 from geokit.sampling import EpochContext, TrainEmbeddings
 from geokit.testing import check_sampler
-from geokit_plugins.gps import gps_neighbours
+from geokit_plugins.samplers.gps import gps_neighbours
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "examples" / "configs"
@@ -78,8 +78,8 @@ def test_walk_skip_matches_the_released_builder():
 
 
 def test_walk_is_the_released_one_by_default():
-    from geokit_plugins.dss import DssOptions
-    from geokit_plugins.gps import GpsOptions
+    from geokit_plugins.samplers.dss import DssOptions
+    from geokit_plugins.samplers.gps import GpsOptions
 
     assert GpsOptions().walk == "skip" and DssOptions().walk == "skip"
     # dss hands its walk to the gps warm start
@@ -120,7 +120,7 @@ def _vigor_stats(world, conflicts: bool, seeds=range(3)):
 def test_vigor_recipe_lets_semi_positives_share_a_batch(world):
     """As released: ~45 % of batch items meet one of their own semi-positives as a negative
     (audit on VIGOR: 43-48 %); the opt-in conflict rule makes it 0."""
-    from geokit_plugins.vigor import VIGOROptions
+    from geokit_plugins.datasets.vigor import VIGOROptions
 
     assert VIGOROptions(root="/tmp").semi_positive_conflicts is False
     train, share, released, dropped = _vigor_stats(world, conflicts=False)
@@ -231,8 +231,8 @@ def test_grid_dropout_released_offset_is_fixed():
 
 
 def test_university_gridropout_ratio_and_benchmark_defaults():
-    from geokit_plugins.benchmark_common import BenchmarkDataset, BenchmarkOptions
-    from geokit_plugins.university1652 import University1652Dataset
+    from geokit_plugins.datasets._benchmark_common import BenchmarkDataset, BenchmarkOptions
+    from geokit_plugins.datasets.university1652 import University1652Dataset
 
     assert University1652Dataset.dropout_ratios == (0.4, 0.4)  # drone and satellite alike, as released
     assert BenchmarkDataset.dropout_ratios == (0.5, 0.4)  # panorama 0.5, tile 0.4

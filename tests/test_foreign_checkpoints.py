@@ -83,7 +83,7 @@ def _timm_embeddings(state: dict[str, torch.Tensor], parts, es) -> tuple[np.ndar
 
 @pytest.mark.parametrize("module", [False, True], ids=["model.", "module.model."])
 def test_encoder_weights_loads_released_layout_and_embeds_like_timm(tmp_path, pairs_root, timm_state, module):
-    from geokit.evaluation import evaluate
+    from geokit.engine.evaluation import evaluate
     from geokit.model import build
 
     path = _write_released(tmp_path / "released.pth", timm_state, module=module)
@@ -142,8 +142,8 @@ def _import(source: Path, root: Path, out: Path, *extra: str) -> object:
 @pytest.mark.slow
 @pytest.mark.parametrize("module", [False, True], ids=["model.", "module.model."])
 def test_import_weights_is_bit_identical_and_evaluates_like_encoder_weights(tmp_path, pairs_root, timm_state, module):
-    from geokit.evaluation import evaluate
-    from geokit.locate import Localizer
+    from geokit.engine.evaluation import evaluate
+    from geokit.retrieval.locate import Localizer
 
     src = _write_released(tmp_path / "released.pth", timm_state, module=module)
     out = tmp_path / "imported.safetensors"
@@ -245,7 +245,7 @@ class _Evil:
 
 
 def test_a_pickle_that_would_run_code_is_refused_unrun(tmp_path, pairs_root, timm_state):
-    from geokit.cli_weights import import_weights_file
+    from geokit.cli._weights import import_weights_file
     from geokit.model import build
 
     marker = tmp_path / "pwned"
@@ -271,7 +271,7 @@ def test_a_pickle_that_would_run_code_is_refused_unrun(tmp_path, pairs_root, tim
     ],
 )
 def test_unreadable_layouts_are_refused_clearly(tmp_path, pairs_root, content, message):
-    from geokit.cli_weights import import_weights_file
+    from geokit.cli._weights import import_weights_file
 
     src = tmp_path / "w.pth"
     torch.save(content, src)
@@ -280,7 +280,7 @@ def test_unreadable_layouts_are_refused_clearly(tmp_path, pairs_root, content, m
 
 
 def test_keys_that_do_not_fit_are_listed(tmp_path, pairs_root, timm_state):
-    from geokit.cli_weights import import_weights_file
+    from geokit.cli._weights import import_weights_file
 
     state = dict(timm_state)
     del state["stem.0.weight"]
@@ -298,7 +298,7 @@ def test_keys_that_do_not_fit_are_listed(tmp_path, pairs_root, timm_state):
 def test_import_refuses_an_encoder_with_parts_the_file_lacks_and_fills_both_branches(
     tmp_path, pairs_root, released, timm_state
 ):
-    from geokit.cli_weights import import_weights_file
+    from geokit.cli._weights import import_weights_file
 
     with pytest.raises(GeokitError, match="1 encoder tensors would not come unchanged.*pool.p"):
         import_weights_file(released, _config(pairs_root, pool="gem"), tmp_path / "gem.safetensors")

@@ -13,8 +13,8 @@ import yaml
 from click.testing import CliRunner
 
 import geokit
+from geokit import _plugin_manager as gp
 from geokit import config
-from geokit import plugins as gp
 from geokit.cli import cli
 from geokit.errors import GeokitError
 from geokit.testing import tiny_config
@@ -553,7 +553,7 @@ def test_index_search_parameters_are_bounded(tmp_path):
 
 
 def test_locate_bounds_top_k_before_allocating(tmp_path):
-    from geokit.locate import Localizer
+    from geokit.retrieval.locate import Localizer
 
     loc = Localizer.__new__(Localizer)  # only the argument checks of locate(), no model needed
     with pytest.raises(GeokitError, match="whole number ≥ 1"):
@@ -574,7 +574,7 @@ def _pairs(root, **opts):
 def _verify(root, *extra):
     import json
 
-    from geokit.cli_datasets import datasets
+    from geokit.cli._datasets import datasets
 
     cli.add_command(datasets)  # as geokit's main() does
     res = CliRunner().invoke(cli, ["datasets", "verify", "pairs", "--root", str(root), "--json", *extra])
@@ -638,7 +638,7 @@ def test_a_csv_that_is_not_utf8_is_one_clear_error(small_pairs):
     (small_pairs / "test.csv").write_bytes(data)
     with pytest.raises(GeokitError, match=r"test.csv line 4: not UTF-8 text \(byte 0xe9"):
         _pairs(small_pairs).eval_set()
-    from geokit.cli_datasets import datasets
+    from geokit.cli._datasets import datasets
 
     cli.add_command(datasets)
     res = CliRunner().invoke(cli, ["datasets", "verify", "pairs", "--root", str(small_pairs)])
@@ -759,7 +759,7 @@ def test_training_on_pairs_that_cannot_all_be_batched_says_so_and_plans_the_sche
 
 
 def test_benchmark_text_files_that_are_not_utf8_name_the_line(tmp_path):
-    from geokit_plugins.benchmark_common import read_text_lines
+    from geokit_plugins.datasets._benchmark_common import read_text_lines
 
     path = tmp_path / "splits.txt"
     path.write_bytes(b"a.jpg\r\nb.jpg\r\n\r\nc\xff.jpg\r\n")

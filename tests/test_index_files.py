@@ -182,7 +182,7 @@ def test_index_defaults_have_one_source():
     # the CLI's options read their defaults and choices from IndexSpec (and the precision policy)
     from dataclasses import fields
 
-    from geokit.cli_index import build
+    from geokit.cli._index import build
     from geokit.embedding import EMBEDDING_DTYPES
     from geokit.retrieval import TYPES
 

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from geokit import config
 from geokit.cli import GeokitGroup
-from geokit.cli_index import index as index_cmd
-from geokit.cli_index import locate as locate_cmd
+from geokit.cli._index import index as index_cmd
+from geokit.cli._index import locate as locate_cmd
 from geokit.errors import GeokitError
 from geokit.testing import make_pairs_dataset, tiny_config
 
@@ -63,7 +63,7 @@ def world(tmp_path_factory):
 
 
 def test_localizer_finds_the_true_tile_first_for_most_photos(world):
-    from geokit.locate import Localizer
+    from geokit.retrieval.locate import Localizer
 
     loc = Localizer(world["index"])  # the checkpoint recorded in the index
     results = loc.locate(world["photos"], k=5)
@@ -119,7 +119,7 @@ def test_locate_cli_formats_and_sheet(world):
 
 def test_a_different_checkpoint_is_refused(world):
     from geokit.checkpoint import load_weights, save_weights
-    from geokit.locate import Localizer
+    from geokit.retrieval.locate import Localizer
 
     tensors, record = load_weights(world["ckpt"])
     other = world["tmp"] / "other.safetensors"
@@ -171,7 +171,7 @@ def test_index_the_reference_set_of_a_config_and_a_truncated_index(world, tmp_pa
 
 def test_index_vectors_are_the_evaluation_embeddings(world, tmp_path):
     """One embedding path: the index of a dataset's references holds what `evaluate` computes."""
-    from geokit.evaluation import evaluate
+    from geokit.engine.evaluation import evaluate
     from geokit.index import IndexSpec, build_from_checkpoint, dataset_references
 
     cfg_file = tmp_path / "run.yaml"

@@ -83,8 +83,8 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Conf
 def test_locate_finds_the_true_tile_for_most_synthetic_test_photos(demo_run: Path, tmp_path: Path, monkeypatch):
     from geokit import config
     from geokit.index import IndexSpec, build_from_checkpoint, dataset_references
-    from geokit.locate import Localizer
     from geokit.registry import create
+    from geokit.retrieval.locate import Localizer
 
     run = demo_run
     if not RUN:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import geokit
-from geokit.locate import Candidate, Location, consensus, contact_sheet, format_results, haversine_m
+from geokit.retrieval.locate import Candidate, Location, consensus, contact_sheet, format_results, haversine_m
 
 
 def cand(rank, lat, lon, score):
@@ -106,7 +106,7 @@ def test_contact_sheet_labels_rows_with_file_names_scores_and_consensus(tmp_path
 
 
 def test_localizer_api_is_importable_without_torch():
-    code = "import sys, geokit.locate as m; assert hasattr(m, 'Localizer'); print('torch' in sys.modules)"
+    code = "import sys, geokit.retrieval.locate as m; assert hasattr(m, 'Localizer'); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -115,4 +115,4 @@ def test_geokit_localizer_lazy_export():
     assert "Localizer" in geokit.__all__
     code = "import sys, geokit; L = geokit.Localizer; print(L.__module__, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["geokit.locate", "False"]
+    assert out.split() == ["geokit.retrieval.locate", "False"]

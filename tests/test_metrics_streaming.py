@@ -183,9 +183,9 @@ def test_screened_count_equals_float32_count(fallback, above_t, budget, monkeypa
     backend too: one that rounded partial sums to bfloat16 would fail here)."""
     import torch
 
-    from geokit import screening
+    from geokit.retrieval import _screening as screening
     from geokit.retrieval import as_matrix, exact_dots
-    from geokit.screening import ScreenedGallery, U
+    from geokit.retrieval._screening import ScreenedGallery, U
 
     monkeypatch.setattr(screening, "PAIR_BUDGET", budget)  # small: too many candidates for one pass
     rng = np.random.default_rng(5)

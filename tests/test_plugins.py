@@ -11,7 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 import geokit
-from geokit import plugins as gp
+from geokit import _plugin_manager as gp
 from geokit.errors import GeokitError
 from geokit.registry import Registry, get_registry
 

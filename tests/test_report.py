@@ -1,4 +1,4 @@
-"""Report pictures (geokit.report): generic over any EvalSet, Pillow only."""
+"""Report pictures (geokit.cli.report): generic over any EvalSet, Pillow only."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from geokit import report
+from geokit.cli import report
 from geokit.registry import create
 
 

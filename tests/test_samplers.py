@@ -11,9 +11,9 @@ from geokit.errors import GeokitError
 from geokit.registry import create
 from geokit.sampling import EpochContext, TrainEmbeddings, rank_slice
 from geokit.testing import check_sampler, synthetic_train_set
-from geokit_plugins.dss import mine_neighbours
-from geokit_plugins.gps import gps_neighbours
-from geokit_plugins.neighbour_batches import build_neighbour_batches, resolve_depth
+from geokit_plugins.samplers._neighbour_batches import build_neighbour_batches, resolve_depth
+from geokit_plugins.samplers.dss import mine_neighbours
+from geokit_plugins.samplers.gps import gps_neighbours
 
 EARTH_KM = 6371.0088
 

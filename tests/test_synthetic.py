@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from geokit.testing import check_dataset
-from geokit_plugins.synthetic import SyntheticOptions
-from geokit_plugins.synthetic import world as W
-from geokit_plugins.synthetic.generate import ensure_world
+from geokit_plugins.datasets.synthetic import SyntheticOptions
+from geokit_plugins.datasets.synthetic import world as W
+from geokit_plugins.datasets.synthetic.generate import ensure_world
 
 TINY = dict(
     seed=3,

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from geokit.cli import _load_plugin_commands, cli
-from geokit_plugins.synthetic import DEMO_CONFIG
+from geokit_plugins.datasets.synthetic import DEMO_CONFIG
 
 SHRINK = [
     "dataset.map_size=320",

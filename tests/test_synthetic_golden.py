@@ -3,7 +3,7 @@
 Cached worlds are keyed by ``generate.VERSION`` plus the generation options, so a change to the
 generator's output that forgets to bump VERSION silently serves stale worlds from the cache. These
 tests fail on any change to the output; when the change is deliberate, bump ``VERSION`` in
-``plugins/synthetic/generate.py`` and paste the new digests printed by the failure.
+``plugins/datasets/synthetic/generate.py`` and paste the new digests printed by the failure.
 
 What is hashed (chosen to depend on the generator, not on the encoder libraries):
 
@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from geokit_plugins.synthetic import SyntheticOptions
-from geokit_plugins.synthetic import world as W
-from geokit_plugins.synthetic.generate import VERSION, generation_params, write_world
+from geokit_plugins.datasets.synthetic import SyntheticOptions
+from geokit_plugins.datasets.synthetic import world as W
+from geokit_plugins.datasets.synthetic.generate import VERSION, generation_params, write_world
 
 TINY = dict(
     seed=3,
@@ -47,7 +47,7 @@ TINY = dict(
 )
 BUMP = (
     "the synthetic generator's output changed. If that is deliberate, bump VERSION in "
-    "plugins/synthetic/generate.py (cached worlds are keyed by it; without the bump users keep "
+    "plugins/datasets/synthetic/generate.py (cached worlds are keyed by it; without the bump users keep "
     "stale worlds) and update the digest here to {got!r}. If it is not (a refactor), the change "
     "altered the output: find why."
 )

@@ -118,7 +118,7 @@ def test_readme_says_how_to_get_geokit_on_path_and_make_shell_exists():
 def test_readme_documents_query_type_with_the_options_real_values():
     from typing import get_args
 
-    from geokit_plugins.pairs import PairsOptions
+    from geokit_plugins.datasets.pairs import PairsOptions
 
     readme = (ROOT / "README.md").read_text()
     own = readme[readme.index("## Your own data") : readme.index("## Configuration reference")]

@@ -84,7 +84,7 @@ def build_index(
 def _run_rerankers(enc: Encoder, spec: IndexSpec) -> list[dict[str, Any]]:
     """The ``rerankers`` of the checkpoint's run config, checked before anything is embedded:
     ``locate`` applies them against the gallery's vectors, which only a flat index keeps."""
-    from geokit.evaluation import build_rerankers
+    from geokit.engine.evaluation import build_rerankers
 
     config = enc.record.get("config")
     sections = list((config.get("rerankers") if isinstance(config, dict) else None) or [])

@@ -8,7 +8,7 @@ Memory is the float32 gallery (R × D), one chunk × R block, and what the consu
 (Q × k for top-k), whatever Q is. Queries are normalised block by block, so they are never copied
 whole, and may be stored as float16 (``numpy.memmap`` works).
 
-On CPUs with AMX the metrics walk the same blocks in bfloat16 (:mod:`geokit.screening`): a
+On CPUs with AMX the metrics walk the same blocks in bfloat16 (:mod:`geokit.retrieval._screening`): a
 cheaper multiply decides what a proven error bound allows and :func:`exact_dots` re-scores the
 rest, so their counts are exact (float64) rather than float32's. The pieces here —
 :func:`count_above` (tiled compare-and-count) and :func:`exact_dots` — serve both.

@@ -20,7 +20,7 @@ import geokit
 from geokit.data import EvalSet, TrainSet
 from geokit.errors import GeokitError
 from geokit.verify import problem
-from geokit_plugins.benchmark_common import BenchmarkDataset, BenchmarkOptions
+from geokit_plugins.datasets._benchmark_common import BenchmarkDataset, BenchmarkOptions
 
 LAYOUT = """  <root>/ACT_data.mat                 panoIds, utm, trainSet.trainInd, valSet.valInd (MATLAB v5 file;
                                       get it from shiyujiao/cross_view_localization_CVFT,

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from geokit_plugins.synthetic import world as W
+from geokit_plugins.datasets.synthetic import world as W
 
 VERSION = 2  # bump when the generator's output changes for the same parameters
 GENERATION_KEYS = (

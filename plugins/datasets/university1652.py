@@ -30,7 +30,7 @@ import geokit
 from geokit.data import EvalSet, Size, TrainSet, load_image
 from geokit.errors import GeokitError
 from geokit.verify import problem
-from geokit_plugins.benchmark_common import BenchmarkDataset, BenchmarkOptions, list_images
+from geokit_plugins.datasets._benchmark_common import BenchmarkDataset, BenchmarkOptions, list_images
 
 LAYOUT = """  <root>/train/drone/<class>/image-NN.jpeg      drone views of each training building (0839, ...)
   <root>/train/satellite/<class>/<class>.jpg    one satellite tile per training building

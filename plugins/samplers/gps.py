@@ -10,7 +10,7 @@ degrees-fed-to-a-radians-formula aliasing as in the original scripts.
 ``IndexFlatL2`` in float32: brute force O(N²) time, and float32 cannot order tiles a few metres
 apart — measured in BENCHMARKS.md, "Samplers (GPS / DSS)").
 
-The batches are then built by :mod:`geokit_plugins.neighbour_batches` (anchors in seeded random
+The batches are then built by :mod:`geokit_plugins.samplers._neighbour_batches` (anchors in seeded random
 order, each bringing up to ``select`` neighbours). A dataset without reference GPS is an error
 naming the dataset, unless ``fallback: random`` is set (then: plain random batches, with a
 warning).
@@ -30,7 +30,7 @@ from pydantic import Field
 import geokit
 from geokit.errors import GeokitError
 from geokit.sampling import EpochContext, pack_batches
-from geokit_plugins.neighbour_batches import NeighbourOptions, epoch_batches, resolve_depth
+from geokit_plugins.samplers._neighbour_batches import NeighbourOptions, epoch_batches, resolve_depth
 
 log = logging.getLogger("geokit.sampler.gps")  # under "geokit": goes to the run log
 

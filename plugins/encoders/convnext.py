@@ -5,7 +5,7 @@ not only ConvNeXt, ViTs included.
   average pool, head LayerNorm, flatten, 1024-d for ConvNeXt-Base; for a ViT whatever its
   ``global_pool`` is (the class token for most). ``gem`` and ``netvlad`` pool the unpooled final
   features (a CNN's map after timm's head norm, a ViT's patch tokens) with a learned head, see
-  ``geokit_plugins._timm_heads``; ``netvlad`` takes ``clusters``, ``cluster_dim`` and ``pool_dim``.
+  ``geokit_plugins.encoders._timm_heads``; ``netvlad`` takes ``clusters``, ``cluster_dim`` and ``pool_dim``.
 - ``shared: true`` (default): one network embeds both views, state-dict keys ``model.*`` (and
   ``pool.*`` for a learned head). ``shared: false``: one branch per view (the paper's
   weight-sharing ablation), ``query.model.*`` and ``reference.model.*``, both starting from the
@@ -101,7 +101,7 @@ def build_convnext(options: ConvNextOptions) -> Any:
     import torch
 
     from geokit.checkpoint import drop_prefix, load_at_prefixes, read_foreign_weights
-    from geokit_plugins._timm_heads import GeM, NetVLADLite, local_features
+    from geokit_plugins.encoders._timm_heads import GeM, NetVLADLite, local_features
 
     def backbone() -> Any:
         try:

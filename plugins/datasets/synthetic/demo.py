@@ -1,7 +1,7 @@
 """``geokit demo``: train + evaluate + report on the synthetic world, from one shipped config.
 
 It is ``geokit train`` and ``geokit evaluate`` on ``demo.yaml`` (the same engine calls, no
-separate code path) followed by the report pictures of :mod:`geokit.report`.
+separate code path) followed by the report pictures of :mod:`geokit.cli.report`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def demo_cmd(output: str, config_path: str | None, overrides: tuple[str, ...]) -
     """Generate the synthetic city, train a small ConvNeXt from scratch, evaluate on the held-out
     area and draw the report (minutes on 2 CPU cores, see BENCHMARKS.md; no network)."""
     from geokit.runtime import setup_logging
-    from geokit_plugins.synthetic import DEMO_CONFIG
+    from geokit_plugins.datasets.synthetic import DEMO_CONFIG
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -53,10 +53,11 @@ def run_demo(config_path: Path, overrides: tuple[str, ...] | list[str], out: Pat
     """The whole demo; returns the terminal summary. Everything is written into ``out``."""
     from PIL import Image
 
-    from geokit import config, report
+    from geokit import config
     from geokit.checkpoint import atomic_write_text
+    from geokit.cli import report
+    from geokit.engine.evaluation import format_table, run_protocol
     from geokit.errors import GeokitError
-    from geokit.evaluation import format_table, run_protocol
     from geokit.registry import create
     from geokit.training import WEIGHTS, train
 

@@ -184,7 +184,7 @@ def locate(
     allow_outside_paths: bool = False,
 ) -> None:
     """Find where PHOTO... were taken: top-k tiles with lat/lon, score and a consensus."""
-    from geokit.locate import Localizer, contact_sheet, format_results
+    from geokit.retrieval.locate import Localizer, contact_sheet, format_results
 
     loc = Localizer(
         index_path,

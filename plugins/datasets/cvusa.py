@@ -19,7 +19,7 @@ import geokit
 from geokit.data import EvalSet, TrainSet
 from geokit.errors import GeokitError
 from geokit.verify import problem
-from geokit_plugins.benchmark_common import BenchmarkDataset, BenchmarkOptions, parse_float
+from geokit_plugins.datasets._benchmark_common import BenchmarkDataset, BenchmarkOptions, parse_float
 
 LAYOUT = """  <root>/splits/train-19zl.csv        training pairs: satellite,panorama,annotation paths (no header)
   <root>/splits/val-19zl.csv          test pairs, same format

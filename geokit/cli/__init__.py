@@ -82,7 +82,7 @@ DISABLE = "--disable-plugin"
 def cli(disabled: tuple[str, ...]) -> None:
     """geokit: cross-view geo-localisation (Sample4Geo), every part a plugin."""
     if disabled:
-        from geokit.plugins import DISABLE_NAMES_ENV, disabled_names, get_manager, reset_manager
+        from geokit._plugin_manager import DISABLE_NAMES_ENV, disabled_names, get_manager, reset_manager
 
         if not set(disabled) <= set(get_manager().disabled):  # not already applied by main()
             os.environ[DISABLE_NAMES_ENV] = ",".join(sorted(disabled_names() | set(disabled)))
@@ -93,8 +93,8 @@ def cli(disabled: tuple[str, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def plugins_cmd(as_json: bool) -> None:
     """List every registered component: kind, name, plugin and distribution."""
+    from geokit._plugin_manager import get_manager
     from geokit.hookspecs import ALL_KINDS as KINDS
-    from geokit.plugins import get_manager
     from geokit.registry import get_registry
 
     mgr = get_manager()
@@ -229,7 +229,7 @@ def evaluate_cmd(
     share, rank 0 prints and writes)."""
     from geokit import config
     from geokit.checkpoint import atomic_write_text
-    from geokit.evaluation import evaluate, format_table
+    from geokit.engine.evaluation import evaluate, format_table
 
     # only encoder and dataset are used; with a checkpoint its record supplies the encoder
     cfg = config.load(config_path, overrides, require=("dataset",) if checkpoint else ("encoder", "dataset"))
@@ -244,17 +244,17 @@ def evaluate_cmd(
 # Core sub-commands kept in their own modules ("module:attribute"); imported on every start,
 # so those modules import only click at module level.
 COMMAND_MODULES: tuple[str, ...] = (
-    "geokit.cli_datasets:datasets",
-    "geokit.cli_index:index",
-    "geokit.cli_index:locate",
-    "geokit.cli_weights:import_weights",
+    "geokit.cli._datasets:datasets",
+    "geokit.cli._index:index",
+    "geokit.cli._index:locate",
+    "geokit.cli._weights:import_weights",
 )
 
 
 def _load_plugin_commands() -> None:
     import importlib
 
-    from geokit.plugins import get_manager
+    from geokit._plugin_manager import get_manager
 
     for spec in COMMAND_MODULES:
         module, _, attr = spec.partition(":")
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _disable_from_args(args: list[str]) -> None:
     """Apply ``--disable-plugin NAME`` (given before the command) to GEOKIT_DISABLE_PLUGINS."""
-    from geokit.plugins import DISABLE_NAMES_ENV, disabled_names
+    from geokit._plugin_manager import DISABLE_NAMES_ENV, disabled_names
 
     names = set()
     i = 0

@@ -9,7 +9,7 @@ semi-positives as conflicts only with ``semi_positive_conflicts: true``; by defa
 recipes, as in the released code) they stay in the mined lists.
 What remains, most similar first, is the pair's neighbour list (one list per *pair*, so VIGOR
 panoramas sharing a satellite keep their own lists). Batches are built from these lists by
-:mod:`geokit_plugins.neighbour_batches`.
+:mod:`geokit_plugins.samplers._neighbour_batches`.
 
 When mining happens — at the start of ``batches(ctx)`` for epoch ``e`` (1-based), i.e. with the
 weights left by epoch ``e − 1``:
@@ -43,7 +43,7 @@ from pydantic import Field
 import geokit
 from geokit.errors import GeokitError
 from geokit.sampling import EpochContext
-from geokit_plugins.neighbour_batches import NeighbourOptions, epoch_batches, resolve_depth
+from geokit_plugins.samplers._neighbour_batches import NeighbourOptions, epoch_batches, resolve_depth
 
 log = logging.getLogger("geokit.sampler.dss")  # under "geokit": goes to the run log
 

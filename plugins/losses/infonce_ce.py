@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import Field
 
 import geokit
-from geokit_plugins.infonce import InfoNCE, InfoNCEOptions
+from geokit_plugins.losses.infonce import InfoNCE, InfoNCEOptions
 
 
 class InfoNCECEOptions(InfoNCEOptions):

@@ -27,7 +27,7 @@ from pydantic import Field, PositiveInt
 import geokit
 from geokit.data import EvalSet, TrainSet
 from geokit.verify import problem
-from geokit_plugins.benchmark_common import BenchmarkDataset, BenchmarkOptions, read_text_lines
+from geokit_plugins.datasets._benchmark_common import BenchmarkDataset, BenchmarkOptions, read_text_lines
 
 LAYOUT = """  <root>/splits/<city>/satellite_list.txt           one tile name per line
   <root>/splits/<city>/same_area_balanced_train.txt  13 columns: pano, positive tile, dx, dy,

@@ -1,6 +1,6 @@
 """Bundled plugin ``synthetic``: geokit's own cross-view world, and the ``geokit demo`` command.
 
-A procedurally generated city (see :mod:`geokit_plugins.synthetic.world`): every street location
+A procedurally generated city (see :mod:`geokit_plugins.datasets.synthetic.world`): every street location
 has a north-up aerial tile and a ground 360° panorama ray-cast from eye height, with GPS. It is
 generated once into a cache folder (``root``, else ``$GEOKIT_CACHE``, else ``~/.cache/geokit``)
 named by a hash of every generation option, and that folder is an ordinary ``pairs`` dataset
@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 import geokit
-from geokit_plugins.pairs import PairsDataset, PairsOptions
+from geokit_plugins.datasets.pairs import PairsDataset, PairsOptions
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 
@@ -69,7 +69,7 @@ class SyntheticDataset(PairsDataset):
     """The synthetic city, read as the ``pairs`` dataset it writes."""
 
     def __init__(self, options: SyntheticOptions):
-        from geokit_plugins.synthetic.generate import ensure_world
+        from geokit_plugins.datasets.synthetic.generate import ensure_world
 
         self.synthetic_options = options
         self.world = ensure_world(options)
@@ -111,6 +111,6 @@ def geokit_register_datasets(registry):
 
 @geokit.hookimpl
 def geokit_register_commands(cli):
-    from geokit_plugins.synthetic.demo import demo_cmd
+    from geokit_plugins.datasets.synthetic.demo import demo_cmd
 
     cli.add_command(demo_cmd)
