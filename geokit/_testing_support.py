@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from geokit.data import TrainSet
+from geokit.sampling import BatchPacker, LastBatch
 
 # ------------------------------------------------------------------------------ tiny data
 
@@ -100,38 +101,16 @@ def synthetic_train_set(
 # ------------------------------------------------------------------------------ reference packer
 
 
-class QueuePacker:
+class QueuePacker(BatchPacker):
     """The simple batch packer that :class:`geokit.sampling.BatchPacker` replaced, kept as the
     reference its batches must equal: a queue of waiting pairs, every one re-offered to every
-    fresh batch (quadratic in pairs that share a reference). Written independently of
-    ``BatchPacker`` (same methods: ``add``, ``add_or_wait``, ``finish``, ``waiting``)."""
+    fresh batch (quadratic in pairs that share a reference). It shares the open batch
+    (``fits``/``add``, unchanged since) and replaces what the fast packer rewrote: the waiting
+    queue and how it is scanned (``add_or_wait``, ``finish``)."""
 
     def __init__(self, train: TrainSet, batch_size: int) -> None:
-        self.ref, self.conflicts, self.batch_size = train.pair_reference, train.pair_conflicts, batch_size
-        self.batches: list[np.ndarray] = []
-        self.waiting: deque[int] = deque()
-        self._cur: list[int] = []
-        self._refs: set[int] = set()
-        self._blocked: set[int] = set()
-
-    def fits(self, i: int) -> bool:
-        r = int(self.ref[i])
-        if r in self._refs or r in self._blocked:
-            return False
-        return self.conflicts is None or not any(int(c) in self._refs for c in self.conflicts[i] if c >= 0)
-
-    def add(self, i: int) -> bool:
-        """Put pair ``i`` in the open batch if it fits; closes the batch when full."""
-        if not self.fits(i):
-            return False
-        self._cur.append(int(i))
-        self._refs.add(int(self.ref[i]))
-        if self.conflicts is not None:
-            self._blocked.update(int(c) for c in self.conflicts[i] if c >= 0)
-        if len(self._cur) == self.batch_size:
-            self.batches.append(np.asarray(self._cur, dtype=np.int64))
-            self._cur, self._refs, self._blocked = [], set(), set()
-        return True
+        super().__init__(train, batch_size)
+        self.waiting: deque[int] = deque()  # type: ignore[assignment]  # a plain queue, not groups
 
     def add_or_wait(self, i: int) -> None:
         """Add ``i``, or queue it; a fresh batch is first offered every queued pair, once."""
@@ -143,12 +122,7 @@ class QueuePacker:
                 if not self.add(j):
                     self.waiting.append(j)
 
-    def _close(self, last_batch: str) -> None:
-        if last_batch == "keep" and len(self._cur) >= 2:
-            self.batches.append(np.asarray(self._cur, dtype=np.int64))
-        self._cur, self._refs, self._blocked = [], set(), set()
-
-    def finish(self, last_batch: str = "drop") -> list[np.ndarray]:
+    def finish(self, last_batch: LastBatch = "drop") -> list[np.ndarray]:
         """Place the waiting pairs round and round (closing the partial batch when none fits),
         then drop or keep the last partial batch."""
         stuck = 0
@@ -160,10 +134,10 @@ class QueuePacker:
                 self.waiting.append(i)
                 stuck += 1
                 if stuck == len(self.waiting) and self._cur:
-                    self._close(last_batch)
+                    self._close_partial(last_batch)
                     stuck = 0
         if self._cur:
-            self._close(last_batch)
+            self._close_partial(last_batch)
         return self.batches
 
 

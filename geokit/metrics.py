@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from geokit.retrieval import _blocks, _check_query, as_matrix, count_above, default_chunk, exact_dots
+from geokit.retrieval import as_matrix, check_query, count_above, default_chunk, exact_dots, query_blocks
 from geokit.retrieval._screening import ScreenedGallery, count_above_float32, screen_available
 
 
@@ -92,7 +92,7 @@ def retrieval_metrics(
     import torch
 
     r = as_matrix(reference)
-    q = _check_query(query, r.shape[1])
+    q = check_query(query, r.shape[1])
     n_q, n_r = len(q), len(r)
     if isinstance(positives, torch.Tensor):
         positives = positives.numpy()
@@ -130,7 +130,7 @@ def retrieval_metrics(
         _exact_scan(q, r, pos_t, semi_t, ranks, hits, hits_strict, chunk_size, threads, screen)
     else:  # AP: float32 scores, every one bucketed among the true matches' scores
         assert aps is not None  # want_ap
-        for start, _, s in _blocks(q, r, chunk_size, threads):
+        for start, _, s in query_blocks(q, r, chunk_size, threads):
             b = len(s)
             p = pos_t[start : start + b]
             valid = p >= 0
@@ -183,7 +183,7 @@ def _exact_scan(
         vals = exact_dots(qb, r, rows.reshape(-1), cols.clamp(min=0).reshape(-1)).reshape(cols.shape)
         return torch.where(cols >= 0, vals, neg_inf)
 
-    for start, qb, s32 in _blocks(q, r, chunk, threads, multiply=not screen):
+    for start, qb, s32 in query_blocks(q, r, chunk, threads, multiply=not screen):
         b = len(qb)
         p = pos_t[start : start + b]
         best_pos = scores_at(qb, p).max(dim=1).values
@@ -194,7 +194,7 @@ def _exact_scan(
         # called only within this iteration, so binding the loop's block variables late is right
         def above(rows: Any, theta: Any, exclude: Any) -> Any:
             if gallery is None:
-                assert s32 is not None  # noqa: B023 - _blocks multiplied: not screening
+                assert s32 is not None  # noqa: B023 - query_blocks multiplied: not screening
                 return count_above_float32(qb[rows], r, s32[rows], theta, exclude)  # noqa: B023
             return gallery.count_above(qb[rows], s16[rows], best_pos[rows], err[rows], theta, exclude, fallback)  # noqa: B023
 

@@ -4,52 +4,5 @@
 :mod:`geokit.engine` is re-exported here.
 """
 
-from geokit.engine import (
-    LOCK,
-    RESUME_FREE,
-    STATE,
-    STATE_FORMAT,
-    WEIGHTS,
-    EpochRow,
-    EpochStats,
-    NonFiniteLoss,
-    ResumeState,
-    TrainingInterrupted,
-    TrainResult,
-    TrainStep,
-    collate_pairs,
-    config_differences,
-    evaluate_after_training,
-    loss_inputs,
-    lr_at,
-    max_full_batches,
-    read_steps,
-    resume_free_keys,
-    step_seed,
-    train,
-)
-
-__all__ = [
-    "LOCK",
-    "RESUME_FREE",
-    "STATE",
-    "STATE_FORMAT",
-    "WEIGHTS",
-    "EpochRow",
-    "EpochStats",
-    "NonFiniteLoss",
-    "ResumeState",
-    "TrainResult",
-    "TrainStep",
-    "TrainingInterrupted",
-    "collate_pairs",
-    "config_differences",
-    "evaluate_after_training",
-    "loss_inputs",
-    "lr_at",
-    "max_full_batches",
-    "read_steps",
-    "resume_free_keys",
-    "step_seed",
-    "train",
-]
+from geokit.engine import *  # noqa: F403 - the facade re-exports exactly geokit.engine.__all__
+from geokit.engine import __all__ as __all__

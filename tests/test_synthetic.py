@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from geokit.testing import check_dataset
 from geokit_plugins.datasets.synthetic import SyntheticOptions
 from geokit_plugins.datasets.synthetic import world as W
 from geokit_plugins.datasets.synthetic.generate import ensure_world
@@ -154,12 +153,6 @@ def test_random_heading_rolls_the_panorama(tmp_path: Path) -> None:
     north = W.render_panoramas(city, xy, (16, 64))[0]
     turned = W.render_panoramas(city, xy, (16, 64), headings=np.array([np.pi / 2]))[0]
     assert np.abs(np.roll(north, -16, axis=1).astype(int) - turned.astype(int)).mean() < 3
-
-
-def test_conformance(tmp_path: Path) -> None:
-    opts = {**TINY, "root": str(tmp_path)}
-    check_dataset("synthetic", opts)
-    check_dataset("synthetic", {**opts, "augment": "geometry", "in_memory": False})
 
 
 def test_bad_options_name_the_key() -> None:

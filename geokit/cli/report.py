@@ -23,7 +23,7 @@ GREEN, RED, GREY, INK = (40, 170, 70), (215, 50, 40), (150, 150, 150), (30, 30, 
 BLUE, ORANGE, GRID = (40, 110, 210), (235, 140, 20), (225, 225, 225)
 
 
-def _font(size: int) -> Any:
+def load_font(size: int) -> Any:
     from PIL import ImageFont
 
     try:
@@ -79,7 +79,7 @@ def retrieval_sheet(
     height = head + len(indices) * (cell + label + pad) + pad
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
-    font, small = _font(14), _font(11)
+    font, small = load_font(14), load_font(11)
     draw.text(
         (pad, 8),
         f"{dataset.query_view} query  ->  top-{k} {dataset.reference_view} "
@@ -154,10 +154,10 @@ def _panel(
     y_label: str = "",
 ) -> None:
     """A line plot with round ticks, a light grid, axis labels and a title inside ``box``."""
-    font = _font(12)
+    font = load_font(12)
     x0, y0, x1, y1 = box
     left, bottom, right = x0 + 56, y1 - 40, x1 - 12
-    draw.text((left, y0), title, fill=INK, font=_font(14))
+    draw.text((left, y0), title, fill=INK, font=load_font(14))
     top = y0 + 26
     if not xs:
         draw.line((left, top, left, bottom, right, bottom), fill=INK, width=1)
@@ -310,7 +310,7 @@ def location_map(
             draw.ellipse((qx[i] - 3, qy[i] - 3, qx[i] + 3, qy[i] + 3), fill=colour, outline="white")
     draw.rectangle((0, header, size - 1, header + size - 1), outline=GREY)
 
-    font, small, big = _font(13), _font(12), _font(15)
+    font, small, big = load_font(13), load_font(12), load_font(15)
     # header: what the map shows, and the numbers
     draw.text((10, 6), title or f"{eval_set.name}: where each query photo's top-1 tile is", fill=INK, font=big)
     draw.text(

@@ -18,6 +18,25 @@ from geokit.metrics import retrieval_metrics
 from geokit.model import INITIAL_WEIGHT_OPTIONS, Parts, build
 from geokit.runtime import configure_threads, default_workers, log, seed_everything, select_device
 
+__all__ = [
+    "METRIC_ORDER",
+    "EvalResult",
+    "Retrieval",
+    "apply_checkpoint_record",
+    "apply_rerankers",
+    "build_listed",
+    "build_rerankers",
+    "embed_view",
+    "evaluate",
+    "format_table",
+    "metrics_from_embeddings",
+    "protocol_metrics",
+    "read_embeddings",
+    "run_protocol",
+    "write_embeddings",
+]
+
+
 METRIC_ORDER = ("R@1", "R@5", "R@10", "R@1%", "hit_rate", "hit_rate_strict", "AP")
 """Core metrics first, in this order; component metrics follow in the order they were computed."""
 

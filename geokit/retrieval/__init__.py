@@ -32,16 +32,16 @@ if TYPE_CHECKING:  # what mypy sees; at run time __getattr__ imports each name o
         BLOCK_BYTES,
         COUNT_TILE,
         as_matrix,
+        check_query,
         count_above,
         default_chunk,
         exact_dots,
+        query_blocks,
         row_counts,
         score_blocks,
         search,
         torch_threads,
     )
-    from geokit.retrieval._search import _blocks as _blocks
-    from geokit.retrieval._search import _check_query as _check_query
     from geokit.retrieval._spec import TYPES, IndexSpec
     from geokit.retrieval._spool import Spool, spool_embeddings, write_index_from_spool
 
@@ -59,11 +59,13 @@ __all__ = [
     "as_matrix",
     "build_from_checkpoint",
     "build_index",
+    "check_query",
     "check_tile_paths",
     "count_above",
     "dataset_references",
     "default_chunk",
     "exact_dots",
+    "query_blocks",
     "read_references",
     "recorded_tiles_root",
     "row_counts",
@@ -79,12 +81,12 @@ _WHERE = {
     "_search": (
         "BLOCK_BYTES",
         "COUNT_TILE",
-        "_blocks",  # geokit.metrics walks the same blocks
-        "_check_query",
         "as_matrix",
+        "check_query",
         "count_above",
         "default_chunk",
         "exact_dots",
+        "query_blocks",  # geokit.metrics walks the same blocks
         "row_counts",
         "score_blocks",
         "search",

@@ -85,7 +85,7 @@ def _rows(x: Any, start: int, stop: int) -> torch.Tensor:
     return torch.nn.functional.normalize(t.detach().to("cpu", torch.float32), dim=1)
 
 
-def _check_query(query: Any, dim: int) -> Any:
+def check_query(query: Any, dim: int) -> Any:
     import torch
 
     if not isinstance(query, torch.Tensor):
@@ -108,19 +108,19 @@ def score_blocks(
     copy what you keep. ``threads`` sets torch's threads for the scan (default: torch's).
     """
     r = as_matrix(reference)
-    for start, _, block in _blocks(_check_query(query, r.shape[1]), r, chunk_size, threads):
+    for start, _, block in query_blocks(check_query(query, r.shape[1]), r, chunk_size, threads):
         yield start, block
 
 
 @overload
-def _blocks(
+def query_blocks(
     q: Any, r: torch.Tensor, chunk_size: int | None, threads: int | None, *, multiply: Literal[True] = ...
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]: ...
 @overload
-def _blocks(
+def query_blocks(
     q: Any, r: torch.Tensor, chunk_size: int | None, threads: int | None, *, multiply: bool
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]: ...
-def _blocks(
+def query_blocks(
     q: Any, r: torch.Tensor, chunk_size: int | None, threads: int | None, *, multiply: bool = True
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
     """Yield ``(start, query_rows, scores)`` for a checked query and a normalised float32 gallery;
@@ -153,7 +153,7 @@ def search(
     import torch
 
     r = as_matrix(reference)
-    q = _check_query(query, r.shape[1])
+    q = check_query(query, r.shape[1])
     n_r = len(r)
     k = max(0, min(int(k), n_r))
     scores = np.empty((len(q), k), dtype=np.float32)
@@ -161,7 +161,7 @@ def search(
     if k == 0 or len(q) == 0:
         return scores, indices
     extra = 1 if k < n_r else 0  # one more than asked shows whether a tie crosses the k-th place
-    for start, _, block in _blocks(q, r, chunk_size, threads):
+    for start, _, block in query_blocks(q, r, chunk_size, threads):
         top = torch.topk(block, k + extra, dim=1, sorted=True)
         s, i = top.values.numpy(), top.indices.numpy()
         if extra:

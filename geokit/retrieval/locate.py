@@ -38,6 +38,16 @@ import numpy as np
 from geokit.errors import GeokitError
 from geokit.geo import haversine_m
 
+__all__ = [
+    "Candidate",
+    "Consensus",
+    "Localizer",
+    "Location",
+    "consensus",
+    "contact_sheet",
+    "format_results",
+]
+
 
 @dataclass
 class Candidate:
@@ -302,12 +312,12 @@ def contact_sheet(results: Sequence[Location], path: str | Path, *, thumb: int =
     from PIL import Image, ImageDraw
 
     from geokit.checkpoint import atomic_write
-    from geokit.cli.report import BLUE, GREY, INK, _font
+    from geokit.cli.report import BLUE, GREY, INK, load_font
 
     if not results:
         raise GeokitError("nothing to draw: no photos were located")
     cols = 1 + max(len(r.candidates) for r in results)
-    font, small = _font(13), _font(11)
+    font, small = load_font(13), load_font(11)
     pad, head, label = 8, 40, 50  # label: three text lines under each picture
     cell_w = thumb + pad
     row_h = thumb + label + pad
