@@ -87,11 +87,6 @@ class Manager:
         self._registries.clear()
         return True
 
-    def remove_plugin(self, name: str) -> None:
-        self.pm.unregister(name=name)
-        self.plugins.pop(name, None)
-        self._registries.clear()
-
     def registry(self, kind: str) -> Registry:
         if kind not in hookspecs.REGISTRATION_HOOKS:
             raise ValueError(f"unknown component kind {kind!r}; kinds: {', '.join(hookspecs.ALL_KINDS)}")
