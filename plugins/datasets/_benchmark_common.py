@@ -31,7 +31,9 @@ class BenchmarkOptions(BaseModel):
 
     root: Path = Field(..., description="the dataset folder, as released")
     query_size: tuple[PositiveInt, PositiveInt] = Field((384, 384), description="[height, width] of queries")
-    reference_size: tuple[PositiveInt, PositiveInt] = Field((384, 384), description="[height, width] of references")
+    reference_size: tuple[PositiveInt, PositiveInt] = Field(
+        (384, 384), description="[height, width] of references (satellite tiles)"
+    )
     augment: bool = Field(True, description="Sample4Geo training augmentation (pair-consistent)")
     dropout_geometry: Literal["released", "relative"] = Field(
         "released",

@@ -37,9 +37,6 @@ GROUND_SUFFIX, SAT_SUFFIX = "_grdView.jpg", "_satView_polish.jpg"
 
 class CVACTOptions(BenchmarkOptions):
     query_size: tuple[PositiveInt, PositiveInt] = Field((140, 768), description="[height, width] of panoramas")
-    reference_size: tuple[PositiveInt, PositiveInt] = Field(
-        (384, 384), description="[height, width] of satellite tiles"
-    )
     split: Literal["val", "test"] = Field(
         "val", description="evaluation split: val (CVACT_val, 8,884) or test (CVACT_test, 92,802)"
     )

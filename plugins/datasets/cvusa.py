@@ -33,9 +33,6 @@ GPS_FILE = "split_locations/all.csv"
 
 class CVUSAOptions(BenchmarkOptions):
     query_size: tuple[PositiveInt, PositiveInt] = Field((140, 768), description="[height, width] of panoramas")
-    reference_size: tuple[PositiveInt, PositiveInt] = Field(
-        (384, 384), description="[height, width] of satellite tiles"
-    )
 
 
 class CVUSADataset(BenchmarkDataset):

@@ -44,9 +44,6 @@ N_COLUMNS = 13
 
 class VIGOROptions(BenchmarkOptions):
     query_size: tuple[PositiveInt, PositiveInt] = Field((384, 768), description="[height, width] of panoramas")
-    reference_size: tuple[PositiveInt, PositiveInt] = Field(
-        (384, 384), description="[height, width] of satellite tiles"
-    )
     mode: Literal["same", "cross"] = Field(
         "same", description="same: same-area (4 cities); cross: train NewYork+Seattle, test Chicago+SanFrancisco"
     )
