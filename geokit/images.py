@@ -54,6 +54,10 @@ from geokit.errors import GeokitError
 
 Size = tuple[int, int]  # (height, width)
 
+#: File name endings taken for images when a folder is listed (reference galleries, benchmark
+#: folders); what a file holds is decided by its header, not by this list.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
+
 #: Pillow's own hard limit (2 x ``Image.MAX_IMAGE_PIXELS``), about 13,400 x 13,400: no image
 #: Pillow decoded before is refused by default.
 DEFAULT_MAX_PIXELS = 178_956_970

@@ -100,7 +100,7 @@ def test_location_map_and_errors(evaluated, tmp_path: Path) -> None:
 
 
 def test_haversine_one_degree_of_latitude() -> None:
-    assert abs(report.haversine_m(np.array([0.0, 0.0]), np.array([1.0, 0.0])) - 111_195) < 5
+    assert abs(report.distance_m(np.array([0.0, 0.0]), np.array([1.0, 0.0])) - 111_195) < 5
 
 
 @pytest.mark.parametrize(

@@ -32,9 +32,6 @@ def load_font(size: int) -> Any:
         return ImageFont.load_default()
 
 
-haversine_m = distance_m  # (lat, lon) rows; one formula for the whole project (geokit.geo)
-
-
 def top_k(query: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
     """``(Q, k)`` indices of the best references (the shared retrieval path)."""
     from geokit.retrieval import search
@@ -46,7 +43,7 @@ def localisation_errors(eval_set: EvalSet, top1: np.ndarray) -> np.ndarray | Non
     """Metres between each query and its top-1 reference, or None without GPS."""
     if eval_set.query_gps is None or eval_set.reference_gps is None:
         return None
-    return haversine_m(eval_set.query_gps, eval_set.reference_gps[top1])
+    return distance_m(eval_set.query_gps, eval_set.reference_gps[top1])
 
 
 # ------------------------------------------------------------------------------ retrieval sheet
@@ -107,7 +104,7 @@ def retrieval_sheet(
             )
             text = f"#{j + 1}"
             if eval_set.query_gps is not None and eval_set.reference_gps is not None:
-                text += f"  {haversine_m(eval_set.query_gps[qi], eval_set.reference_gps[ri]):.0f} m"
+                text += f"  {distance_m(eval_set.query_gps[qi], eval_set.reference_gps[ri]):.0f} m"
             draw.text((x, y + cell + 2), text, fill=GREEN if hit else INK, font=small)
     sheet.save(path)
     return path
@@ -290,7 +287,7 @@ def location_map(
         img.paste(Image.blend(crop, Image.new("RGB", crop.size, "white"), 0.6), (0, header))
     top1 = np.asarray(top1)
     hit = eval_set.reference_labels[top1] == eval_set.query_labels
-    err = haversine_m(qg, rg[top1])
+    err = distance_m(qg, rg[top1])
     near = ~hit & (err <= near_m)
     far = ~hit & ~near
     rx, ry = px(rg[:, 0], rg[:, 1])

@@ -13,6 +13,7 @@ import numpy as np
 from geokit import distributed as D
 from geokit.config import Config
 from geokit.data import EvalSet
+from geokit.embedding import embedding_dtype
 from geokit.engine._embeddings_file import read_embeddings, write_embeddings
 from geokit.errors import GeokitError
 from geokit.metrics import retrieval_metrics
@@ -108,7 +109,7 @@ def apply_rerankers(rerankers: list[Any], query: np.ndarray, reference: np.ndarr
 
 
 def _unit(x: Any) -> np.ndarray:
-    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    x = np.ascontiguousarray(np.asarray(x, dtype=embedding_dtype()))
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 

@@ -11,8 +11,7 @@ import numpy as np
 
 from geokit.data import parse_coordinate, read_csv
 from geokit.errors import GeokitError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
+from geokit.images import IMAGE_SUFFIXES
 
 
 @dataclass

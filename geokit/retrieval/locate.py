@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from geokit.embedding import embedding_dtype
 from geokit.errors import GeokitError
 from geokit.geo import haversine_m
 
@@ -171,7 +172,7 @@ class Localizer:
             from geokit.engine.evaluation import apply_rerankers
 
             own = self.index.gallery()
-            _, self._gallery = apply_rerankers(self.rerankers, np.zeros((0, own.shape[1]), np.float32), own)
+            _, self._gallery = apply_rerankers(self.rerankers, np.zeros((0, own.shape[1]), embedding_dtype()), own)
             self._gallery_changed = self._gallery is not own
 
     def embed(self, photos: Sequence[str | Path]) -> np.ndarray:

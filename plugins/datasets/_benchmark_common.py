@@ -19,9 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from geokit.augment import Geometry, PairAugment
 from geokit.data import CrossViewDataset
 from geokit.errors import GeokitError
+from geokit.images import IMAGE_SUFFIXES
 from geokit.verify import problem
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 
 
 class BenchmarkOptions(BaseModel):
