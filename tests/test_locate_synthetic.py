@@ -1,6 +1,6 @@
 """`locate` on the synthetic world with a trained demo checkpoint (issue 6's end-to-end check).
 
-The test trains the shipped demo itself (about 3 minutes on 2 cores: the longest test of the
+The test trains the shipped demo itself (several minutes on 2 cores: the longest test of the
 suite, and the only one that checks a real training run localises photos). To reuse a finished
 ``geokit demo`` (or ``geokit train``) folder on the synthetic dataset instead::
 
@@ -63,7 +63,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Conf
     os.environ["GEOKIT_CACHE"] = str(tmp / "cache")
     tell = _ToTerminal(pytestconfig)
     tell.say(
-        "training the shipped demo for this test (about 3 minutes on 2 cores; "
+        "training the shipped demo for this test (several minutes on 2 cores; "
         "GEOKIT_DEMO_RUN=runs/demo reuses a finished run)"
     )
     log.addHandler(tell)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from geokit.geo import EARTH_RADIUS_M, distance_m
+from geokit.geo import EARTH_RADIUS_M
 
 # Ground classes.
 GRASS, ROAD, SIDEWALK, BUILDING, WATER, PARKING, PLAZA, TREE = range(8)
@@ -691,6 +691,3 @@ def pixels_to_gps(xy: np.ndarray, size: int, mpp: float, origin: tuple[float, fl
     lat = lat0 + np.degrees(north / EARTH_RADIUS_M)
     lon = lon0 + np.degrees(east / (EARTH_RADIUS_M * np.cos(np.radians(lat0))))
     return np.c_[lat, lon]
-
-
-haversine_m = distance_m  # (lat, lon) rows (geokit.geo)
