@@ -41,8 +41,8 @@ def main() -> None:
     import yaml
 
     from geokit.config import resolve
-    from geokit.index import GeoIndex
     from geokit.model import build
+    from geokit.retrieval import GeoIndex
     from geokit.testing import make_pairs_dataset, tiny_config
 
     with tempfile.TemporaryDirectory() as tmp:

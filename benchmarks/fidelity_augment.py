@@ -4,7 +4,7 @@
   the recipes, for ``dropout_geometry: released`` (albumentations 1.x geometry, as the released
   code) and ``relative`` (geokit's earlier albumentations 2.0 defaults). A white image goes
   through the single transform ``--draws`` times; the share of zero pixels is averaged.
-- **schedule**: the learning rate per step of geokit (``geokit.training.lr_at``: steps per epoch
+- **schedule**: the learning rate per step of geokit (``geokit.engine.lr_at``: steps per epoch
   ``N // 128``, warm-up ``(step + 1) / warmup``) against the released code's (transformers'
   cosine-with-warm-up as it calls it: total ``ceil(N / 128) · epochs`` steps counted from the
   loader before the custom shuffle, warm-up ``step / warmup``, while only full batches run).
@@ -63,7 +63,7 @@ def released_lr(step: int, total: int, warmup: float, base: float) -> float:
 
 
 def schedule_gap(n: int, epochs: int, warmup_epochs: float, batch: int = 128, base: float = 1e-3) -> dict:
-    from geokit.training import lr_at
+    from geokit.engine import lr_at
 
     spe_geokit = max(n // batch, 1)
     total_g, warm_g = epochs * spe_geokit, int(round(warmup_epochs * spe_geokit))

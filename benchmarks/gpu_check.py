@@ -13,7 +13,7 @@ recorded in the JSON and the next check runs); a global time budget skips what w
    metrics/embeddings); one TrainStep with fp16 autocast + GradScaler (``train.amp_dtype=float16``); two ranks over NCCL
    under torchrun (needs ≥ 2 GPUs, else skipped); the test files that mention CUDA (their
    CUDA branches are skipped on a CPU), through pytest.
-2. ``train``: training throughput (pairs/s, the real ``geokit.training.TrainStep``: forward of
+2. ``train``: training throughput (pairs/s, the real ``geokit.engine.TrainStep``: forward of
    both views, symmetric InfoNCE, backward, clipping, AdamW) of ConvNeXt-Base (random
    init, ``pretrained=False``) at the CVUSA (140x768 / 384x384) and VIGOR (384x768 / 384x384)
    sizes in fp32, bf16 and fp16 + GradScaler, with/without channels_last and gradient
@@ -208,8 +208,8 @@ def check_cuda_paths(chk: Check, device: Any, tiny: bool, tmp: Path) -> None:
 
     def engine() -> dict[str, Any]:
         from geokit.config import resolve
+        from geokit.engine import train
         from geokit.engine.evaluation import evaluate
-        from geokit.training import train
 
         cfg = tiny_config(root, train={"epochs": 1, "device": device.type, "workers": 0 if tiny else 2, "log_every": 1})
         res = train(resolve(cfg), tmp / "run", show=False)
@@ -233,8 +233,8 @@ def check_cuda_paths(chk: Check, device: Any, tiny: bool, tmp: Path) -> None:
     chk.run("cuda_paths", "train_then_evaluate", engine, 20)
 
     def fp16_scaler() -> dict[str, Any]:
+        from geokit.engine import TrainStep
         from geokit.registry import create
-        from geokit.training import TrainStep
 
         if device.type == "cpu" and not hasattr(torch.amp, "GradScaler"):
             return {"status": "skipped", "reason": "torch.amp.GradScaler missing"}
@@ -387,8 +387,8 @@ def _train_rate(
 ) -> dict[str, Any]:
     import torch
 
+    from geokit.engine import TrainStep
     from geokit.registry import create
-    from geokit.training import TrainStep
 
     _reset_peak(device)
     torch.manual_seed(0)
@@ -428,8 +428,8 @@ def check_loader(chk: Check, device: Any, tiny: bool, tmp: Path) -> None:
     import torch
 
     from geokit.data import PairList
+    from geokit.engine import collate_pairs
     from geokit.registry import create
-    from geokit.training import collate_pairs
 
     cpus = os.cpu_count() or 1
     workers = [0, 1] if tiny else sorted(w for w in {0, 2, 4, 8, 16, cpus} if w <= cpus)

@@ -31,7 +31,7 @@ def _status(key: str) -> int:
 def one(mode: str, kind: str, n: int, dim: int, chunk: int, folder: str) -> dict:
     import numpy as np
 
-    from geokit.index import IndexSpec, build_index, spool_embeddings, write_index_from_spool
+    from geokit.retrieval import IndexSpec, build_index, spool_embeddings, write_index_from_spool
 
     spec = IndexSpec(kind, nlist=256, m=64) if kind in ("ivf", "ivfpq") else IndexSpec(kind)
     paths = [f"tiles/{i:08d}.jpg" for i in range(n)]

@@ -4,7 +4,7 @@ Clustered unit embeddings (``--clusters`` centres plus noise, closer to real emb
 uniform random ones, whose neighbours are all equally far), queries = noisy copies of database
 vectors. Recall@k = overlap of the index's top-k with the exact top-k
 (``geokit.retrieval.search``), averaged over queries. Indexes are built through
-``geokit.index.build_index`` (the code ``geokit index build`` runs), with default parameters
+``geokit.retrieval.build_index`` (the code ``geokit index build`` runs), with default parameters
 unless given.
 
     flock /tmp/geokit-cpu.lock .venv/bin/python benchmarks/retrieval_ann.py --n 100000 --dim 1024
@@ -48,8 +48,7 @@ def main() -> None:
     import faiss
     import torch
 
-    from geokit.index import GeoIndex, IndexSpec, build_index
-    from geokit.retrieval import search
+    from geokit.retrieval import GeoIndex, IndexSpec, build_index, search
 
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, torch "

@@ -35,8 +35,8 @@ def main() -> None:
 
     import yaml
 
+    from geokit.engine import read_steps
     from geokit.testing import make_pairs_dataset, tiny_config
-    from geokit.training import read_steps
 
     tmp = Path(tempfile.mkdtemp(prefix="geokit-ddp-"))
     root = make_pairs_dataset(tmp / "data", n_train=args.pairs, n_test=16, size=args.size)

@@ -1,6 +1,6 @@
 """Speed of the training engine's precision and layout options on this machine.
 
-Training steps (``geokit.training.TrainStep``: forward both views, symmetric InfoNCE, backward,
+Training steps (``geokit.engine.TrainStep``: forward both views, symmetric InfoNCE, backward,
 value clipping, AdamW) and inference-mode embedding, for small timm ConvNeXt models at 64 and
 128 px, with: float32, bf16 autocast, channels_last, and both. The configurations are
 interleaved round by round so that load from other processes hits them alike; the median of the
@@ -33,9 +33,9 @@ def main() -> None:
 
     import torch
 
+    from geokit.engine import TrainStep
     from geokit.registry import create
     from geokit.runtime import autocast, cpu_has_bf16
-    from geokit.training import TrainStep
 
     device = torch.device("cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, AVX512_BF16/AMX: {cpu_has_bf16()}")

@@ -7,9 +7,9 @@ symmetric InfoNCE, value clipping at 100, AdamW, fp32 on the CPU):
   forwards, loss, backward, clip, step), one model trained on through all rounds.
 - ``bare_fresh``: the same loop on a fresh model every round, timing its second pass over the
   batches, so its weights and optimizer state have the age of the engine's (second epoch).
-- ``trainstep``: :class:`geokit.training.TrainStep` over the same pre-built tensors, plus the
+- ``trainstep``: :class:`geokit.engine.TrainStep` over the same pre-built tensors, plus the
   engine's per-step bookkeeping (learning-rate schedule, per-step re-seeding).
-- ``engine``: a whole :func:`geokit.training.train` epoch on an in-memory dataset (decoded
+- ``engine``: a whole :func:`geokit.engine.train` epoch on an in-memory dataset (decoded
   images held in memory, no augmentation): DataLoader, collation, normalisation, per-step
   bookkeeping, logging. Its seconds are the second epoch's row (warm model and loader, like
   the other two after their warm-up; checkpoint writing excluded).
@@ -60,7 +60,7 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    import geokit.training as T
+    import geokit.engine as T
     from geokit.config import resolve
     from geokit.data import CrossViewDataset, TrainSet
     from geokit.registry import create

@@ -35,9 +35,9 @@ def main() -> None:
     import torch
 
     from geokit.config import resolve
+    from geokit.engine import train
     from geokit.runtime import log
     from geokit.testing import make_pairs_dataset, tiny_config
-    from geokit.training import train
 
     tmp = Path(tempfile.mkdtemp(prefix="geokit-workers-"))
     s = args.size

@@ -37,7 +37,7 @@ def _with_column(root: Path, name: str, values) -> Path:
 
 
 def _train(cfg: dict, out: Path):
-    from geokit.training import train
+    from geokit.engine import train
 
     return train(resolve(cfg), out)
 
@@ -360,7 +360,7 @@ def test_reranker_changes_queries_and_runs_in_evaluation(tmp_path):
 def test_step_level_sampler_trains_and_resumes_exactly(tmp_path):
     from safetensors.torch import load_file
 
-    from geokit.training import TrainingInterrupted
+    from geokit.engine import TrainingInterrupted
 
     root = make_pairs_dataset(tmp_path / "d", n_train=32, n_test=8)
     cfg = tiny_config(
@@ -370,7 +370,7 @@ def test_step_level_sampler_trains_and_resumes_exactly(tmp_path):
     assert len(full.history) == 2 and full.history[0]["batches"] == 4
 
     # Stop after 3 steps via the stop flag (as SIGINT does), then resume.
-    import geokit.training as T
+    import geokit.engine as T
 
     calls = {"n": 0}
     real = T.TrainStep.step

@@ -211,8 +211,8 @@ def two_branch_run(tmp_path_factory, pairs_root):
     import yaml
 
     from geokit import config as config_mod
+    from geokit.engine import train
     from geokit.testing import tiny_config
-    from geokit.training import train
 
     tmp = tmp_path_factory.mktemp("two_branch")
     cfg = tiny_config(pairs_root, encoder={"shared": False}, train={"epochs": 1})

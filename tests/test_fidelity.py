@@ -292,8 +292,8 @@ def test_fp16_training_uses_a_loss_scaler(tmp_path, monkeypatch):
     import geokit.engine._step as T  # where TrainStep calls autocast()
     from geokit.checkpoint import load_state
     from geokit.config import resolve
+    from geokit.engine import train
     from geokit.testing import make_pairs_dataset, tiny_config
-    from geokit.training import train
 
     monkeypatch.setenv("GEOKIT_PROGRESS", "0")
     seen = []

@@ -314,7 +314,7 @@ def test_import_refuses_an_encoder_with_parts_the_file_lacks_and_fills_both_bran
 def test_fine_tuning_from_a_released_file_starts_from_its_temperature(tmp_path, pairs_root, released):
     import json
 
-    from geokit.training import train
+    from geokit.engine import train
 
     cfg = tiny_config(
         pairs_root, encoder={"weights": str(released)}, train={"epochs": 1, "lr": 1e-5, "warmup_epochs": 0}

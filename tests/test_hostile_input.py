@@ -270,7 +270,7 @@ def _train(cfg, out, *extra):
 def test_a_folder_in_use_is_refused_and_a_stale_lock_is_not(finished_run, tmp_path):
     import fcntl
 
-    from geokit.training import LOCK
+    from geokit.engine import LOCK
 
     cfg, run = finished_run
     out = _copy(run, tmp_path)
@@ -303,7 +303,7 @@ def test_resume_refusals_name_the_differing_keys_and_force_overrides(finished_ru
 
 @pytest.mark.slow
 def test_raising_epochs_extends_a_finished_run(finished_run, tmp_path):
-    from geokit.training import lr_at
+    from geokit.engine import lr_at
 
     cfg, run = finished_run
     out = _copy(run, tmp_path)
@@ -390,7 +390,7 @@ def test_a_full_or_read_only_folder_is_detected_before_the_work(tmp_path, pairs_
 
 
 def test_pairs_that_cannot_all_be_batched_are_reported():
-    from geokit.training import max_full_batches
+    from geokit.engine import max_full_batches
 
     # 13 pairs on 4 references, batches of 4 distinct references: only 1 full batch
     assert max_full_batches(np.array([0] * 10 + [1, 2, 3]), 4) == 1
@@ -720,9 +720,9 @@ def test_unknown_devices_and_disk_errors_are_one_paragraph(tmp_path, monkeypatch
 
 def test_a_sampler_that_leaves_most_pairs_out_is_reported(caplog):
     from geokit.data import TrainSet
+    from geokit.engine import max_full_batches
     from geokit.registry import create
     from geokit.sampling import CheckedSampler, EpochContext
-    from geokit.training import max_full_batches
 
     # the audit's case: 1,000 pairs on 5 references and 31 pairs of their own; batches of 32
     ref = np.r_[np.repeat(np.arange(5), 200), np.arange(5, 36)]

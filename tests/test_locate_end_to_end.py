@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow  # trains and indexes a small world once (about 6 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A trained checkpoint, a reference CSV of the training tiles with lat/lon, and an index."""
-    from geokit.training import train
+    from geokit.engine import train
 
     tmp = tmp_path_factory.mktemp("locate")
     root = make_pairs_dataset(tmp / "data", n_train=32, n_test=8, seed=3)

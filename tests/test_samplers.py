@@ -311,8 +311,8 @@ def test_train_end_to_end(tmp_path, monkeypatch):
     import torch
 
     from geokit.config import resolve
+    from geokit.engine import train
     from geokit.testing import make_pairs_dataset, tiny_config
-    from geokit.training import train
 
     monkeypatch.setenv("GEOKIT_PROGRESS", "0")
     threads = torch.get_num_threads()

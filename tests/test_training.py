@@ -26,13 +26,13 @@ def _keep_threads():
 
 
 def _train(root, out, **sections):
-    from geokit.training import train
+    from geokit.engine import train
 
     return train(resolve(tiny_config(root, **sections)), out, show=False)
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():
-    from geokit.training import lr_at
+    from geokit.engine import lr_at
 
     lrs = [lr_at(s, 100, 10, 1.0) for s in range(101)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
@@ -72,8 +72,8 @@ def _seeded_step(pairs: int, **options):
     """A TrainStep on a fresh seed-0 ConvNeXt-Atto with InfoNCE and AdamW, and a seeded batch."""
     import torch
 
+    from geokit.engine import TrainStep
     from geokit.registry import create
-    from geokit.training import TrainStep
 
     torch.manual_seed(0)
     enc = create("encoder", "convnext", {"model": "convnext_atto", "pretrained": False})

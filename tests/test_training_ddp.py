@@ -18,8 +18,8 @@ import yaml
 from safetensors.torch import load_file
 
 from geokit.config import resolve
+from geokit.engine import read_steps
 from geokit.testing import run_torchrun, tiny_config, torchrun_command
-from geokit.training import read_steps
 
 pytestmark = pytest.mark.slow  # torchrun runs (20-55 s)
 
@@ -56,7 +56,7 @@ def ddp_run(tmp_path_factory, pairs_root):
 def test_two_gloo_ranks_match_one_process(tmp_path, ddp_run):
     import torch
 
-    from geokit.training import train
+    from geokit.engine import train
 
     cfg, cfg_path, ddp_out, ddp_proc = ddp_run
     train(resolve(cfg), tmp_path / "single", show=False)

@@ -57,7 +57,7 @@ def _wait_for(out, text, count, proc, timeout=60.0):
 
 @pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_gives_identical_weights(tmp_path):
-    from geokit.training import train
+    from geokit.engine import train
 
     root = make_pairs_dataset(tmp_path / "data", n_train=32, n_test=8)
     # drop_path > 0: the per-step RNG must be restored too; augmentation on (pairs default).

@@ -89,7 +89,7 @@ def test_progress_prints_lines_with_rate_and_time_left_when_not_on_a_terminal(mo
 def test_training_logs_rate_and_time_left_every_log_every_steps(tmp_path, pairs_root):
     import torch
 
-    from geokit.training import train
+    from geokit.engine import train
 
     threads = torch.get_num_threads()
     try:

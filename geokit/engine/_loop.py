@@ -21,8 +21,8 @@ from geokit.engine._rundir import STATE, WEIGHTS, append_history, append_step
 from geokit.engine._schedule import Schedule, step_seed
 from geokit.engine._stats import EpochRow, EpochStats
 from geokit.engine._step import NonFiniteLoss, TrainStep
+from geokit.engine.evaluation import format_table, run_protocol
 from geokit.errors import GeokitError
-from geokit.evaluation import format_table, run_protocol
 from geokit.model import Parts
 from geokit.runtime import TensorBoard, format_duration, log, progress, show_progress
 from geokit.sampling import rank_slice

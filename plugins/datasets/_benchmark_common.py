@@ -20,7 +20,7 @@ from geokit.augment import Geometry, PairAugment
 from geokit.data import CrossViewDataset
 from geokit.errors import GeokitError
 from geokit.images import IMAGE_SUFFIXES
-from geokit.verify import problem
+from geokit.problems import problem
 
 
 class BenchmarkOptions(BaseModel):

@@ -19,7 +19,7 @@ from pydantic import Field, PositiveInt
 import geokit
 from geokit.data import EvalSet, TrainSet
 from geokit.errors import GeokitError
-from geokit.verify import problem
+from geokit.problems import problem
 from geokit_plugins.datasets._benchmark_common import BenchmarkDataset, BenchmarkOptions
 
 LAYOUT = """  <root>/ACT_data.mat                 panoIds, utm, trainSet.trainInd, valSet.valInd (MATLAB v5 file;

@@ -18,7 +18,7 @@ from pydantic import Field, PositiveInt
 import geokit
 from geokit.data import EvalSet, TrainSet
 from geokit.errors import GeokitError
-from geokit.verify import problem
+from geokit.problems import problem
 from geokit_plugins.datasets._benchmark_common import BenchmarkDataset, BenchmarkOptions, parse_float
 
 LAYOUT = """  <root>/splits/train-19zl.csv        training pairs: satellite,panorama,annotation paths (no header)

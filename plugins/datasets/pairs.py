@@ -25,7 +25,7 @@ import geokit
 from geokit.augment import Geometry, PairAugment
 from geokit.data import CrossViewDataset, EvalSet, TrainSet, parse_coordinate, read_csv
 from geokit.errors import GeokitError
-from geokit.verify import collecting_active, problem
+from geokit.problems import collecting_active, problem
 
 
 class PairsOptions(BaseModel):

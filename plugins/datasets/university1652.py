@@ -29,7 +29,7 @@ from pydantic import Field
 import geokit
 from geokit.data import EvalSet, Size, TrainSet, load_image
 from geokit.errors import GeokitError
-from geokit.verify import problem
+from geokit.problems import problem
 from geokit_plugins.datasets._benchmark_common import BenchmarkDataset, BenchmarkOptions, list_images
 
 LAYOUT = """  <root>/train/drone/<class>/image-NN.jpeg      drone views of each training building (0839, ...)

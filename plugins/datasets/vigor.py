@@ -26,7 +26,7 @@ from pydantic import Field, PositiveInt
 
 import geokit
 from geokit.data import EvalSet, TrainSet
-from geokit.verify import problem
+from geokit.problems import problem
 from geokit_plugins.datasets._benchmark_common import BenchmarkDataset, BenchmarkOptions, read_text_lines
 
 LAYOUT = """  <root>/splits/<city>/satellite_list.txt           one tile name per line

@@ -56,10 +56,10 @@ def run_demo(config_path: Path, overrides: tuple[str, ...] | list[str], out: Pat
     from geokit import config
     from geokit.checkpoint import atomic_write_text
     from geokit.cli import report
+    from geokit.engine import WEIGHTS, train
     from geokit.engine.evaluation import format_table, run_protocol
     from geokit.errors import GeokitError
     from geokit.registry import create
-    from geokit.training import WEIGHTS, train
 
     t0 = time.perf_counter()
     cfg = config.load(config_path, overrides)
