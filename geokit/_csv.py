@@ -16,7 +16,7 @@ from pathlib import Path
 
 from geokit.errors import GeokitError
 
-__all__ = ["MAX_CSV_BYTES", "CsvTable", "parse_coordinate", "read_csv"]
+__all__ = ["MAX_CSV_BYTES", "CsvTable", "decode_text", "parse_coordinate", "read_csv"]
 
 MAX_CSV_BYTES = 2 * 2**30  # ~20 million rows of a reference list; read whole into memory
 
@@ -31,6 +31,19 @@ class CsvTable:
     has_latlon: bool  # both lat and lon columns are present
 
 
+def decode_text(data: bytes, where: str) -> str:
+    """``data`` as UTF-8 text (a byte-order mark is dropped); otherwise an error naming ``where``
+    and the line of the first bad byte."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise GeokitError(
+            f"{where} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start}); save the file as UTF-8 (from a spreadsheet: 'CSV UTF-8')"
+        ) from None
+
+
 def _decoded(path: Path, max_bytes: int) -> str:
     """The file as text; too big or not UTF-8 is an error naming the file (and line)."""
     size = path.stat().st_size
@@ -39,15 +52,7 @@ def _decoded(path: Path, max_bytes: int) -> str:
             f"{path}: {size:,} bytes is more than a CSV geokit reads ({max_bytes:,} bytes); "
             "check that this is the list you meant, or split it"
         )
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise GeokitError(
-            f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
-            f"{exc.start}); save the CSV as UTF-8 (e.g. from a spreadsheet: 'CSV UTF-8')"
-        ) from None
+    return decode_text(path.read_bytes(), str(path))
 
 
 def read_csv(path: str | Path, required: Sequence[str], *, header: str, max_bytes: int | None = None) -> CsvTable:

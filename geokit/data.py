@@ -16,6 +16,7 @@ import numpy as np
 
 # the one CSV reader, re-exported for dataset plugins
 from geokit._csv import CsvTable as CsvTable
+from geokit._csv import decode_text as decode_text
 from geokit._csv import parse_coordinate as parse_coordinate
 from geokit._csv import read_csv as read_csv
 from geokit.errors import GeokitError

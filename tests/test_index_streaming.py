@@ -50,10 +50,7 @@ def test_streamed_file_equals_the_in_memory_build(tmp_path, spec):
         calls.append(len(pos))
         return x[pos]
 
-    dtype = np.float16 if spec.dtype == "float16" else np.float32
-    spool = spool_embeddings(
-        embed, n, dim, tmp_path / "s.spool", dtype=dtype if spec.type == "flat" else np.float32, chunk=300
-    )
+    spool = spool_embeddings(embed, n, dim, tmp_path / "s.spool", dtype=spec.vector_dtype(), chunk=300)
     assert calls == [300] * 6 + [200]
     assert (tmp_path / "s.spool").stat().st_size == n * dim * np.dtype(spool.dtype).itemsize
     info = write_index_from_spool(

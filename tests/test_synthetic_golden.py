@@ -34,6 +34,8 @@ from geokit_plugins.datasets.synthetic import SyntheticOptions
 from geokit_plugins.datasets.synthetic import world as W
 from geokit_plugins.datasets.synthetic.generate import VERSION, generation_params, write_world
 
+# The same tiny world as tests/test_synthetic.py, written out again on purpose: the digests below
+# are pinned to exactly these options, so an edit to the other file must not move them.
 TINY = dict(
     seed=3,
     map_size=320,

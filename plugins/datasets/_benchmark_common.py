@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from geokit.augment import Geometry, PairAugment
-from geokit.data import CrossViewDataset
+from geokit.data import CrossViewDataset, decode_text
 from geokit.errors import GeokitError
 from geokit.images import IMAGE_SUFFIXES
 from geokit.problems import problem
@@ -205,14 +205,7 @@ def read_text_lines(path: Path, display: str) -> list[tuple[int, str]]:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise GeokitError(f"{display}: cannot read: {exc.strerror}") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise GeokitError(
-            f"{display} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}: "
-            f"{exc.reason}); save the file as UTF-8"
-        ) from None
+    text = decode_text(data, display)
     lines = io.StringIO(text, newline=None)  # the line breaks open() would see (\n, \r\n, \r)
     return [(n, s.strip()) for n, s in enumerate(lines, start=1) if s.strip()]
 
